@@ -1,0 +1,260 @@
+"""Dataclass configs: one per concern, validated at construction, mapped 1:1 from YAML.
+
+A bad value fails in ``__post_init__`` with a :class:`ConfigError` naming the field and the allowed
+range, so the CLI, notebooks and widgets all get the same message.
+
+Per-iteration schedules (beta = 0 at iteration 0, a learning-rate list) live in one config, not in
+copies of it (style.md item 6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .data import DataConfig, DataError
+
+METHODS = ("sft", "spin", "tspin", "tspin_no_history", "tspin_ref")
+OPTIMIZERS = ("adamw", "rmsprop")
+SCHEDULES = ("constant", "linear")
+
+
+class ConfigError(ValueError):
+    """A config value is outside what the field allows."""
+
+
+def _check(cond: bool, section: str, name: str, expected: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{section}.{name} = {value!r}: expected {expected}")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = field(default="toy", metadata={"help": "'toy' (the embedded tiny Llama), a hub id or a local folder"})
+    prompt_template: str = field(default="auto", metadata={"help": "'auto' (chat template if the tokenizer has one, else plain), 'chat' or 'plain'"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "run model code shipped with a hub repo; off unless asked"})
+    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 means full fine-tuning"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on LoRA inputs"})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "peft target_modules (comma list or 'all-linear')"})
+    max_length: int | None = field(default=None, metadata={"help": "longest prompt+response in tokens; default: the model's own limit"})
+    toy_sft_examples: int = field(default=1000, metadata={"help": "toy only: annotated pairs pi_0 is SFT-ed on (fixed, so a 4x-data run shares pi_0)"})
+    toy_sft_epochs: int = field(default=40, metadata={"help": "toy only: epochs of the SFT that makes pi_0"})
+
+    def __post_init__(self):
+        s = "model"
+        _check(bool(self.name_or_path), s, "name_or_path", "a non-empty string", self.name_or_path)
+        _check(self.prompt_template in ("auto", "chat", "plain"), s, "prompt_template", "'auto', 'chat' or 'plain'", self.prompt_template)
+        _check(self.dtype in ("float32", "bfloat16", "float16"), s, "dtype", "float32, bfloat16 or float16", self.dtype)
+        _check(isinstance(self.lora_r, int) and self.lora_r >= 0, s, "lora_r", "an integer >= 0", self.lora_r)
+        _check(0.0 <= self.lora_dropout < 1.0, s, "lora_dropout", "0 <= value < 1", self.lora_dropout)
+        _check(self.max_length is None or self.max_length >= 2, s, "max_length", "None or an integer >= 2", self.max_length)
+        _check(self.toy_sft_examples >= 1, s, "toy_sft_examples", "an integer >= 1", self.toy_sft_examples)
+        _check(self.toy_sft_epochs >= 1, s, "toy_sft_epochs", "an integer >= 1", self.toy_sft_epochs)
+
+
+@dataclass
+class DataSettings(DataConfig):
+    """The run's data section: `tspin_kit.data.DataConfig` plus the held-out size, defaulting to the toy world."""
+
+    source: str | None = field(default="toy:addition", metadata={"help": "'toy:addition', 'toy:scratchpad', a hub dataset id, or a local file/folder"})
+    num_examples: int | None = field(default=1000, metadata={"help": "annotated examples to use (count)"})
+    eval_size: int = field(default=500, metadata={"help": "held-out prompts for the task score (taken out before subsampling)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(bool(self.source), "data", "source", "a non-empty string", self.source)
+        _check(isinstance(self.eval_size, int) and self.eval_size >= 1, "data", "eval_size", "an integer >= 1", self.eval_size)
+
+    def loader_config(self) -> DataConfig:
+        """What `tspin_kit.data.load_annotated` needs: everything but the subsample (taken after the split)."""
+        d = {f.name: getattr(self, f.name) for f in fields(DataConfig)}
+        return DataConfig(**{**d, "num_examples": None, "fraction": None})
+
+
+@dataclass
+class MethodConfig:
+    name: str = field(default="tspin", metadata={"help": "sft | spin | tspin | tspin_no_history | tspin_ref"})
+    alpha: float = field(default=1.0, metadata={"help": "T-SPIN entropy coefficient = reward scale (paper: 1.0)"})
+    beta: float = field(default=0.1, metadata={"help": "T-SPIN weight of the historical advantage (paper: 0.1)"})
+    beta_schedule: list[float] | None = field(default=None, metadata={"help": "beta per iteration; default: 0 at iteration 0, then beta"})
+    lam: float = field(default=1.0, metadata={"help": "SPIN reward scale (paper 0.1; see docs/departures.md)"})
+    lam_schedule: list[float] | None = field(default=None, metadata={"help": "lam per iteration (SPIN raised it to 5 at its last)"})
+    mask_proto_equal_annotated: bool = field(default=False, metadata={"help": "drop the historical term where y0 == y"})
+    mix_previous: bool = field(default=False, metadata={"help": "SPIN option: also train on the previous iteration's synthetic data"})
+
+    def __post_init__(self):
+        s = "method"
+        _check(self.name in METHODS, s, "name", f"one of {', '.join(METHODS)}", self.name)
+        _check(self.alpha > 0, s, "alpha", "a number > 0", self.alpha)
+        _check(self.beta >= 0, s, "beta", "a number >= 0", self.beta)
+        _check(self.lam > 0, s, "lam", "a number > 0", self.lam)
+        for name in ("beta_schedule", "lam_schedule"):
+            sched = getattr(self, name)
+            if sched is not None:
+                _check(len(sched) >= 1, s, name, "a non-empty list", sched)
+                lo_ok = all(v >= 0 for v in sched) if name == "beta_schedule" else all(v > 0 for v in sched)
+                _check(lo_ok, s, name, "values >= 0" if name == "beta_schedule" else "values > 0", sched)
+
+    def beta_at(self, iteration: int) -> float:
+        """beta for iteration t: 0 for the no-history ablation and at t = 0 (y' and y0 both come from pi_0)."""
+        if self.name == "tspin_no_history":
+            return 0.0
+        if self.beta_schedule is not None:
+            return float(self.beta_schedule[min(iteration, len(self.beta_schedule) - 1)])
+        return 0.0 if iteration == 0 else float(self.beta)
+
+    def lam_at(self, iteration: int) -> float:
+        if self.lam_schedule is not None:
+            return float(self.lam_schedule[min(iteration, len(self.lam_schedule) - 1)])
+        return float(self.lam)
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.name in ("spin", "tspin_ref")
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = field(default="adamw", metadata={"help": "adamw or rmsprop (T-SPIN paper: RMSprop, no weight decay)"})
+    lr: float = field(default=2e-5, metadata={"help": "peak learning rate"})
+    lr_schedule: list[float] | None = field(default=None, metadata={"help": "peak lr per iteration (SPIN: 5e-7, 5e-7, then 1e-7)"})
+    schedule: str = field(default="constant", metadata={"help": "after warmup: constant or linear decay to 0"})
+    warmup_ratio: float = field(default=0.1, metadata={"help": "share of each iteration's steps spent warming up"})
+    epochs: int = field(default=2, metadata={"help": "epochs over the triplets per iteration"})
+    batch_size: int = field(default=64, metadata={"help": "global batch, in examples (a triplet counts once)"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay (AdamW) / L2 (RMSprop)"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "clip the gradient norm; None disables"})
+
+    def __post_init__(self):
+        s = "train"
+        _check(self.optimizer in OPTIMIZERS, s, "optimizer", f"one of {', '.join(OPTIMIZERS)}", self.optimizer)
+        _check(self.lr > 0, s, "lr", "a number > 0", self.lr)
+        if self.lr_schedule is not None:
+            _check(len(self.lr_schedule) >= 1 and all(v > 0 for v in self.lr_schedule), s, "lr_schedule", "a non-empty list of numbers > 0", self.lr_schedule)
+        _check(self.schedule in SCHEDULES, s, "schedule", f"one of {', '.join(SCHEDULES)}", self.schedule)
+        _check(0 <= self.warmup_ratio < 1, s, "warmup_ratio", "0 <= value < 1", self.warmup_ratio)
+        _check(isinstance(self.epochs, int) and self.epochs >= 1, s, "epochs", "an integer >= 1", self.epochs)
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, s, "batch_size", "an integer >= 1", self.batch_size)
+        _check(isinstance(self.grad_accum, int) and 1 <= self.grad_accum <= self.batch_size, s, "grad_accum", "an integer in [1, batch_size]", self.grad_accum)
+        _check(self.weight_decay >= 0, s, "weight_decay", "a number >= 0", self.weight_decay)
+        _check(self.max_grad_norm is None or self.max_grad_norm > 0, s, "max_grad_norm", "None or a number > 0", self.max_grad_norm)
+
+    def lr_at(self, iteration: int) -> float:
+        if self.lr_schedule is not None:
+            return float(self.lr_schedule[min(iteration, len(self.lr_schedule) - 1)])
+        return float(self.lr)
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature for y' and y0; 0 means greedy"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass"})
+    top_k: int = field(default=0, metadata={"help": "0 disables top-k"})
+    max_new_tokens: int = field(default=16, metadata={"help": "longest sampled response"})
+    batch_size: int = field(default=250, metadata={"help": "prompts per generate() call (also the seeding chunk)"})
+
+    def __post_init__(self):
+        s = "sampling"
+        _check(self.temperature >= 0, s, "temperature", "a number >= 0", self.temperature)
+        _check(0 < self.top_p <= 1, s, "top_p", "0 < top_p <= 1", self.top_p)
+        _check(self.top_k >= 0, s, "top_k", "an integer >= 0", self.top_k)
+        _check(self.max_new_tokens >= 1, s, "max_new_tokens", "an integer >= 1", self.max_new_tokens)
+        _check(self.batch_size >= 1, s, "batch_size", "an integer >= 1", self.batch_size)
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataSettings = field(default_factory=DataSettings)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    iterations: int = field(default=5, metadata={"help": "self-play iterations (Iter0 .. Iter{n-1})"})
+    seed: int = field(default=0, metadata={"help": "seed for generation, shuffling and initialisation"})
+    run_dir: str | None = field(default=None, metadata={"help": "where records and weights go; None keeps the run in memory"})
+    keep_weights: str = field(default="all", metadata={"help": "'all' saves every pi_t, 'last' only the latest"})
+    cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is present"})
+
+    def __post_init__(self):
+        for name, cls in _SECTIONS.items():
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                setattr(self, name, _from_dict(cls, value, name))
+        _check(isinstance(self.iterations, int) and self.iterations >= 1, "run", "iterations", "an integer >= 1", self.iterations)
+        _check(self.keep_weights in ("all", "last"), "run", "keep_weights", "'all' or 'last'", self.keep_weights)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source: str = "config") -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a mapping of sections, got {type(d).__name__}")
+        try:
+            return _from_dict(cls, d, "run")
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "RunConfig":
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        return cls.from_dict(d, source=str(path))
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+_SECTIONS = {
+    "model": ModelConfig,
+    "data": DataSettings,
+    "method": MethodConfig,
+    "train": TrainConfig,
+    "sampling": SamplingConfig,
+}
+
+
+def _from_dict(cls, d: dict, section: str):
+    if not isinstance(d, dict):
+        raise ConfigError(f"{section}: expected a mapping, got {type(d).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"{section}: unknown field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+    kwargs = {}
+    for k, v in d.items():
+        sub = _SECTIONS.get(k) if cls is RunConfig else None
+        kwargs[k] = _from_dict(sub, v, k) if sub is not None and isinstance(v, dict) else v
+    try:
+        return cls(**kwargs)
+    except DataError as e:  # data.DataConfig's own checks name the field but not the section
+        raise ConfigError(f"{section}: {e}") from None
+    except TypeError as e:  # wrong types that dataclass comparisons trip on
+        raise ConfigError(f"{section}: {e}") from None
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        key = f"{prefix}{k}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, key + ".")
+        elif va != vb:
+            out.append(f"{key}: {va!r} != {vb!r}")
+    return out

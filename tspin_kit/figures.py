@@ -1,0 +1,588 @@
+"""Pure functions from ``analysis`` tables to plotly figures, shared by ``widgets/`` and ``tspin report``.
+
+One colour per response role everywhere (``ROLE_COLORS``: annotated y, synthetic y', proto-synthetic
+y0), one per method (``METHOD_COLORS``), axis titles with units (log-probs in nats). Figures are
+plain ``go.Figure``s with a white card background so they read the same in JupyterLab's light and
+dark themes and in a static HTML report.
+
+Speed: the alpha/beta panel rebuilds its figures on every slider move, so the figures here build
+their layouts as dicts (``make_subplots`` costs ~10 ms a call) and scatter plots show at most
+``MAX_POINTS`` points (a fixed, seeded subset; the statistics in titles use every example).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+__all__ = [
+    "ADVANTAGE_COLORS",
+    "METHOD_COLORS",
+    "ROLE_COLORS",
+    "ROLE_LABELS",
+    "advantage_decay",
+    "degenerate_shares",
+    "gradient_weights",
+    "loss_landscape",
+    "misalignment",
+    "opponent",
+    "report_figures",
+    "run_comparison",
+    "scores",
+    "synthetic_history",
+    "token_entropy",
+    "token_logps",
+    "top_drivers",
+]
+
+ROLE_COLORS = {"annotated": "#1b9e77", "synthetic": "#d95f02", "proto": "#7570b3"}  # ColorBrewer Dark2
+ROLE_LABELS = {"annotated": "annotated y", "synthetic": "synthetic y'", "proto": "proto-synthetic y0"}
+ADVANTAGE_COLORS = {"current": "#1f78b4", "historical": "#b15928"}
+METHOD_COLORS = {
+    "sft": "#7f7f7f",
+    "spin": "#1f78b4",
+    "tspin": "#e31a1c",
+    "tspin_no_history": "#ff7f00",
+    "tspin_ref": "#6a3d9a",
+}
+METHOD_LABELS = {"sft": "SFT", "spin": "SPIN", "tspin": "T-SPIN", "tspin_no_history": "T-SPIN w/o H-A", "tspin_ref": "T-SPIN_ref"}
+EXTRA_COLORS = ["#33a02c", "#a6761d", "#e7298a", "#666666", "#17becf", "#bcbd22"]
+MISALIGNED_COLOR = "#e31a1c"
+ALIGNED_COLOR = "#1f78b4"
+MAX_POINTS = 4000
+NATS = "nats"
+
+_FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
+
+
+def _base_layout(title: str, height: int = 360, **extra: Any) -> dict:
+    layout = {
+        "template": "plotly_white",
+        "title": {"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 14}},
+        "paper_bgcolor": "white",
+        "plot_bgcolor": "white",
+        "font": {"family": _FONT, "size": 12, "color": "#222"},
+        "height": height,
+        "margin": {"l": 64, "r": 24, "t": 64, "b": 56},
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.02, "xanchor": "right", "x": 1.0},
+        "hovermode": "closest",
+    }
+    layout.update(extra)
+    return layout
+
+
+def _panels(titles: list[str], gap: float = 0.1) -> dict:
+    """Layout entries for ``len(titles)`` side-by-side panels (xaxis, xaxis2, ... and titles)."""
+    n = len(titles)
+    width = (1.0 - gap * (n - 1)) / n
+    out: dict = {"annotations": []}
+    for i, title in enumerate(titles):
+        sfx = "" if i == 0 else str(i + 1)
+        x0 = i * (width + gap)
+        out[f"xaxis{sfx}"] = {"domain": [x0, x0 + width], "anchor": f"y{sfx}", "zeroline": False}
+        out[f"yaxis{sfx}"] = {"anchor": f"x{sfx}", "zeroline": False}
+        out["annotations"].append(
+            {
+                "text": f"<b>{title}</b>",
+                "x": x0 + width / 2,
+                "y": 1.0,
+                "xref": "paper",
+                "yref": "paper",
+                "xanchor": "center",
+                "yanchor": "bottom",
+                "showarrow": False,
+                "font": {"size": 12},
+            }
+        )
+    return out
+
+
+def _ax(i: int) -> tuple[str, str]:
+    return ("x", "y") if i == 0 else (f"x{i + 1}", f"y{i + 1}")
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    h = hex_color.lstrip("#")
+    r, g, b = (int(h[k : k + 2], 16) for k in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def method_color(method: str, index: int = 0) -> str:
+    return METHOD_COLORS.get(method, EXTRA_COLORS[index % len(EXTRA_COLORS)])
+
+
+def _run_colors(labels: list[str], methods: list[str]) -> dict[str, str]:
+    """Colour per run: its method's colour; a second run of the same method gets an extra colour."""
+    used: dict[str, int] = {}
+    out = {}
+    for i, (label, m) in enumerate(zip(labels, methods)):
+        k = used.get(m, 0)
+        used[m] = k + 1
+        out[label] = method_color(m) if k == 0 and m in METHOD_COLORS else EXTRA_COLORS[(i + k) % len(EXTRA_COLORS)]
+    return out
+
+
+def _subsample(n: int, k: int = MAX_POINTS, seed: int = 0) -> np.ndarray:
+    if n <= k:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
+def _iteration_axis(title: str = "iteration t") -> dict:
+    return {"title": {"text": title}, "dtick": 1, "tickformat": "d"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Advantage decay, degenerate pairs, scores, misalignment, token entropy
+# ---------------------------------------------------------------------------------------------
+
+
+def advantage_decay(summaries: dict[str, tuple[pd.DataFrame, str]], stage: str = "before", marker_iteration: int | None = None) -> go.Figure:
+    """Current (u) and historical (v) advantage per iteration: mean line and q10-q90 band per run.
+
+    ``summaries`` maps a run label to ``(analysis.advantage_summary(...), method)``.
+    """
+    labels = list(summaries)
+    colors = _run_colors(labels, [summaries[k][1] for k in labels])
+    when = "log π_t, at generation" if stage == "before" else "log π_{t+1}, after training"
+    layout = _base_layout(f"Advantage decay ({when}): mean and q10–q90 band", height=380)
+    layout.update(_panels(["current advantage u = log π(y) − log π(y')", "historical advantage v = log π(y') − log π(y0)"]))
+    traces = []
+    for label in labels:
+        table, _method = summaries[label]
+        c = colors[label]
+        for i, kind in enumerate(("current", "historical")):
+            xa, ya = _ax(i)
+            t = table[table["advantage"] == kind].sort_values("iteration")
+            x = t["iteration"].to_numpy()
+            traces.append(
+                go.Scatter(
+                    x=np.concatenate([x, x[::-1]]),
+                    y=np.concatenate([t["q90"].to_numpy(), t["q10"].to_numpy()[::-1]]),
+                    fill="toself",
+                    fillcolor=_rgba(c, 0.15),
+                    line={"width": 0},
+                    hoverinfo="skip",
+                    showlegend=False,
+                    legendgroup=label,
+                    name=f"{label} q10–q90",
+                    xaxis=xa,
+                    yaxis=ya,
+                )
+            )
+            traces.append(
+                go.Scatter(
+                    x=x,
+                    y=t["mean"].to_numpy(),
+                    mode="lines+markers",
+                    line={"color": c, "width": 2},
+                    name=label,
+                    legendgroup=label,
+                    showlegend=i == 0,
+                    customdata=np.stack([t["q10"], t["q50"], t["q90"]], axis=-1) if len(t) else None,
+                    hovertemplate="t=%{x}<br>mean %{y:.2f} nats<br>q10 %{customdata[0]:.2f}, q50 %{customdata[1]:.2f}, q90 %{customdata[2]:.2f}<extra>"
+                    + label
+                    + "</extra>",
+                    xaxis=xa,
+                    yaxis=ya,
+                )
+            )
+    for i in range(2):
+        sfx = "" if i == 0 else "2"
+        layout[f"xaxis{sfx}"].update(_iteration_axis())
+        layout[f"yaxis{sfx}"].update({"title": {"text": f"advantage ({NATS})"}, "zeroline": True, "zerolinecolor": "#999"})
+    if marker_iteration is not None:
+        layout["shapes"] = [
+            {"type": "line", "xref": xr, "yref": f"{yr} domain", "x0": marker_iteration, "x1": marker_iteration, "y0": 0, "y1": 1, "line": {"color": "#888", "dash": "dot"}}
+            for xr, yr in (("x", "y"), ("x2", "y2"))
+        ]
+    return go.Figure(data=traces, layout=layout)
+
+
+def degenerate_shares(shares: dict[str, tuple[pd.DataFrame, str]]) -> go.Figure:
+    """Share of degenerate pairs per iteration: y' == y (solid) and y0 == y (dashed), per run."""
+    labels = list(shares)
+    colors = _run_colors(labels, [shares[k][1] for k in labels])
+    traces = []
+    for label in labels:
+        t, _ = shares[label]
+        for col, dash, what in (("synthetic_equals_annotated", "solid", "y' == y"), ("proto_equals_annotated", "dash", "y0 == y")):
+            traces.append(
+                go.Scatter(
+                    x=t["iteration"],
+                    y=t[col],
+                    mode="lines+markers",
+                    name=f"{label}: {what}",
+                    line={"color": colors[label], "dash": dash, "width": 2},
+                    hovertemplate="t=%{x}: %{y:.1%}<extra>" + f"{label}: {what}" + "</extra>",
+                )
+            )
+    layout = _base_layout("Degenerate pairs: share of y' == y (solid) and y0 == y (dashed)", height=340)
+    layout["xaxis"] = _iteration_axis()
+    layout["yaxis"] = {"title": {"text": "share of examples (%)"}, "tickformat": ".0%", "rangemode": "tozero"}
+    return go.Figure(data=traces, layout=layout)
+
+
+def scores(tables: dict[str, tuple[pd.DataFrame, str]], marker_iteration: int | None = None) -> go.Figure:
+    """Task score of pi_0, pi_1, ... per run (``analysis.score_table``)."""
+    labels = list(tables)
+    colors = _run_colors(labels, [tables[k][1] for k in labels])
+    traces = [
+        go.Scatter(
+            x=t["policy"],
+            y=t["score"],
+            mode="lines+markers",
+            name=label,
+            line={"color": colors[label], "width": 2},
+            hovertemplate="π_%{x}: %{y:.3f}<extra>" + label + "</extra>",
+        )
+        for label, (t, _) in tables.items()
+    ]
+    layout = _base_layout("Task score per policy (π_0 = starting model)", height=320)
+    layout["xaxis"] = _iteration_axis("policy π_t (iterations trained)")
+    layout["yaxis"] = {"title": {"text": "task score (exact match, 0–1)"}, "rangemode": "tozero"}
+    if marker_iteration is not None:
+        layout["shapes"] = [{"type": "line", "xref": "x", "yref": "y domain", "x0": marker_iteration + 1, "x1": marker_iteration + 1, "y0": 0, "y1": 1, "line": {"color": "#888", "dash": "dot"}}]
+    return go.Figure(data=traces, layout=layout)
+
+
+def misalignment(tables: dict[str, tuple[pd.DataFrame, str]], iteration: int | None = None) -> go.Figure:
+    """Reward margin against log-likelihood margin, one panel per run, misaligned share in titles.
+
+    ``tables`` maps a label to ``(analysis.misalignment_table(examples, iteration), method)``.
+    Misaligned: reward ranks y above y' (y > 0) while log pi ranks it below (x < 0): top-left.
+    """
+    labels = list(tables)
+    titles = []
+    for label in labels:
+        t, _ = tables[label]
+        share = float(t["misaligned"].mean()) if len(t) else math.nan
+        titles.append(f"{label}: {share:.1%} misaligned (n={len(t)})" if len(t) else f"{label}: no reward margins")
+    layout = _base_layout(
+        "Reward vs log-likelihood: r(y) − r(y') against log π(y) − log π(y')" + (f", iteration {iteration}" if iteration is not None else ""),
+        height=380,
+    )
+    layout.update(_panels(titles, gap=0.08))
+    traces = []
+    for i, label in enumerate(labels):
+        t, _ = tables[label]
+        xa, ya = _ax(i)
+        idx = _subsample(len(t))
+        s = t.iloc[idx]
+        for flag, color, name in ((False, ALIGNED_COLOR, "aligned"), (True, MISALIGNED_COLOR, "misaligned")):
+            part = s[s["misaligned"] == flag]
+            traces.append(
+                go.Scattergl(
+                    x=part["logp_margin"].to_numpy(),
+                    y=part["reward_margin"].to_numpy(),
+                    mode="markers",
+                    marker={"color": color, "size": 5, "opacity": 0.6},
+                    name=name,
+                    legendgroup=name,
+                    showlegend=i == 0,
+                    customdata=part["example_id"].to_numpy(),
+                    hovertemplate="example %{customdata}<br>log-lik margin %{x:.2f} nats<br>reward margin %{y:.3f}<extra>" + label + "</extra>",
+                    xaxis=xa,
+                    yaxis=ya,
+                )
+            )
+        sfx = "" if i == 0 else str(i + 1)
+        layout[f"xaxis{sfx}"].update({"title": {"text": f"log π(y) − log π(y') ({NATS})"}, "zeroline": True, "zerolinecolor": "#999"})
+        layout[f"yaxis{sfx}"].update({"title": {"text": "reward margin r(y) − r(y')"}, "zeroline": True, "zerolinecolor": "#999"})
+    return go.Figure(data=traces, layout=layout)
+
+
+def token_entropy(tables: dict[str, tuple[pd.DataFrame, str]]) -> go.Figure:
+    """The policy's token entropy per iteration, per run (``analysis.token_entropy_table``)."""
+    labels = list(tables)
+    colors = _run_colors(labels, [tables[k][1] for k in labels])
+    traces = [
+        go.Scatter(
+            x=t["iteration"],
+            y=t["token_entropy"],
+            mode="lines+markers",
+            name=label,
+            line={"color": colors[label], "width": 2},
+            hovertemplate="t=%{x}: %{y:.3f} nats/token<extra>" + label + "</extra>",
+        )
+        for label, (t, _) in tables.items()
+    ]
+    layout = _base_layout("Policy token entropy (of y' under the policy that sampled it)", height=300)
+    layout["xaxis"] = _iteration_axis()
+    layout["yaxis"] = {"title": {"text": "entropy (nats/token)"}, "rangemode": "tozero"}
+    return go.Figure(data=traces, layout=layout)
+
+
+# ---------------------------------------------------------------------------------------------
+# One triplet
+# ---------------------------------------------------------------------------------------------
+
+
+def token_logps(shading: pd.DataFrame, title: str = "Per-token log-probs") -> go.Figure:
+    """Per-token log-prob of y, y', y0 against token position (``analysis.token_shading``)."""
+    traces = []
+    for role in ("annotated", "synthetic", "proto"):
+        t = shading[shading["role"] == role]
+        traces.append(
+            go.Scatter(
+                x=t["position"],
+                y=t["logp"],
+                mode="lines+markers",
+                name=ROLE_LABELS[role],
+                line={"color": ROLE_COLORS[role], "width": 2},
+                text=t["token"],
+                hovertemplate="token %{x} %{text|}: %{y:.3f} nats<extra>" + ROLE_LABELS[role] + "</extra>",
+            )
+        )
+    layout = _base_layout(title, height=300)
+    layout["xaxis"] = {"title": {"text": "token position"}, "dtick": 1}
+    layout["yaxis"] = {"title": {"text": f"log-prob ({NATS})"}}
+    return go.Figure(data=traces, layout=layout)
+
+
+def synthetic_history(history: pd.DataFrame, example_id: int) -> go.Figure:
+    """One prompt across iterations: log pi_t(y') and the advantages u and v at generation time."""
+    hover_text = [f"y' = {s!r}" for s in history["synthetic"]]
+    traces = [
+        go.Scatter(
+            x=history["iteration"],
+            y=history["synthetic_logp_before"],
+            mode="lines+markers",
+            name="log π_t(y')",
+            line={"color": ROLE_COLORS["synthetic"], "width": 2},
+            text=hover_text,
+            hovertemplate="t=%{x}: %{y:.2f} nats<br>%{text}<extra></extra>",
+        ),
+        go.Scatter(
+            x=history["iteration"],
+            y=history["current_advantage_before"],
+            mode="lines+markers",
+            name="u (current advantage)",
+            line={"color": ADVANTAGE_COLORS["current"], "dash": "dash"},
+        ),
+        go.Scatter(
+            x=history["iteration"],
+            y=history["historical_advantage_before"],
+            mode="lines+markers",
+            name="v (historical advantage)",
+            line={"color": ADVANTAGE_COLORS["historical"], "dash": "dot"},
+        ),
+    ]
+    layout = _base_layout(f"Example {example_id}: its synthetic response across iterations", height=300)
+    layout["xaxis"] = _iteration_axis()
+    layout["yaxis"] = {"title": {"text": f"log-prob / advantage ({NATS})"}, "zeroline": True, "zerolinecolor": "#999"}
+    return go.Figure(data=traces, layout=layout)
+
+
+# ---------------------------------------------------------------------------------------------
+# alpha / beta / lam panel
+# ---------------------------------------------------------------------------------------------
+
+
+def gradient_weights(table: pd.DataFrame, *, kind: str, scale: float, beta: float) -> go.Figure:
+    """Each example's weight in the gradient against its advantage, with the weight curves.
+
+    Left: w_cur = sigmoid(-s*u) against u; right: w_hist = beta*sigmoid(-s*v) against v
+    (s = alpha for T-SPIN, lam for SPIN/T-SPIN_ref). Points are examples (a fixed subset when
+    large); lines are the curves at the current settings.
+    """
+    s_name = "α" if kind == "tspin" else "λ"
+    layout = _base_layout(
+        f"Gradient weight per example ({s_name} = {scale:.3g}, β = {beta:.3g}; {len(table):,} examples)", height=360
+    )
+    layout.update(_panels([f"current: sigmoid(−{s_name}·u)", f"historical: β·sigmoid(−{s_name}·v)"]))
+    idx = _subsample(len(table))
+    s = table.iloc[idx]
+    traces = []
+    for i, (adv, w, color, name) in enumerate(
+        (
+            ("current_advantage", "weight_current", ADVANTAGE_COLORS["current"], "current term"),
+            ("historical_advantage", "weight_historical", ADVANTAGE_COLORS["historical"], "historical term"),
+        )
+    ):
+        xa, ya = _ax(i)
+        x = s[adv].to_numpy()
+        finite = x[np.isfinite(x)]
+        lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (-1.0, 1.0)
+        grid = np.linspace(min(lo, -1.0), max(hi, 1.0), 120)
+        mult = 1.0 if i == 0 else beta
+        if kind == "spin" and i == 1:
+            mult = 0.0  # SPIN has no historical term
+        curve = mult / (1.0 + np.exp(np.clip(scale * grid, -60, 60)))
+        traces.append(
+            go.Scattergl(
+                x=x,
+                y=s[w].to_numpy(),
+                mode="markers",
+                marker={"color": color, "size": 5, "opacity": 0.5},
+                name=f"{name} (examples)",
+                customdata=s["example_id"].to_numpy(),
+                hovertemplate="example %{customdata}<br>advantage %{x:.2f} nats<br>weight %{y:.3f}<extra></extra>",
+                xaxis=xa,
+                yaxis=ya,
+            )
+        )
+        traces.append(
+            go.Scatter(x=grid, y=curve, mode="lines", line={"color": "#333", "width": 1.5}, name="weight curve", showlegend=i == 0, hoverinfo="skip", xaxis=xa, yaxis=ya)
+        )
+    sfx_titles = (("", f"current advantage u ({NATS})"), ("2", f"historical advantage v ({NATS})"))
+    for sfx, xt in sfx_titles:
+        layout[f"xaxis{sfx}"].update({"title": {"text": xt}})
+        layout[f"yaxis{sfx}"].update({"title": {"text": "gradient weight (0–1)"}, "range": [-0.03, 1.03]})
+    return go.Figure(data=traces, layout=layout)
+
+
+def top_drivers(top: pd.DataFrame) -> go.Figure:
+    """Stacked bars of w_cur and w_hist for the examples that drive the update most."""
+    y = [f"#{int(e)}" for e in top["example_id"]]
+    traces = [
+        go.Bar(y=y, x=top["weight_current"], orientation="h", name="current weight", marker={"color": ADVANTAGE_COLORS["current"]}),
+        go.Bar(y=y, x=top["weight_historical"], orientation="h", name="historical weight", marker={"color": ADVANTAGE_COLORS["historical"]}),
+    ]
+    layout = _base_layout("Examples that drive the update most", height=360, barmode="stack")
+    layout["xaxis"] = {"title": {"text": "gradient weight w_cur + w_hist"}}
+    layout["yaxis"] = {"title": {"text": "example id"}, "autorange": "reversed", "type": "category"}
+    return go.Figure(data=traces, layout=layout)
+
+
+def loss_landscape(landscape: pd.DataFrame, *, kind: str, scale: float, beta: float) -> go.Figure:
+    """Mean loss over the (scale, beta) grid as a heatmap, current settings marked (SPIN: a line)."""
+    s_name = "α" if kind == "tspin" else "λ"
+    if kind == "spin":
+        line = landscape.drop_duplicates("scale").sort_values("scale")
+        current = float(np.interp(scale, line["scale"], line["loss"]))
+        traces = [
+            go.Scatter(x=line["scale"], y=line["loss"], mode="lines", name="mean SPIN loss", line={"color": METHOD_COLORS["spin"], "width": 2}),
+            go.Scatter(x=[scale], y=[current], mode="markers", name="current λ", marker={"color": "#111", "size": 11, "symbol": "x"}),
+        ]
+        layout = _base_layout("Loss landscape: mean SPIN loss over λ", height=340)
+        layout["xaxis"] = {"title": {"text": "λ (reward scale)"}, "type": "log"}
+        layout["yaxis"] = {"title": {"text": "mean loss (nats)"}}
+        return go.Figure(data=traces, layout=layout)
+    grid = landscape.pivot(index="beta", columns="scale", values="loss")
+    traces = [
+        go.Heatmap(
+            x=grid.columns.to_numpy(),
+            y=grid.index.to_numpy(),
+            z=grid.to_numpy(),
+            colorscale="Viridis",
+            colorbar={"title": {"text": "mean loss<br>(nats)"}},
+            hovertemplate=f"{s_name}=%{{x:.3g}}, β=%{{y:.3g}}<br>loss %{{z:.3f}}<extra></extra>",
+        ),
+        go.Scatter(x=[scale], y=[beta], mode="markers", name="current setting", marker={"color": "white", "size": 12, "symbol": "x", "line": {"color": "black", "width": 2}}),
+    ]
+    layout = _base_layout(f"Loss landscape: mean loss over {s_name} and β", height=340)
+    layout["xaxis"] = {"title": {"text": f"{s_name} ({'entropy coefficient = reward scale' if kind == 'tspin' else 'reward scale'})"}, "type": "log"}
+    layout["yaxis"] = {"title": {"text": "β (historical weight)"}}
+    return go.Figure(data=traces, layout=layout)
+
+
+def opponent(table: pd.DataFrame, curve: pd.DataFrame, alpha: float) -> go.Figure:
+    """Proposition 1: bars of softmax(c/alpha) per candidate; its entropy against alpha."""
+    colors = [ROLE_COLORS[r] for r in table["role"]]
+    current_entropy = float(np.interp(alpha, curve["alpha"], curve["entropy"])) if len(curve) else math.nan
+    layout = _base_layout(f"Opponent π* = softmax(c/α) at α = {alpha:.3g}, c = log π(z|x)", height=340)
+    layout.update(_panels(["probability per candidate", "entropy of π* as α moves"], gap=0.14))
+    traces = [
+        go.Bar(
+            x=table["candidate"],
+            y=table["probability"],
+            marker={"color": colors},
+            text=[f"{p:.2f}" for p in table["probability"]],
+            textposition="outside",
+            customdata=np.stack([table["text"].astype(str), table["confidence"]], axis=-1) if len(table) else None,
+            hovertemplate="%{x}: p=%{y:.3f}<br>c=%{customdata[1]:.2f} nats<br>%{customdata[0]}<extra></extra>",
+            name="π*(z)",
+            showlegend=False,
+        ),
+        go.Scatter(x=curve["alpha"], y=curve["entropy"], mode="lines", line={"color": "#333", "width": 2}, name="entropy", showlegend=False, xaxis="x2", yaxis="y2"),
+        go.Scatter(x=curve["alpha"], y=curve["max_entropy"], mode="lines", line={"color": "#999", "dash": "dot"}, name="log K (uniform)", showlegend=False, xaxis="x2", yaxis="y2", hoverinfo="skip"),
+        go.Scatter(x=[alpha], y=[current_entropy], mode="markers", marker={"color": "#111", "size": 10, "symbol": "x"}, name="current α", showlegend=False, xaxis="x2", yaxis="y2"),
+    ]
+    layout["xaxis"].update({"title": {"text": "candidate response"}})
+    layout["yaxis"].update({"title": {"text": "probability"}, "range": [0, 1.12]})
+    layout["xaxis2"].update({"title": {"text": "α (entropy coefficient)"}, "type": "log"})
+    layout["yaxis2"].update({"title": {"text": "entropy (nats)"}, "rangemode": "tozero"})
+    return go.Figure(data=traces, layout=layout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs on common axes
+# ---------------------------------------------------------------------------------------------
+
+_METRIC_AXES = {
+    "score": ("task score (exact match, 0–1)", "policy π_t (iterations trained)"),
+    "current_advantage_mean": (f"mean current advantage u ({NATS})", "iteration t"),
+    "historical_advantage_mean": (f"mean historical advantage v ({NATS})", "iteration t"),
+    "misaligned_share": ("share misaligned (%)", "iteration t"),
+    "share_synthetic_equals_annotated": ("share y' == y (%)", "iteration t"),
+    "token_entropy": ("token entropy (nats/token)", "iteration t"),
+    "loss_mean": ("mean training loss (nats)", "iteration t"),
+}
+
+
+def run_comparison(table: pd.DataFrame, metrics: list[str], runs: list[str] | None = None) -> go.Figure:
+    """Several runs on common axes: one panel per metric (``analysis.comparison_table``)."""
+    runs = runs if runs is not None else list(dict.fromkeys(table["run"]))
+    methods = [table.loc[table["run"] == r, "method"].iloc[0] if (table["run"] == r).any() else "" for r in runs]
+    colors = _run_colors(runs, methods)
+    metrics = list(metrics) or ["score"]
+    layout = _base_layout("Run comparison", height=360)
+    layout.update(_panels([m.replace("_", " ") for m in metrics], gap=0.08 if len(metrics) > 1 else 0.0))
+    traces = []
+    for i, metric in enumerate(metrics):
+        xa, ya = _ax(i)
+        for run in runs:
+            t = table[(table["run"] == run) & (table["metric"] == metric)].sort_values("x")
+            traces.append(
+                go.Scatter(
+                    x=t["x"],
+                    y=t["value"],
+                    mode="lines+markers",
+                    name=run,
+                    legendgroup=run,
+                    showlegend=i == 0,
+                    line={"color": colors[run], "width": 2},
+                    hovertemplate="%{x}: %{y:.3f}<extra>" + run + "</extra>",
+                    xaxis=xa,
+                    yaxis=ya,
+                )
+            )
+        ytitle, xtitle = _METRIC_AXES.get(metric, (metric, "iteration t"))
+        sfx = "" if i == 0 else str(i + 1)
+        layout[f"xaxis{sfx}"].update(_iteration_axis(xtitle))
+        layout[f"yaxis{sfx}"].update({"title": {"text": ytitle}})
+        if "share" in metric:
+            layout[f"yaxis{sfx}"]["tickformat"] = ".0%"
+    return go.Figure(data=traces, layout=layout)
+
+
+def report_figures(runs: dict[str, Any], *, iteration: int | None = None) -> dict[str, go.Figure]:
+    """The widgets' figures for one or more runs, for ``tspin report`` to write as static HTML.
+
+    ``runs`` maps a label to records (``examples``, ``metrics``, ``manifest``). ``iteration``
+    picks the iteration of the misalignment scatter (default: the last one).
+    """
+    from tspin_kit import analysis as A
+
+    methods = {k: A.run_settings(r)["method"] for k, r in runs.items()}
+    with_examples = {k: r for k, r in runs.items() if r.examples is not None and len(r.examples)}
+    figs = {
+        "advantage_decay": advantage_decay({k: (A.advantage_summary(r.examples), methods[k]) for k, r in with_examples.items()}),
+        "degenerate_shares": degenerate_shares({k: (A.degenerate_shares(r.examples), methods[k]) for k, r in with_examples.items()}),
+        "scores": scores({k: (A.score_table(r.metrics), methods[k]) for k, r in runs.items()}),
+        "token_entropy": token_entropy({k: (A.token_entropy_table(r.metrics, r.examples), methods[k]) for k, r in with_examples.items()}),
+    }
+    if with_examples:
+        def last(r):
+            return iteration if iteration is not None else A.iterations_of(r.examples)[-1]
+
+        figs["misalignment"] = misalignment({k: (A.misalignment_table(r.examples, last(r)), methods[k]) for k, r in with_examples.items()}, iteration)
+    if len(runs) > 1:
+        table = A.comparison_table(runs)
+        figs["run_comparison"] = run_comparison(table, ["score", "current_advantage_mean", "historical_advantage_mean"])
+    return figs

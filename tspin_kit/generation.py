@@ -1,0 +1,129 @@
+"""Batched sampling and scoring, sharded across processes, independent of how many there are.
+
+Prompts are cut into fixed chunks; chunk k is sampled under its own seed (run seed, iteration, phase, k)
+and chunks are dealt round-robin to processes, then gathered in order. So one process and two
+processes produce the same y' (tested), and a resumed run samples exactly what the killed one would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .logprobs import collate, model_logps
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None] | None
+
+
+def derive_seed(*parts) -> int:
+    """A stable 31-bit seed from any parts (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def _dist():
+    from accelerate import PartialState
+
+    state = PartialState()
+    return state.process_index, state.num_processes, state
+
+
+def _sharded_map(n_items: int, chunk: int, fn, *, desc: str, progress: Progress):
+    """Apply fn(start, stop, chunk_index) -> list over fixed chunks, sharded round-robin, gathered in order."""
+    rank, world, state = _dist()
+    starts = list(range(0, n_items, chunk))
+    mine = [(k, s) for k, s in enumerate(starts) if k % world == rank]
+    out = {}
+    bar = tqdm(total=n_items, desc=desc, disable=not state.is_main_process, leave=False)
+    for done, (k, s) in enumerate(mine, 1):
+        stop = min(s + chunk, n_items)
+        out[k] = fn(s, stop, k)
+        bar.update(stop - s)
+        if progress is not None:
+            progress(min(done * chunk * world, n_items), n_items, desc)
+    bar.close()
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        merged = {}
+        for part in gather_object([out]):
+            merged.update(part)
+        out = merged
+    return [item for k in sorted(out) for item in out[k]]
+
+
+@torch.no_grad()
+def sample_responses(model, tokenizer, prompt_ids: list[list[int]], *, temperature: float, top_p: float, top_k: int,
+                     max_new_tokens: int, batch_size: int, seed: int, desc: str = "generate",
+                     progress: Progress = None) -> list[list[int]]:
+    """One sampled response per prompt, as token ids without EOS or padding.
+
+    Left padding + attention_mask so every row's next token sits in the last column; KV cache on;
+    each row is cut at its first EOS and pads are stripped (a random-init model can emit <pad>).
+    """
+    pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+
+    def run(start, stop, k):
+        rows = prompt_ids[start:stop]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r)
+            attn[i, width - len(r):] = 1
+        greedy = temperature == 0
+        kwargs = dict(do_sample=not greedy, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
+                      eos_token_id=eos_id, use_cache=True)
+        if not greedy:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(derive_seed(seed, k))
+            out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), **kwargs)
+        new = out[:, width:].tolist()
+        responses = []
+        for row in new:
+            if eos_id in row:
+                row = row[: row.index(eos_id)]
+            responses.append([t for t in row if t != pad_id])
+        return responses
+
+    try:
+        return _sharded_map(len(prompt_ids), batch_size, run, desc=desc, progress=progress)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def score_responses(model, prompt_ids: list[list[int]], response_ids: list[list[int]], *, pad_id: int,
+                    batch_size: int = 256, desc: str = "score", progress: Progress = None) -> list[dict]:
+    """Summed and per-token log pi(response | prompt) and the mean next-token entropy, per example.
+
+    ``response_ids`` already end with EOS where the response is finished.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+
+    def run(start, stop, k):
+        batch = collate(prompt_ids[start:stop], response_ids[start:stop], pad_id).to(device)
+        lp = model_logps(model, batch, with_entropy=True)
+        out = []
+        for i in range(stop - start):
+            toks = lp.token_logps[i][lp.mask[i]].float().cpu().tolist()
+            out.append({"logp": float(lp.summed[i]), "token_logps": toks, "entropy": float(lp.entropy[i])})
+        return out
+
+    try:
+        return _sharded_map(len(prompt_ids), batch_size, run, desc=desc, progress=progress)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,502 @@
+"""`SelfPlaySession`: SPIN / T-SPIN iterations you can step through, and resume after a kill.
+
+    s = SelfPlaySession(RunConfig(...)); s.prepare()      # data, pi_0, its score, y0 sampled once
+    s.generate(); s.train(); s.evaluate()                 # one iteration, phase by phase
+    s.step(); s.run()                                     # ... or whole iterations
+
+Every phase writes its outputs atomically before marking itself done in state.json, so `resume` continues
+from the first phase not done and, on CPU with fixed seeds, ends identical to an uninterrupted run: each
+phase draws its randomness from a seed derived from (run seed, iteration, phase), never from a stream that
+a kill would interrupt.
+
+Task score: exact-match accuracy (greedy decoding) when the data come from a toy task; otherwise the mean
+per-token log-likelihood of held-out annotated responses (higher is better), stated as `score_name`.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import losses as L
+from . import toy
+from .config import RunConfig, config_diff
+from .generation import derive_seed, sample_responses, score_responses
+from .store import RunDirError, RunRecords, RunStore, load_run, read_json, read_parquet, write_json, write_parquet
+from .training import Examples, build_examples, train_iteration
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None] | None
+ROLES = ("annotated", "synthetic", "proto")
+
+
+def _versions() -> dict:
+    import accelerate
+    import transformers
+
+    out = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+           "accelerate": accelerate.__version__}
+    try:
+        import peft
+
+        out["peft"] = peft.__version__
+    except ImportError:  # pragma: no cover - peft is a dependency
+        pass
+    from . import __version__
+
+    out["tspin_kit"] = __version__
+    return out
+
+
+def _q(x: np.ndarray, prefix: str) -> dict:
+    x = x[~np.isnan(x)] if len(x) else x
+    if len(x) == 0:
+        return {f"{prefix}_{k}": float("nan") for k in ("mean", "q10", "q50", "q90")}
+    return {f"{prefix}_mean": float(x.mean()), f"{prefix}_q10": float(np.quantile(x, 0.1)),
+            f"{prefix}_q50": float(np.quantile(x, 0.5)), f"{prefix}_q90": float(np.quantile(x, 0.9))}
+
+
+class SelfPlaySession:
+    """One run of one method. See the module docstring for the phase order."""
+
+    def __init__(self, config: RunConfig, *, label: str | None = None):
+        if not isinstance(config, RunConfig):
+            raise TypeError(f"SelfPlaySession expects a RunConfig, got {type(config).__name__}")
+        self.config = config
+        self.label = label or config.method.name
+        self.store = RunStore(config.run_dir) if config.run_dir else None
+        self.iteration = 0
+        self.initial: dict = {}
+        self._done: set[str] = set()
+        self._frames: list[pd.DataFrame] = []
+        self._metrics: list[dict] = []
+        self._generated: pd.DataFrame | None = None
+        self._train_info: dict | None = None
+        self.model = self.tokenizer = None
+        self.accelerator = None
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def next_phase(self) -> str:
+        if "prepare" not in self._done:
+            return "prepare"
+        if self.iteration >= self.config.iterations:
+            return "done"
+        for phase in ("generate", "train", "evaluate"):
+            if f"{phase}:{self.iteration}" not in self._done:
+                return phase
+        return "done"  # pragma: no cover
+
+    def _expect(self, phase: str) -> None:
+        nxt = self.next_phase
+        if nxt != phase:
+            raise RuntimeError(f"cannot {phase} now: the next phase of iteration {self.iteration} is {nxt!r}")
+
+    def _mark(self, phase: str, iteration: int | None = None) -> None:
+        key = phase if iteration is None else f"{phase}:{iteration}"
+        self._done.add(key)
+        if self.store and self._main:
+            self.store.mark_done(phase, iteration)
+        self._barrier()
+
+    @property
+    def _main(self) -> bool:
+        return self.accelerator is None or self.accelerator.is_main_process
+
+    def _barrier(self) -> None:
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            self.accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------ prepare
+    def prepare(self, progress: Progress = None) -> "SelfPlaySession":
+        """Load data and pi_0, score pi_0, sample the proto-synthetic y0 once."""
+        self._expect("prepare")
+        t0 = time.perf_counter()
+        self._load_world()
+        cfg = self.config
+        if self.store and self._main:
+            self._write_manifest()
+        self._barrier()
+        if self.store and self.store.is_done("prepare"):  # resuming
+            self._load_prepared()
+        else:
+            self.initial = {"score": self._task_score(progress), "score_name": self.score_name}
+            proto = self._sample(derive_seed(cfg.seed, "proto"), "sample y0", progress)
+            self.proto_ids = proto
+            if self.store and self._main:
+                write_parquet(self.store.root / "proto.parquet", pd.DataFrame(
+                    {"example_id": range(len(proto)), "proto_ids": proto, "proto": self._decode_all(proto)}))
+                if self._weights_are_local():
+                    self.store.policy_dir(0).parent.mkdir(parents=True, exist_ok=True)
+                    from .store import save_weights
+
+                    save_weights(self.model, self.store.policy_dir(0))
+                self.initial["seconds"] = time.perf_counter() - t0
+                write_json(self.store.root / "initial.json", self.initial)
+            self._mark("prepare")
+        self._done.add("prepare")
+        logger.info("%s: pi_0 %s = %.4f", self.label, self.score_name, self.initial["score"])
+        return self
+
+    def _load_world(self) -> None:
+        from accelerate import Accelerator
+
+        cfg = self.config
+        self.accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available())
+        src = cfg.data.source
+        self.task = src.split(":", 1)[1] if src.startswith("toy:") else None
+        if self.task is not None:
+            pool = max(cfg.data.num_examples or 0, cfg.model.toy_sft_examples)
+            train, held_out = toy.make_world(self.task, pool, cfg.data.eval_size, cfg.data.seed)
+            self.train_rows = train[: cfg.data.num_examples] if cfg.data.num_examples else train
+            if cfg.data.fraction is not None:
+                self.train_rows = self.train_rows[: max(1, int(round(cfg.data.fraction * len(self.train_rows))))]
+            pi0_rows = train[: cfg.model.toy_sft_examples]
+        else:
+            from .data import load_annotated, split_train_eval, subsample
+
+            d = cfg.data
+            ds = load_annotated(d.loader_config())
+            train_ds, eval_ds = split_train_eval(ds, d.eval_size, seed=d.seed)
+            train_ds = subsample(train_ds, num_examples=d.num_examples, fraction=d.fraction, seed=d.seed)
+            self.train_rows = [dict(r) for r in train_ds]
+            held_out = [dict(r) for r in eval_ds]
+            pi0_rows = self.train_rows
+        self.held_out = held_out
+        if cfg.model.name_or_path == "toy":
+            self.model, self.tokenizer = toy.initial_policy(
+                self.task or "text", pi0_rows, toy.InitialPolicySettings(epochs=cfg.model.toy_sft_epochs, seed=cfg.seed),
+                cpu=self.accelerator.device.type == "cpu")
+        else:
+            from .models import load_pretrained
+
+            self.model, self.tokenizer = load_pretrained(cfg.model)
+        from .models import apply_lora, check_tokenizer, max_length_of
+
+        check_tokenizer(self.tokenizer, cfg.model.name_or_path)
+        with torch.random.fork_rng():
+            torch.manual_seed(derive_seed(cfg.seed, "lora"))
+            self.model = apply_lora(self.model, cfg.model)
+        self.model.to(self.accelerator.device)
+        self.max_length = max_length_of(self.model, self.tokenizer, cfg.model)
+        self.examples = build_examples(self.tokenizer, [r["prompt"] for r in self.train_rows],
+                                       [r["response"] for r in self.train_rows], cfg.model.prompt_template, self.max_length)
+        self.held_out_prompt_ids = build_examples(self.tokenizer, [r["prompt"] for r in held_out],
+                                                  [r["response"] for r in held_out], cfg.model.prompt_template,
+                                                  self.max_length)
+        self.score_name = "accuracy" if self.task in toy.TASKS else "heldout_token_logp"
+
+    def _weights_are_local(self) -> bool:
+        # A toy pi_0 or a LoRA adapter is small and not re-creatable from a hub id: keep it in the run.
+        return self.config.model.name_or_path == "toy" or self.config.model.lora_r > 0
+
+    def _write_manifest(self) -> None:
+        cfg = self.config
+        new = {"config": cfg.to_dict(), "label": self.label, "versions": _versions(),
+               "seeds": {"run": cfg.seed, "data": cfg.data.seed},
+               "sampling": cfg.to_dict()["sampling"], "phases": ["prepare", "generate", "train", "evaluate"],
+               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "score_name": self.score_name,
+               "num_examples": len(self.train_rows), "eval_size": len(self.held_out)}
+        if self.store.exists():
+            old = read_json(self.store.manifest_path)
+            diff = config_diff(old.get("config", {}), new["config"])
+            if diff:
+                raise RunDirError(
+                    f"{self.store.root}: this run directory was made with a different config ({'; '.join(diff[:5])}); "
+                    f"use a new run_dir, or `tspin resume {self.store.root}` to continue it as it was")
+            return
+        write_json(self.store.manifest_path, new)
+
+    def _load_prepared(self) -> None:
+        st = self.store
+        self.initial = read_json(st.root / "initial.json")
+        proto = read_parquet(st.root / "proto.parquet")
+        if len(proto) != len(self.train_rows):
+            raise RunDirError(f"{st.root / 'proto.parquet'}: {len(proto)} rows, expected {len(self.train_rows)}")
+        self.proto_ids = [list(map(int, x)) for x in proto["proto_ids"]]
+        state = st.read_state()["done"]
+        self._done |= set(state)
+        t = 0
+        while f"evaluate:{t}" in self._done:
+            self._frames.append(read_parquet(st.iter_dir(t) / "examples.parquet"))
+            self._metrics.append(read_json(st.iter_dir(t) / "metrics.json"))
+            t += 1
+        self.iteration = t
+        # weights of the current policy: pi_{t+1} if this iteration's training finished, else pi_t
+        w = t + 1 if f"train:{t}" in self._done else t
+        if st.policy_dir(w).exists():
+            from .store import load_weights
+
+            load_weights(self.model, st.policy_dir(w))
+        elif w > 0 or self._weights_are_local():
+            raise RunDirError(f"{st.policy_dir(w)}: missing weights of pi_{w}; the run cannot resume")
+        if f"generate:{t}" in self._done:
+            self._generated = read_parquet(st.iter_dir(t) / "generated.parquet")
+        if f"train:{t}" in self._done:
+            self._train_info = read_json(st.iter_dir(t) / "train.json")
+        logger.info("%s: resuming at iteration %d, phase %s", self.label, self.iteration, self.next_phase)
+
+    # ------------------------------------------------------------------ helpers
+    def _sample(self, seed: int, desc: str, progress: Progress, greedy: bool = False,
+                prompt_ids=None) -> list[list[int]]:
+        s = self.config.sampling
+        ids = prompt_ids if prompt_ids is not None else self.examples.prompt_ids
+        return sample_responses(self.model, self.tokenizer, ids, temperature=0.0 if greedy else s.temperature,
+                                top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens,
+                                batch_size=s.batch_size, seed=seed, desc=desc, progress=progress)
+
+    def _decode_all(self, ids: list[list[int]]) -> list[str]:
+        return [self.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
+
+    def _with_eos(self, ids: list[list[int]]) -> list[list[int]]:
+        eos = self.tokenizer.eos_token_id
+        return [list(x) + [eos] for x in ids]
+
+    def _score(self, response_ids, desc, progress, prompt_ids=None) -> list[dict]:
+        return score_responses(self.model, prompt_ids or self.examples.prompt_ids, response_ids,
+                               pad_id=self.tokenizer.pad_token_id, batch_size=self.config.sampling.batch_size,
+                               desc=desc, progress=progress)
+
+    def _task_score(self, progress: Progress) -> float:
+        held = self.held_out_prompt_ids
+        if self.score_name == "accuracy":
+            out = self._sample(0, "evaluate", progress, greedy=True, prompt_ids=held.prompt_ids)
+            texts = self._decode_all(out)
+            return float(np.mean([toy.is_correct(self.task, t, r["answer"]) for t, r in zip(texts, self.held_out)]))
+        scored = self._score(held.annotated_ids, "evaluate", progress, prompt_ids=held.prompt_ids)
+        return float(np.mean([s["logp"] / len(ids) for s, ids in zip(scored, held.annotated_ids)]))
+
+    # ------------------------------------------------------------------ generate
+    def generate(self, progress: Progress = None) -> pd.DataFrame:
+        """Sample y' from pi_t and score y, y', y0 under pi_t (SPIN's reference)."""
+        self._expect("generate")
+        t, cfg = self.iteration, self.config
+        t0 = time.perf_counter()
+        syn = self._sample(derive_seed(cfg.seed, t, "synthetic"), f"generate it{t}", progress)
+        df = pd.DataFrame({"example_id": range(len(syn)), "synthetic_ids": syn})
+        for role, ids in (("annotated", self.examples.annotated_ids), ("synthetic", self._with_eos(syn)),
+                          ("proto", self._with_eos(self.proto_ids))):
+            scored = self._score(ids, f"score {role} it{t}", progress)
+            df[f"{role}_logp_before"] = [s["logp"] for s in scored]
+            df[f"{role}_token_logps_before"] = [s["token_logps"] for s in scored]
+            df[f"{role}_entropy_before"] = [s["entropy"] for s in scored]
+        df.attrs = {}
+        self._generated = df
+        self._gen_seconds = time.perf_counter() - t0
+        if self.store and self._main:
+            write_parquet(self.store.iter_dir(t) / "generated.parquet", df.assign(seconds=self._gen_seconds))
+        self._mark("generate", t)
+        return df
+
+    # ------------------------------------------------------------------ train
+    def _triplets(self) -> Examples:
+        t, cfg, g = self.iteration, self.config, self._generated
+        ex = self.examples
+        syn = self._with_eos([list(map(int, x)) for x in g["synthetic_ids"]])
+        proto = self._with_eos(self.proto_ids)
+        out = Examples(ex.prompt_ids, ex.annotated_ids, syn, proto)
+        if cfg.method.uses_reference:
+            out.ref_annotated = torch.tensor(g["annotated_logp_before"].to_numpy(), dtype=torch.float32)
+            out.ref_synthetic = torch.tensor(g["synthetic_logp_before"].to_numpy(), dtype=torch.float32)
+            out.ref_proto = torch.tensor(g["proto_logp_before"].to_numpy(), dtype=torch.float32)
+        if cfg.method.mask_proto_equal_annotated:
+            out.historical_mask = torch.tensor([p != a for p, a in zip(proto, ex.annotated_ids)])
+        if cfg.method.mix_previous and t > 0:
+            prev = read_parquet(self.store.iter_dir(t - 1) / "generated.parquet") if self.store else self._prev_generated
+            prev_syn = self._with_eos([list(map(int, x)) for x in prev["synthetic_ids"]])
+            extra = Examples(ex.prompt_ids, ex.annotated_ids, prev_syn, proto)
+            if cfg.method.uses_reference:
+                ref = torch.tensor([s["logp"] for s in self._score(prev_syn, "score previous y'", None)])
+                extra.ref_annotated, extra.ref_synthetic, extra.ref_proto = out.ref_annotated, ref, out.ref_proto
+            extra.historical_mask = out.historical_mask
+            out = out.concat(extra)
+        return out
+
+    def train(self, progress: Progress = None) -> dict:
+        """pi_t -> pi_{t+1} on this iteration's triplets (or pairs, or annotated data for SFT)."""
+        self._expect("train")
+        t, cfg = self.iteration, self.config
+        examples = self.examples if cfg.method.name == "sft" else self._triplets()
+        res = train_iteration(self.model, examples, method=cfg.method, train=cfg.train, iteration=t, seed=cfg.seed,
+                              accelerator=self.accelerator, progress=progress)
+        self._prev_generated = self._generated
+        info = {"step_losses": res.step_losses, "seconds": res.seconds, "steps": res.steps, "lr": res.lr,
+                "beta": cfg.method.beta_at(t), "lam": cfg.method.lam_at(t), "num_train_examples": len(examples)}
+        self._train_info = info
+        if self.store and self._main:
+            from .store import save_weights
+
+            save_weights(self.model, self.store.policy_dir(t + 1))
+            write_json(self.store.iter_dir(t) / "train.json", info)
+        self._mark("train", t)
+        if self.store and self._main and cfg.keep_weights == "last" and t > 0:
+            shutil.rmtree(self.store.policy_dir(t), ignore_errors=True)
+        return info
+
+    # ------------------------------------------------------------------ evaluate
+    def evaluate(self, progress: Progress = None) -> dict:
+        """Score pi_{t+1} on the task and write this iteration's per-example records and metrics."""
+        self._expect("evaluate")
+        t, cfg, g = self.iteration, self.config, self._generated
+        t0 = time.perf_counter()
+        score_after = self._task_score(progress)
+        syn_ids = [list(map(int, x)) for x in g["synthetic_ids"]]
+        rec = pd.DataFrame({
+            "iteration": t,
+            "example_id": np.arange(len(syn_ids)),
+            "prompt": [r["prompt"] for r in self.train_rows],
+            "annotated": [r["response"] for r in self.train_rows],
+            "synthetic": self._decode_all(syn_ids),
+            "proto": self._decode_all(self.proto_ids),
+        })
+        ids = {"annotated": self.examples.annotated_ids, "synthetic": self._with_eos(syn_ids),
+               "proto": self._with_eos(self.proto_ids)}
+        for role in ROLES:
+            scored = self._score(ids[role], f"score {role} after it{t}", progress)
+            rec[f"{role}_logp_before"] = g[f"{role}_logp_before"].to_numpy()
+            rec[f"{role}_logp_after"] = [s["logp"] for s in scored]
+            rec[f"{role}_ntokens"] = [len(x) for x in ids[role]]
+            rec[f"{role}_token_logps_before"] = g[f"{role}_token_logps_before"].to_numpy()
+            rec[f"{role}_token_logps_after"] = [s["token_logps"] for s in scored]
+        rec["synthetic_token_entropy"] = g["synthetic_entropy_before"].to_numpy()
+        self._add_method_columns(rec, t)
+        rec["synthetic_equals_annotated"] = [s == a for s, a in zip(ids["synthetic"], ids["annotated"])]
+        rec["proto_equals_annotated"] = [p == a for p, a in zip(ids["proto"], ids["annotated"])]
+        rec["synthetic_equals_proto"] = [s == p for s, p in zip(ids["synthetic"], ids["proto"])]
+        if self.score_name == "accuracy":
+            answers = [r["answer"] for r in self.train_rows]
+            rec["synthetic_correct"] = [toy.is_correct(self.task, s, a) for s, a in zip(rec["synthetic"], answers)]
+            rec["proto_correct"] = [toy.is_correct(self.task, s, a) for s, a in zip(rec["proto"], answers)]
+        else:
+            rec["synthetic_correct"] = np.nan
+            rec["proto_correct"] = np.nan
+        score_before = self._metrics[-1]["score_after"] if self._metrics else self.initial["score"]
+        m = {"iteration": t, "method": cfg.method.name, "label": self.label, "score_name": self.score_name,
+             "score_before": score_before, "score_after": score_after}
+        for when in ("before", "after"):
+            m.update(_q(rec[f"current_advantage_{when}"].to_numpy(float), f"current_advantage_{when}"))
+            m.update(_q(rec[f"historical_advantage_{when}"].to_numpy(float), f"historical_advantage_{when}"))
+        m.update({
+            "misaligned_share": float(rec["misaligned"].mean()),
+            "share_synthetic_equals_annotated": float(rec["synthetic_equals_annotated"].mean()),
+            "share_proto_equals_annotated": float(rec["proto_equals_annotated"].mean()),
+            "share_synthetic_equals_proto": float(rec["synthetic_equals_proto"].mean()),
+            "synthetic_accuracy": float(np.mean(rec["synthetic_correct"])) if self.score_name == "accuracy" else float("nan"),
+            "synthetic_token_entropy": float(rec["synthetic_token_entropy"].mean()),
+            "loss_mean": float(np.mean(self._train_info["step_losses"])) if self._train_info["step_losses"] else float("nan"),
+            "beta": self._train_info["beta"], "lam": self._train_info["lam"], "lr": self._train_info["lr"],
+            "seconds_generate": float(g["seconds"].iloc[0]) if "seconds" in g else getattr(self, "_gen_seconds", float("nan")),
+            "seconds_train": self._train_info["seconds"],
+            "seconds_evaluate": time.perf_counter() - t0,
+            "sampling_temperature": cfg.sampling.temperature, "sampling_top_p": cfg.sampling.top_p,
+            "sampling_top_k": cfg.sampling.top_k, "sampling_max_new_tokens": cfg.sampling.max_new_tokens,
+        })
+        if self.store and self._main:
+            write_parquet(self.store.iter_dir(t) / "examples.parquet", rec)
+            write_json(self.store.iter_dir(t) / "metrics.json", m)
+        self._frames.append(rec)
+        self._metrics.append(m)
+        self._mark("evaluate", t)
+        self.iteration += 1
+        self._generated = None
+        logger.info("%s it%d: %s %.4f -> %.4f (u after %.3f, v after %.3f)", self.label, t, self.score_name,
+                    score_before, score_after, m["current_advantage_after_mean"], m["historical_advantage_after_mean"])
+        return m
+
+    def _add_method_columns(self, rec: pd.DataFrame, t: int) -> None:
+        """Rewards, advantages and loss terms of this run's method, from the recorded log-probs."""
+        method = self.config.method
+        f = lambda c: torch.tensor(rec[c].to_numpy(), dtype=torch.float64)  # noqa: E731
+        a0, s0, p0 = f("annotated_logp_before"), f("synthetic_logp_before"), f("proto_logp_before")
+        a1, s1, p1 = f("annotated_logp_after"), f("synthetic_logp_after"), f("proto_logp_after")
+        for when, (a, s, p) in (("before", (a0, s0, p0)), ("after", (a1, s1, p1))):
+            rec[f"current_advantage_{when}"] = (a - s).numpy()
+            rec[f"historical_advantage_{when}"] = (s - p).numpy()
+        nan = np.full(len(rec), np.nan)
+        beta, lam = method.beta_at(t), method.lam_at(t)
+        mask = torch.tensor(~(rec["proto"].to_numpy() == rec["annotated"].to_numpy())) if method.mask_proto_equal_annotated else None
+        ref = method.uses_reference
+        for role, x in (("annotated", a0), ("synthetic", s0), ("proto", p0)):
+            rec[f"ref_{role}_logp"] = x.numpy() if ref else nan
+        if method.name in ("tspin", "tspin_no_history"):
+            out = L.tspin_loss(a1, s1, p1, alpha=method.alpha, beta=beta, historical_mask=mask)
+        elif method.name == "tspin_ref":
+            out = L.tspin_ref_loss(a1, s1, p1, a0, s0, p0, lam=lam, beta=beta, historical_mask=mask)
+        elif method.name == "spin":
+            out = L.spin_loss(a1, s1, a0, s0, lam=lam)
+        else:
+            out = None
+        if out is None:
+            for c in ("reward_annotated", "reward_synthetic", "reward_proto", "reward_margin", "loss_current",
+                      "loss_historical"):
+                rec[c] = nan
+            rec["loss"] = L.sft_loss(a1, f("annotated_ntokens")).losses.numpy()
+            rec["misaligned"] = False
+            return
+        rec["reward_annotated"] = out.annotated_rewards.numpy()
+        rec["reward_synthetic"] = out.synthetic_rewards.numpy()
+        rec["reward_proto"] = out.proto_rewards.numpy() if hasattr(out, "proto_rewards") else (lam * (p1 - p0)).numpy()
+        rec["reward_margin"] = out.reward_margin.numpy()
+        rec["loss_current"] = out.current_term.numpy() if hasattr(out, "current_term") else out.losses.detach().numpy()
+        rec["loss_historical"] = out.historical_term.numpy() if hasattr(out, "historical_term") else np.zeros(len(rec))
+        rec["loss"] = out.losses.detach().numpy()
+        # SPIN's misalignment: the reward ranks y above y' while the likelihood used to generate ranks it below.
+        rec["misaligned"] = (rec["reward_margin"] > 0) & (rec["current_advantage_after"] < 0)
+
+    # ------------------------------------------------------------------ whole iterations
+    def step(self, progress: Progress = None) -> dict:
+        if self.next_phase == "generate":
+            self.generate(progress)
+        if self.next_phase == "train":
+            self.train(progress)
+        return self.evaluate(progress)
+
+    def run(self, progress: Progress = None) -> RunRecords:
+        if self.next_phase == "prepare":
+            self.prepare(progress)
+        while self.next_phase != "done":
+            self.step(progress)
+        return self.records()
+
+    def records(self) -> RunRecords:
+        manifest = {"config": self.config.to_dict(), "label": self.label, "score_name": getattr(self, "score_name", None)}
+        examples = pd.concat(self._frames, ignore_index=True) if self._frames else pd.DataFrame()
+        return RunRecords(self.store.root if self.store else None, manifest, examples, pd.DataFrame(self._metrics),
+                          dict(self.initial))
+
+    # ------------------------------------------------------------------ resume
+    @classmethod
+    def resume(cls, run_dir: str | Path) -> "SelfPlaySession":
+        """Reopen a run directory; the next call continues with the first phase not done."""
+        store = RunStore(run_dir)
+        if not store.root.is_dir():
+            raise RunDirError(f"{store.root}: no such run directory")
+        manifest = read_json(store.manifest_path)
+        try:
+            config = RunConfig.from_dict(manifest["config"], source=str(store.manifest_path))
+        except (KeyError, ValueError) as e:
+            raise RunDirError(f"{store.manifest_path}: corrupt config ({e})") from None
+        config.run_dir = str(store.root)
+        s = cls(config, label=manifest.get("label"))
+        if store.is_done("prepare"):
+            s.prepare()
+        return s
+
+
+def run(config: RunConfig, *, label: str | None = None) -> RunRecords:
+    """Run every remaining phase of `config` (resuming if its run_dir holds a compatible run)."""
+    s = SelfPlaySession(config, label=label)
+    return s.run()
+
+
+__all__ = ["SelfPlaySession", "run", "load_run"]

@@ -1,0 +1,193 @@
+"""One self-play iteration of optimisation, on `accelerate`.
+
+The step reads top to bottom: collate the rows, one forward, summed log-probs, split, the method's pure
+loss function, backward. The same code runs in a notebook (one process), under ``accelerate launch`` on
+GPUs, and as several CPU processes (``torchrun`` + ``Accelerator(cpu=True)`` -> gloo DDP).
+
+Choices the papers leave open (recorded with each run through the config):
+- each iteration starts a fresh optimiser and warmup (SPIN's code launches a new training run per
+  iteration);
+- a batch's loss is the mean over its examples; each process sums its share and divides by the global
+  batch size, so the gradient does not depend on how examples are split over processes;
+- SPIN's reference pi_t is frozen for the whole iteration and is the policy at its start, so its
+  log-probs are computed once before training (they are needed for the records anyway) instead of
+  running a second model on every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import losses as L
+from .config import MethodConfig, TrainConfig
+from .logprobs import collate, model_logps
+from .templates import encode_prompt, encode_response
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Examples:
+    """Token ids of every example's prompt and responses; reference log-probs where a method needs them."""
+
+    prompt_ids: list[list[int]]
+    annotated_ids: list[list[int]]  # each ends with EOS
+    synthetic_ids: list[list[int]] | None = None
+    proto_ids: list[list[int]] | None = None
+    ref_annotated: torch.Tensor | None = None  # (N,) log pi_t(y|x), reference methods only
+    ref_synthetic: torch.Tensor | None = None
+    ref_proto: torch.Tensor | None = None
+    historical_mask: torch.Tensor | None = None  # (N,) bool, False drops the historical term
+
+    def __len__(self) -> int:
+        return len(self.prompt_ids)
+
+    def concat(self, other: "Examples") -> "Examples":
+        def cat(a, b):
+            if a is None or b is None:
+                return None
+            return a + b if isinstance(a, list) else torch.cat([a, b])
+
+        return Examples(**{k: cat(getattr(self, k), getattr(other, k)) for k in self.__dataclass_fields__})
+
+
+def build_examples(tokenizer, prompts: list[str], responses: list[str], template: str = "auto",
+                   max_length: int | None = None) -> Examples:
+    prompt_ids = [encode_prompt(tokenizer, p, template) for p in prompts]
+    annotated_ids = [encode_response(tokenizer, r) for r in responses]
+    if max_length is not None:
+        for i, (p, r) in enumerate(zip(prompt_ids, annotated_ids)):
+            if len(p) >= max_length:
+                raise ValueError(
+                    f"row {i}: prompt is {len(p)} tokens after the template, but the model takes at most {max_length} "
+                    f"(model.max_length); shorten or drop this prompt"
+                )
+    return Examples(prompt_ids, annotated_ids)
+
+
+@dataclass
+class TrainResult:
+    step_losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+    lr: float = 0.0
+    tokens: int = 0
+
+
+def make_optimizer(params, cfg: TrainConfig, lr: float):
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    # The T-SPIN paper trains with RMSprop and no weight decay.
+    return torch.optim.RMSprop(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def lr_lambda(total_steps: int, cfg: TrainConfig) -> Callable[[int], float]:
+    warmup = int(math.ceil(cfg.warmup_ratio * total_steps))
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if cfg.schedule == "linear":
+            return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+        return 1.0
+
+    return f
+
+
+def compute_loss(model, ex: Examples, idx: list[int], method: MethodConfig, *, beta: float, lam: float):
+    """The loss object of `method` on examples `idx`: one forward over the method's rows."""
+    prompts = [ex.prompt_ids[i] for i in idx]
+    ann = [ex.annotated_ids[i] for i in idx]
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    if method.name == "sft":
+        batch = collate(prompts, ann, pad).to(device)
+        lp = model_logps(model, batch)
+        return L.sft_loss(lp.summed, lp.mask.sum(-1).to(lp.summed.dtype))
+    syn = [ex.synthetic_ids[i] for i in idx]
+    t = torch.tensor(idx)
+    if method.name == "spin":
+        batch = collate(prompts * 2, ann + syn, pad).to(device)  # rows: [y; y']
+        a, s = model_logps(model, batch).summed.chunk(2)
+        return L.spin_loss(a, s, ex.ref_annotated[t].to(device), ex.ref_synthetic[t].to(device), lam=lam)
+    pro = [ex.proto_ids[i] for i in idx]
+    batch = collate(prompts * 3, ann + syn + pro, pad).to(device)  # rows: [y; y'; y0]
+    a, s, p = model_logps(model, batch).summed.chunk(3)
+    mask = ex.historical_mask[t].to(device) if ex.historical_mask is not None else None
+    if method.name == "tspin_ref":
+        return L.tspin_ref_loss(a, s, p, ex.ref_annotated[t].to(device), ex.ref_synthetic[t].to(device),
+                                ex.ref_proto[t].to(device), lam=lam, beta=beta, historical_mask=mask)
+    return L.tspin_loss(a, s, p, alpha=method.alpha, beta=beta, historical_mask=mask)
+
+
+def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainConfig, iteration: int, seed: int,
+                    cpu: bool = False, accelerator=None, desc: str | None = None,
+                    progress: Callable[[int, int, str], None] | None = None) -> TrainResult:
+    """Train `model` in place for one iteration on `ex`. Returns per-step losses and timings."""
+    from accelerate import Accelerator
+
+    from .generation import derive_seed
+
+    accelerator = accelerator or Accelerator(cpu=cpu)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    beta, lam, lr = method.beta_at(iteration), method.lam_at(iteration), train.lr_at(iteration)
+    n, bs = len(ex), train.batch_size
+    order_rng = np.random.default_rng(derive_seed(seed, iteration, "shuffle"))
+    batches = []
+    for _ in range(train.epochs):
+        perm = order_rng.permutation(n).tolist()
+        batches += [perm[i : i + bs] for i in range(0, n, bs)]
+    total = len(batches)
+
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, train, lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, train))
+    ddp_model, opt = accelerator.prepare(model, opt)
+
+    result = TrainResult(lr=lr)
+    t0 = time.perf_counter()
+    label = desc or f"train it{iteration} ({method.name})"
+    bar = tqdm(total=total, desc=label, disable=not accelerator.is_main_process, leave=False)
+    for step, global_idx in enumerate(batches):
+        local = np.array_split(np.asarray(global_idx), world)[rank].tolist()
+        micro = [m.tolist() for m in np.array_split(np.asarray(local), train.grad_accum) if len(m)]
+        step_loss = torch.zeros((), device=accelerator.device)
+        for j, idx in enumerate(micro):
+            # Only the last micro-batch synchronises gradients across processes.
+            sync = j == len(micro) - 1
+            ctx = contextlib.nullcontext() if sync or world == 1 else accelerator.no_sync(ddp_model)
+            with ctx:
+                out = compute_loss(ddp_model, ex, idx, method, beta=beta, lam=lam)
+                # sum of this process's per-example losses / global batch; DDP averages over processes,
+                # so multiply back by world: the result is the global mean whatever the split.
+                loss = out.losses.sum() * world / len(global_idx)
+                accelerator.backward(loss)
+            step_loss += loss.detach() / world
+        if world == 1 and not micro:
+            continue
+        if train.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(params, train.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step_total = accelerator.reduce(step_loss, reduction="sum") if world > 1 else step_loss
+        result.step_losses.append(float(step_total))
+        bar.update(1)
+        if progress is not None:
+            progress(step + 1, total, label)
+    bar.close()
+    result.seconds = time.perf_counter() - t0
+    result.steps = total
+    accelerator.free_memory()  # drop accelerate's references to the DDP wrapper and optimiser
+    model.eval()
+    return result
