@@ -12,9 +12,9 @@ import logging
 from typing import Callable
 
 import torch
-from tqdm.auto import tqdm
 
 from .logprobs import collate, model_logps
+from .progress import bar as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _sharded_map(n_items: int, chunk: int, fn, *, desc: str, progress: Progress)
     starts = list(range(0, n_items, chunk))
     mine = [(k, s) for k, s in enumerate(starts) if k % world == rank]
     out = {}
-    bar = tqdm(total=n_items, desc=desc, disable=not state.is_main_process, leave=False)
+    bar = progress_bar(n_items, desc, main=state.is_main_process)
     for done, (k, s) in enumerate(mine, 1):
         stop = min(s + chunk, n_items)
         out[k] = fn(s, stop, k)

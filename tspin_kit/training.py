@@ -25,11 +25,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import losses as L
 from .config import MethodConfig, TrainConfig
 from .logprobs import collate, model_logps
+from .progress import bar as progress_bar
 from .templates import encode_prompt, encode_response
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
     result = TrainResult(lr=lr)
     t0 = time.perf_counter()
     label = desc or f"train it{iteration} ({method.name})"
-    bar = tqdm(total=total, desc=label, disable=not accelerator.is_main_process, leave=False)
+    bar = progress_bar(total, label, main=accelerator.is_main_process)
     for step, global_idx in enumerate(batches):
         local = np.array_split(np.asarray(global_idx), world)[rank].tolist()
         micro = [m.tolist() for m in np.array_split(np.asarray(local), train.grad_accum) if len(m)]
