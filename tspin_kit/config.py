@@ -40,7 +40,7 @@ class ModelConfig:
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on LoRA inputs"})
     lora_target_modules: str = field(default="all-linear", metadata={"help": "peft target_modules (comma list or 'all-linear')"})
-    max_length: int | None = field(default=None, metadata={"help": "longest prompt+response in tokens; default: the model's own limit"})
+    max_length: int | None = field(default=None, metadata={"help": "longest prompt in tokens after the template (longer is an error); default: the model's own limit"})
     toy_sft_examples: int = field(default=1000, metadata={"help": "toy only: annotated pairs pi_0 is SFT-ed on (fixed, so a 4x-data run shares pi_0)"})
     toy_sft_epochs: int = field(default=40, metadata={"help": "toy only: epochs of the SFT that makes pi_0"})
 
@@ -70,9 +70,11 @@ class DataSettings(DataConfig):
         _check(isinstance(self.eval_size, int) and self.eval_size >= 1, "data", "eval_size", "an integer >= 1", self.eval_size)
 
     def loader_config(self) -> DataConfig:
-        """What `tspin_kit.data.load_annotated` needs: everything but the subsample (taken after the split)."""
+        """What `tspin_kit.data.load_annotated` needs. With a count, read only num_examples + eval_size rows
+        (a 200k-row hub set is not validated whole); the held-out split is taken from those."""
         d = {f.name: getattr(self, f.name) for f in fields(DataConfig)}
-        return DataConfig(**{**d, "num_examples": None, "fraction": None})
+        n = None if self.num_examples is None else self.num_examples + self.eval_size
+        return DataConfig(**{**d, "num_examples": n, "fraction": None})
 
 
 @dataclass
@@ -236,9 +238,18 @@ def _from_dict(cls, d: dict, section: str):
     if unknown:
         raise ConfigError(f"{section}: unknown field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
     kwargs = {}
+    types = {f.name: str(f.type) for f in fields(cls)}
     for k, v in d.items():
         sub = _SECTIONS.get(k) if cls is RunConfig else None
-        kwargs[k] = _from_dict(sub, v, k) if sub is not None and isinstance(v, dict) else v
+        if sub is not None and isinstance(v, dict):
+            v = _from_dict(sub, v, k)
+        elif isinstance(v, str) and types[k].startswith("float"):
+            # PyYAML reads `2e-5` (no dot) as a string; accept it as the number it spells.
+            try:
+                v = float(v)
+            except ValueError:
+                raise ConfigError(f"{section}.{k} = {v!r}: expected a number") from None
+        kwargs[k] = v
     try:
         return cls(**kwargs)
     except DataError as e:  # data.DataConfig's own checks name the field but not the section

@@ -174,9 +174,11 @@ class SelfPlaySession:
             pi0_rows = self.train_rows
         self.held_out = held_out
         if cfg.model.name_or_path == "toy":
-            self.model, self.tokenizer = toy.initial_policy(
-                self.task or "text", pi0_rows, toy.InitialPolicySettings(epochs=cfg.model.toy_sft_epochs, seed=cfg.seed),
-                cpu=self.accelerator.device.type == "cpu")
+            # The main process makes (or finds) the cached pi_0; the others then load it.
+            with self.accelerator.main_process_first():
+                self.model, self.tokenizer = toy.initial_policy(
+                    self.task or "text", pi0_rows, toy.InitialPolicySettings(epochs=cfg.model.toy_sft_epochs, seed=cfg.seed),
+                    cpu=self.accelerator.device.type == "cpu")
         else:
             from .models import load_pretrained
 
@@ -369,10 +371,10 @@ class SelfPlaySession:
             rec[f"{role}_token_logps_before"] = g[f"{role}_token_logps_before"].to_numpy()
             rec[f"{role}_token_logps_after"] = [s["token_logps"] for s in scored]
         rec["synthetic_token_entropy"] = g["synthetic_entropy_before"].to_numpy()
-        self._add_method_columns(rec, t)
         rec["synthetic_equals_annotated"] = [s == a for s, a in zip(ids["synthetic"], ids["annotated"])]
         rec["proto_equals_annotated"] = [p == a for p, a in zip(ids["proto"], ids["annotated"])]
         rec["synthetic_equals_proto"] = [s == p for s, p in zip(ids["synthetic"], ids["proto"])]
+        self._add_method_columns(rec, t)
         if self.score_name == "accuracy":
             answers = [r["answer"] for r in self.train_rows]
             rec["synthetic_correct"] = [toy.is_correct(self.task, s, a) for s, a in zip(rec["synthetic"], answers)]
@@ -424,7 +426,8 @@ class SelfPlaySession:
             rec[f"historical_advantage_{when}"] = (s - p).numpy()
         nan = np.full(len(rec), np.nan)
         beta, lam = method.beta_at(t), method.lam_at(t)
-        mask = torch.tensor(~(rec["proto"].to_numpy() == rec["annotated"].to_numpy())) if method.mask_proto_equal_annotated else None
+        # Same rule as training: token ids of y0 and y differ (rec holds proto_equals_annotated from the ids).
+        mask = torch.tensor(~rec["proto_equals_annotated"].to_numpy(bool)) if method.mask_proto_equal_annotated else None
         ref = method.uses_reference
         for role, x in (("annotated", a0), ("synthetic", s0), ("proto", p0)):
             rec[f"ref_{role}_logp"] = x.numpy() if ref else nan

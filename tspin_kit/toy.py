@@ -168,7 +168,7 @@ def initial_policy(task: str, train: list[dict], settings: InitialPolicySettings
     tokenizer = build_tokenizer()
     key_src = json.dumps(
         {"task": task, "train": [(r["prompt"], r["response"]) for r in train], "settings": asdict(settings),
-         "size": asdict(size), "torch": torch.__version__, "v": 1},
+         "size": asdict(size), "torch": torch.__version__, "v": 2},
         sort_keys=True,
     )
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
@@ -190,12 +190,16 @@ def initial_policy(task: str, train: list[dict], settings: InitialPolicySettings
         iteration=0,
         seed=settings.seed,
         cpu=cpu,
+        local=True,
         desc="pi_0 SFT",
     )
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    tmp.replace(folder) if not folder.exists() else shutil.rmtree(tmp)
+    try:
+        tmp.replace(folder)
+    except OSError:  # another process cached the same pi_0 first: theirs is identical
+        shutil.rmtree(tmp, ignore_errors=True)
     return model, tokenizer
 
 

@@ -107,7 +107,8 @@ def compute_loss(model, ex: Examples, idx: list[int], method: MethodConfig, *, b
     """The loss object of `method` on examples `idx`: one forward over the method's rows."""
     prompts = [ex.prompt_ids[i] for i in idx]
     ann = [ex.annotated_ids[i] for i in idx]
-    pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    config = getattr(model, "module", model).config  # DDP wraps the model; its config sits on .module
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
     device = next(model.parameters()).device
     if method.name == "sft":
         batch = collate(prompts, ann, pad).to(device)
@@ -130,38 +131,48 @@ def compute_loss(model, ex: Examples, idx: list[int], method: MethodConfig, *, b
 
 
 def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainConfig, iteration: int, seed: int,
-                    cpu: bool = False, accelerator=None, desc: str | None = None,
+                    cpu: bool = False, accelerator=None, local: bool = False, desc: str | None = None,
                     progress: Callable[[int, int, str], None] | None = None) -> TrainResult:
-    """Train `model` in place for one iteration on `ex`. Returns per-step losses and timings."""
+    """Train `model` in place for one iteration on `ex`. Returns per-step losses and timings.
+
+    ``local=True`` trains in this process only, without DDP (used for the cached toy pi_0, which the main
+    process makes while the others wait for the cache).
+    """
     from accelerate import Accelerator
 
     from .generation import derive_seed
 
     accelerator = accelerator or Accelerator(cpu=cpu)
-    world, rank = accelerator.num_processes, accelerator.process_index
+    world, rank = (1, 0) if local else (accelerator.num_processes, accelerator.process_index)
     beta, lam, lr = method.beta_at(iteration), method.lam_at(iteration), train.lr_at(iteration)
     n, bs = len(ex), train.batch_size
     order_rng = np.random.default_rng(derive_seed(seed, iteration, "shuffle"))
     batches = []
     for _ in range(train.epochs):
         perm = order_rng.permutation(n).tolist()
-        batches += [perm[i : i + bs] for i in range(0, n, bs)]
+        chunks = [perm[i : i + bs] for i in range(0, n, bs)]
+        # A tiny trailing batch gives a noisy step (and would leave a process without examples):
+        # fold it into the previous one. The rule does not depend on the number of processes.
+        if len(chunks) > 1 and len(chunks[-1]) < max(world * train.grad_accum, bs // 4):
+            chunks[-2] += chunks.pop()
+        batches += chunks
     total = len(batches)
 
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, train, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, train))
-    ddp_model, opt = accelerator.prepare(model, opt)
+    ddp_model, opt = (model, opt) if local else accelerator.prepare(model, opt)
+    backward = (lambda loss: loss.backward()) if local else accelerator.backward
 
     result = TrainResult(lr=lr)
     t0 = time.perf_counter()
     label = desc or f"train it{iteration} ({method.name})"
-    bar = progress_bar(total, label, main=accelerator.is_main_process)
+    bar = progress_bar(total, label, main=local or accelerator.is_main_process)
     for step, global_idx in enumerate(batches):
-        local = np.array_split(np.asarray(global_idx), world)[rank].tolist()
-        micro = [m.tolist() for m in np.array_split(np.asarray(local), train.grad_accum) if len(m)]
-        step_loss = torch.zeros((), device=accelerator.device)
+        mine = np.array_split(np.asarray(global_idx), world)[rank]
+        micro = [m.tolist() for m in np.array_split(mine, train.grad_accum) if len(m)]
+        step_loss = torch.zeros((), device=next(model.parameters()).device)
         for j, idx in enumerate(micro):
             # Only the last micro-batch synchronises gradients across processes.
             sync = j == len(micro) - 1
@@ -171,12 +182,10 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
                 # sum of this process's per-example losses / global batch; DDP averages over processes,
                 # so multiply back by world: the result is the global mean whatever the split.
                 loss = out.losses.sum() * world / len(global_idx)
-                accelerator.backward(loss)
+                backward(loss)
             step_loss += loss.detach() / world
-        if world == 1 and not micro:
-            continue
         if train.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(params, train.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -188,6 +197,7 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
     bar.close()
     result.seconds = time.perf_counter() - t0
     result.steps = total
-    accelerator.free_memory()  # drop accelerate's references to the DDP wrapper and optimiser
+    if not local:
+        accelerator.free_memory()  # drop accelerate's references to the DDP wrapper and optimiser
     model.eval()
     return result
