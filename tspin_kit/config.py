@@ -187,6 +187,8 @@ class RunConfig:
             value = getattr(self, name)
             if isinstance(value, dict):
                 setattr(self, name, _from_dict(cls, value, name))
+            elif not isinstance(value, cls):  # e.g. `method: tspin` in YAML instead of `method: {name: tspin}`
+                raise ConfigError(f"{name}: expected a mapping of {cls.__name__} fields, got {type(value).__name__} {value!r}")
         _check(isinstance(self.iterations, int) and self.iterations >= 1, "run", "iterations", "an integer >= 1", self.iterations)
         _check(self.keep_weights in ("all", "last"), "run", "keep_weights", "'all' or 'last'", self.keep_weights)
 

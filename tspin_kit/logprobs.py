@@ -28,7 +28,8 @@ def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: tor
     Equals ``log_softmax(logits).gather(-1, ids)`` (tested), computed as ``logit - logsumexp`` to avoid
     materialising a second (N, T, V) tensor.
     """
-    logits = logits[:, :-1, :].float()  # (N, T-1, V)
+    # Upcast half precision to float32, but never downcast float64 (that would break the equality above).
+    logits = logits[:, :-1, :].to(torch.promote_types(logits.dtype, torch.float32))  # (N, T-1, V)
     targets = input_ids[:, 1:]  # (N, T-1)
     mask = loss_mask[:, 1:].bool()  # (N, T-1)
     lse = torch.logsumexp(logits, dim=-1)  # (N, T-1)

@@ -211,7 +211,9 @@ class SelfPlaySession:
                "num_examples": len(self.train_rows), "eval_size": len(self.held_out)}
         if self.store.exists():
             old = read_json(self.store.manifest_path)
-            diff = config_diff(old.get("config", {}), new["config"])
+            # run_dir is where the run lives, not how it runs: a moved run, or one resumed through a relative
+            # path, is the same run.
+            diff = [d for d in config_diff(old.get("config", {}), new["config"]) if not d.startswith("run_dir:")]
             if diff:
                 raise RunDirError(
                     f"{self.store.root}: this run directory was made with a different config ({'; '.join(diff[:5])}); "

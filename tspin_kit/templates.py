@@ -16,7 +16,9 @@ PLAIN_TEMPLATE = "### Instruction: {prompt}\n\n### Response: "
 def uses_chat_template(tokenizer, mode: str = "auto") -> bool:
     has = bool(getattr(tokenizer, "chat_template", None))
     if mode == "chat" and not has:
-        raise ValueError(
+        from .config import ConfigError  # a ValueError that `tspin` reports as a bad setting (exit code 2)
+
+        raise ConfigError(
             "model.prompt_template = 'chat' but the tokenizer has no chat_template; "
             "use 'plain' or 'auto' (which falls back to the plain template)"
         )

@@ -67,9 +67,13 @@ def build_examples(tokenizer, prompts: list[str], responses: list[str], template
     if max_length is not None:
         for i, (p, r) in enumerate(zip(prompt_ids, annotated_ids)):
             if len(p) >= max_length:
-                raise ValueError(
-                    f"row {i}: prompt is {len(p)} tokens after the template, but the model takes at most {max_length} "
-                    f"(model.max_length); shorten or drop this prompt"
+                # DataError (a ValueError) so that `tspin` reports it as a bad input (exit code 2), not a crash;
+                # the prompt text is quoted because `i` counts the rows kept after the split, not source rows.
+                from .data import DataError
+
+                raise DataError(
+                    f"row {i} (prompt {prompts[i][:60]!r}): prompt is {len(p)} tokens after the template, but the "
+                    f"model takes at most {max_length} (model.max_length); shorten or drop this prompt"
                 )
     return Examples(prompt_ids, annotated_ids)
 
@@ -152,9 +156,11 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
         perm = order_rng.permutation(n).tolist()
         chunks = [perm[i : i + bs] for i in range(0, n, bs)]
         # A tiny trailing batch gives a noisy step (and would leave a process without examples):
-        # fold it into the previous one. The rule does not depend on the number of processes.
+        # fold it into the previous one. For batch_size >= 4 * processes * grad_accum the rule does not depend
+        # on the number of processes, so one and several processes take the same steps.
         if len(chunks) > 1 and len(chunks[-1]) < max(world * train.grad_accum, bs // 4):
-            chunks[-2] += chunks.pop()
+            tail = chunks.pop()  # pop first: `chunks[-2] += chunks.pop()` resolves -2 before the pop
+            chunks[-1] += tail
         batches += chunks
     total = len(batches)
 

@@ -1,0 +1,169 @@
+"""tspin_kit.config: shipped YAMLs build, YAML round trip, defaults, every bad value names its field."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+from conftest import REPO
+
+from tspin_kit.config import (
+    ConfigError,
+    DataSettings,
+    MethodConfig,
+    ModelConfig,
+    RunConfig,
+    SamplingConfig,
+    TrainConfig,
+    config_diff,
+)
+
+SHIPPED = sorted((REPO / "configs").glob("*.yaml")) if (REPO / "configs").is_dir() else []
+
+
+@pytest.mark.parametrize("path", SHIPPED or [None], ids=[p.name for p in SHIPPED] or ["none"])
+def test_every_shipped_config_builds(path):
+    if path is None:
+        pytest.skip("no configs/ folder")
+    cfg = RunConfig.from_yaml(path)
+    assert isinstance(cfg.method, MethodConfig) and isinstance(cfg.train, TrainConfig)
+    # and survives a round trip
+    assert RunConfig.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+
+
+def test_defaults_are_valid_and_match_the_paper():
+    cfg = RunConfig()
+    assert cfg.method.name == "tspin" and cfg.method.alpha == 1.0 and cfg.method.beta == 0.1
+    assert cfg.data.source == "toy:addition" and cfg.model.name_or_path == "toy"
+    assert RunConfig.from_dict({}) == cfg
+
+
+def test_every_field_has_help():
+    for cls in (ModelConfig, DataSettings, MethodConfig, TrainConfig, SamplingConfig, RunConfig):
+        for f in dataclasses.fields(cls):
+            if cls is RunConfig and f.name in ("model", "data", "method", "train", "sampling"):
+                continue
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help string"
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = RunConfig.from_dict(
+        {
+            "model": {"lora_r": 8, "max_length": 512},
+            "data": {"source": "some/file.jsonl", "num_examples": 10, "eval_size": 3},
+            "method": {
+                "name": "spin",
+                "lam": 0.1,
+                "lam_schedule": [0.1, 0.1, 5.0],
+                "mix_previous": True,
+            },
+            "train": {"optimizer": "rmsprop", "lr_schedule": [5e-7, 5e-7, 1e-7], "grad_accum": 4},
+            "sampling": {"temperature": 0.7, "top_k": 20},
+            "iterations": 3,
+            "seed": 7,
+            "run_dir": "runs/x",
+            "keep_weights": "last",
+        }
+    )
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    back = RunConfig.from_yaml(path)
+    assert back == cfg and back.to_dict() == cfg.to_dict()
+    assert back.method.lam_at(2) == 5.0 and back.train.lr_at(9) == 1e-7
+    assert (
+        yaml.safe_load(path.read_text())["method"]["name"] == "spin"
+    )  # sections as plain mappings
+
+
+def test_dict_sections_are_accepted_in_the_constructor():
+    cfg = RunConfig(method={"name": "sft"}, iterations=1)
+    assert isinstance(cfg.method, MethodConfig) and cfg.method.name == "sft"
+
+
+@pytest.mark.parametrize(
+    "d,message",
+    [
+        ({"method": {"alpha": 0}}, "method.alpha = 0: expected a number > 0"),
+        ({"method": {"beta": -1}}, "method.beta = -1: expected a number >= 0"),
+        ({"method": {"lam": 0}}, "method.lam = 0"),
+        ({"method": {"name": "dpo"}}, "method.name = 'dpo'"),
+        ({"method": {"beta_schedule": []}}, "method.beta_schedule = []: expected a non-empty list"),
+        ({"method": {"beta_schedule": [0.1, -0.2]}}, "method.beta_schedule"),
+        (
+            {"train": {"optimizer": "sgd"}},
+            "train.optimizer = 'sgd': expected one of adamw, rmsprop",
+        ),
+        ({"train": {"lr": 0}}, "train.lr = 0"),
+        ({"train": {"warmup_ratio": 1.0}}, "train.warmup_ratio = 1.0"),
+        (
+            {"train": {"grad_accum": 128, "batch_size": 64}},
+            "train.grad_accum = 128: expected an integer in [1, batch_size]",
+        ),
+        ({"train": {"epochs": 1.5}}, "train.epochs = 1.5"),
+        ({"train": {"schedule": "cosine"}}, "train.schedule = 'cosine'"),
+        ({"sampling": {"temperature": -1}}, "sampling.temperature = -1"),
+        ({"sampling": {"top_p": 1.5}}, "sampling.top_p = 1.5"),
+        ({"sampling": {"max_new_tokens": 0}}, "sampling.max_new_tokens = 0"),
+        ({"model": {"dtype": "int8"}}, "model.dtype = 'int8'"),
+        ({"model": {"prompt_template": "alpaca"}}, "model.prompt_template = 'alpaca'"),
+        ({"model": {"lora_r": -1}}, "model.lora_r = -1"),
+        ({"model": {"max_length": 1}}, "model.max_length = 1"),
+        ({"data": {"eval_size": 0}}, "data.eval_size = 0"),
+        ({"data": {"num_examples": 0}}, "data: num_examples must be an int >= 1"),
+        (
+            {"data": {"num_examples": 5, "fraction": 0.5}},
+            "data: set num_examples or fraction, not both",
+        ),
+        ({"iterations": 0}, "run.iterations = 0: expected an integer >= 1"),
+        ({"keep_weights": "some"}, "run.keep_weights = 'some'"),
+        ({"method": {"gamma": 1}}, "method: unknown field(s) gamma; expected some of"),
+        ({"method": "tspin"}, "method: expected a mapping of MethodConfig fields, got str 'tspin'"),
+        ({"sampling": None}, "sampling: expected a mapping of SamplingConfig fields, got NoneType"),
+        ({"train": {"lr": "fast"}}, "train.lr = 'fast'"),
+    ],
+)
+def test_bad_values_name_the_field(d, message):
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_dict(d, source="my.yaml")
+    assert str(e.value).startswith("my.yaml: ") and message in str(e.value)
+
+
+def test_from_yaml_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        RunConfig.from_yaml(tmp_path / "none.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping of sections, got list"):
+        RunConfig.from_yaml(tmp_path / "list.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    assert RunConfig.from_yaml(tmp_path / "empty.yaml") == RunConfig()
+
+
+def test_schedules():
+    m = MethodConfig(beta=0.3)
+    assert [m.beta_at(t) for t in range(3)] == [0.0, 0.3, 0.3]  # beta = 0 at iteration 0
+    assert [MethodConfig(name="tspin_no_history", beta=0.3).beta_at(t) for t in range(3)] == [
+        0.0,
+        0.0,
+        0.0,
+    ]
+    assert [MethodConfig(beta_schedule=[0.2, 0.5]).beta_at(t) for t in range(4)] == [
+        0.2,
+        0.5,
+        0.5,
+        0.5,
+    ]
+    assert [MethodConfig(lam=0.1, lam_schedule=None).lam_at(t) for t in range(2)] == [0.1, 0.1]
+    assert (
+        MethodConfig(name="spin").uses_reference and MethodConfig(name="tspin_ref").uses_reference
+    )
+    assert not MethodConfig(name="tspin").uses_reference
+    assert [TrainConfig(lr=1e-5).lr_at(t) for t in (0, 4)] == [1e-5, 1e-5]
+
+
+def test_config_diff_lists_dotted_keys():
+    a = RunConfig().to_dict()
+    b = RunConfig(method={"beta": 0.2}, train={"lr": 1e-4}).to_dict()
+    assert config_diff(a, b) == ["method.beta: 0.1 != 0.2", "train.lr: 2e-05 != 0.0001"]
+    assert config_diff(a, a) == []
+    assert config_diff({"x": 1}, {}) == ["x: 1 != None"]

@@ -1,0 +1,151 @@
+"""tspin_kit.logprobs: the one summed-log-prob function (next-token shift) and the [y; y'; y0] layout."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tspin_kit.logprobs import collate, collate_pairs, collate_triplets, model_logps, sequence_logps
+
+
+def naive_summed(logits, ids, loss_mask):
+    """The expression sequence_logps must equal: gather(log_softmax) at the next token, masked, summed."""
+    lp = (
+        torch.log_softmax(logits[:, :-1].double(), -1)
+        .gather(-1, ids[:, 1:].unsqueeze(-1))
+        .squeeze(-1)
+    )
+    return (lp * loss_mask[:, 1:]).sum(-1), lp
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_sequence_logps_equals_naive_gather(dtype):
+    g = torch.Generator().manual_seed(0)
+    n, t, v = 5, 9, 13
+    logits = (torch.randn(n, t, v, generator=g) * 3).to(dtype)
+    ids = torch.randint(0, v, (n, t), generator=g)
+    loss_mask = (torch.rand(n, t, generator=g) > 0.4).long()
+    loss_mask[0] = 0  # a row with no response token sums to 0
+    out = sequence_logps(logits, ids, loss_mask)
+    expected, per_token = naive_summed(logits, ids, loss_mask)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out.summed.double(), expected, atol=tol, rtol=tol)
+    torch.testing.assert_close(
+        out.token_logps.double(), per_token * loss_mask[:, 1:], atol=tol, rtol=tol
+    )
+    assert out.summed[0] == 0
+    assert out.mask.shape == (n, t - 1) and out.mask.dtype == torch.bool
+    assert torch.equal(out.mask, loss_mask[:, 1:].bool())
+    assert out.summed.dtype == dtype  # float64 stays float64 (no silent downcast)
+
+
+def test_half_precision_logits_are_upcast():
+    logits = torch.randn(2, 4, 5, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    ids, mask = torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4)
+    out = sequence_logps(logits, ids, mask)
+    assert out.summed.dtype == torch.float32
+    torch.testing.assert_close(
+        out.summed.double(), naive_summed(logits.float(), ids, mask)[0], atol=1e-5, rtol=1e-5
+    )
+
+
+def test_shift_on_a_hand_made_row():
+    """One row, vocab {0, 1}, ids [0, 1, 1]; the response is the last two tokens.
+
+    Position 0's logits [0, ln 3] predict token 1 (at position 1): p = 3/4.
+    Position 1's logits [ln 4, 0] predict token 1 (at position 2): p = 1/5.
+    Position 2's logits predict a token after the sequence: dropped (set to a huge value to prove it).
+    So log pi(response) = ln(3/4) + ln(1/5).
+    """
+    logits = torch.tensor(
+        [[[0.0, math.log(3)], [math.log(4), 0.0], [1e4, -1e4]]], dtype=torch.float64
+    )
+    ids = torch.tensor([[0, 1, 1]])
+    loss_mask = torch.tensor([[0, 1, 1]])
+    out = sequence_logps(logits, ids, loss_mask)
+    assert out.summed.item() == pytest.approx(math.log(3 / 4) + math.log(1 / 5), abs=1e-6)
+    assert out.token_logps[0].tolist() == pytest.approx(
+        [math.log(3 / 4), math.log(1 / 5)], abs=1e-6
+    )
+    # the prompt token is never scored: masking position 1 keeps only the last token's log-prob
+    only_last = sequence_logps(logits, ids, torch.tensor([[0, 0, 1]]))
+    assert only_last.summed.item() == pytest.approx(math.log(1 / 5), abs=1e-6)
+
+
+def test_entropy_matches_direct_computation():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 6, 7, generator=g, dtype=torch.float64)
+    ids = torch.randint(0, 7, (3, 6), generator=g)
+    loss_mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]])
+    out = sequence_logps(logits, ids, loss_mask, with_entropy=True)
+    p = torch.softmax(logits[:, :-1], -1)
+    h = -(p * torch.log(p)).sum(-1)  # (3, 5) entropy of each next-token distribution
+    m = loss_mask[:, 1:].double()
+    expected = (h * m).sum(-1) / m.sum(-1)
+    torch.testing.assert_close(out.entropy.double(), expected, atol=1e-5, rtol=1e-5)
+    # uniform logits: entropy is log V exactly
+    uni = sequence_logps(
+        torch.zeros(1, 3, 7),
+        torch.zeros(1, 3, dtype=torch.long),
+        torch.ones(1, 3),
+        with_entropy=True,
+    )
+    assert uni.entropy.item() == pytest.approx(math.log(7), abs=1e-6)
+
+
+def test_collate_triplets_literal_layout():
+    pad = 0
+    prompts = [[5, 6], [7]]  # x_0, x_1
+    annotated = [[10, 2], [11, 12, 2]]  # y (each ends with EOS = 2)
+    synthetic = [[20, 2], [2]]  # y'
+    proto = [[30, 31, 32, 2], [33, 2]]  # y0
+    b = collate_triplets(prompts, annotated, synthetic, proto, pad)
+    assert b.input_ids.tolist() == [
+        [5, 6, 10, 2, 0, 0],  # row 0: x_0 + y_0, right-padded
+        [7, 11, 12, 2, 0, 0],  # row 1: x_1 + y_1
+        [5, 6, 20, 2, 0, 0],  # row 2: x_0 + y'_0
+        [7, 2, 0, 0, 0, 0],  # row 3: x_1 + y'_1 (an empty response is just EOS)
+        [5, 6, 30, 31, 32, 2],  # row 4: x_0 + y0_0, the longest row sets the width
+        [7, 33, 2, 0, 0, 0],  # row 5: x_1 + y0_1
+    ]
+    assert b.attention_mask.tolist() == [
+        [1, 1, 1, 1, 0, 0],  # real tokens only
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1, 1],
+        [1, 1, 1, 0, 0, 0],
+    ]
+    assert b.loss_mask.tolist() == [
+        [0, 0, 1, 1, 0, 0],  # loss on y_0 and its EOS, never on the prompt or the padding
+        [0, 1, 1, 1, 0, 0],
+        [0, 0, 1, 1, 0, 0],
+        [0, 1, 0, 0, 0, 0],
+        [0, 0, 1, 1, 1, 1],
+        [0, 1, 1, 0, 0, 0],
+    ]
+    # .chunk(3) recovers (annotated, synthetic, proto) in that order
+    a, s, p = b.input_ids.chunk(3)
+    assert (
+        a[1, :4].tolist() == [7, 11, 12, 2] and s[0, :4].tolist() == [5, 6, 20, 2] and p[0, 2] == 30
+    )
+
+
+def test_collate_pairs_and_length_check():
+    b = collate_pairs([[1]], [[4, 2]], [[5, 5, 2]], pad_id=9)
+    assert b.input_ids.tolist() == [[1, 4, 2, 9], [1, 5, 5, 2]]  # [y; y']
+    assert b.loss_mask.tolist() == [[0, 1, 1, 0], [0, 1, 1, 1]]
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        collate([[1], [2]], [[3]], 0)
+
+
+def test_right_padding_does_not_change_a_rows_logps(pi0):
+    """The same (x, y) scored alone and next to a longer row: right padding leaves its log-prob unchanged."""
+    model, tok = pi0
+    x, y, long_y = [tok.bos_token_id, 20, 21], [22, 2], [23] * 9 + [2]
+    alone = model_logps(model, collate([x], [y], tok.pad_token_id), with_entropy=True)
+    padded = model_logps(model, collate([x, x], [y, long_y], tok.pad_token_id), with_entropy=True)
+    torch.testing.assert_close(alone.summed[0], padded.summed[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone.entropy[0], padded.entropy[0], atol=1e-5, rtol=0)
