@@ -1,0 +1,191 @@
+"""Shared helpers for the benchmark scripts (not a benchmark itself).
+
+Every benchmark prints ONE line of JSON first (machine-readable, nothing before it), then a
+human-readable table, and exits 0. Timings use ``time.perf_counter``; warm-up runs are excluded;
+statistics are median / min / max over repeats. Ratios are computed per repeat, inside one process,
+with the compared variants interleaved, because the machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import random
+import statistics
+import sys
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Quiet the libraries: the first stdout line must be the JSON object.
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+warnings.filterwarnings("ignore")
+logging.disable(logging.WARNING)
+
+# Default cache for pi_0 (toy.initial_policy) lives under benchmarks/ so that benchmarks write nowhere else.
+os.environ.setdefault("TSPIN_CACHE", str(Path(__file__).resolve().parent / ".cache"))
+
+
+def machine_info() -> dict:
+    import torch
+
+    info = {
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_num_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.cuda.is_available(),
+    }
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        info["loadavg_1m"] = os.getloadavg()[0]
+    except OSError:  # pragma: no cover
+        pass
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def stats(xs: list[float]) -> dict:
+    xs = [float(x) for x in xs]
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs), "values": xs}
+
+
+def emit(result: dict, table: str) -> None:
+    """First line: the JSON object. Then the table."""
+    sys.stdout.write(json.dumps(result, default=_json_default) + "\n")
+    sys.stdout.write(table.rstrip() + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(o):
+    try:
+        return float(o)
+    except Exception:  # pragma: no cover
+        return str(o)
+
+
+def fmt_table(headers: list[str], rows: list[list]) -> str:
+    cells = [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = lambda r: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    out = [line(headers), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in cells]
+    return "\n".join(out)
+
+
+def _fmt(c) -> str:
+    if isinstance(c, bool):
+        return "yes" if c else "NO"
+    if isinstance(c, float):
+        if c != c:
+            return "nan"
+        if abs(c) >= 1000:
+            return f"{c:,.0f}"
+        if abs(c) >= 10:
+            return f"{c:.1f}"
+        return f"{c:.3f}"
+    return str(c)
+
+
+# ----------------------------------------------------------------------------- toy data
+
+
+def _perturb(rng: random.Random, a: int, b: int, p_correct: float) -> str:
+    """A plausible sampled answer to a+b: correct with probability p_correct, else off by a small amount."""
+    c = a + b
+    if rng.random() < p_correct:
+        return str(c)
+    delta = rng.choice([-11, -10, -2, -1, 1, 2, 9, 10, 11, 100])
+    return str(max(0, c + delta))
+
+
+def toy_world(num: int, *, task: str = "addition", seed: int = 0, p_synth: float = 0.65, p_proto: float = 0.6):
+    """Realistic toy triplet data without sampling a model: (prompts, annotated, synthetic, proto) strings.
+
+    y = the correct answer (tspin_kit.toy.make_world); y' and y0 = answers that are correct with the
+    share the toy-world prototype measured for pi_0 (y' == y for 60-72%, y0 == y for 53-61%) and
+    otherwise off by a few units, so lengths (3-4 characters + EOS) and padding match a real run.
+    """
+    from tspin_kit import toy
+
+    train, _ = toy.make_world(task, num, 10, seed)
+    rs, rp = random.Random(seed + 1), random.Random(seed + 2)
+    prompts = [r["prompt"] for r in train]
+    annotated = [r["response"] for r in train]
+    synth, proto = [], []
+    for r in train:
+        a, b = (int(x) for x in r["prompt"].rstrip("=").split("+"))
+        s, p = _perturb(rs, a, b, p_synth), _perturb(rp, a, b, p_proto)
+        if task == "scratchpad":
+            s = r["response"].rsplit(";", 1)[0] + ";" + s
+            p = r["response"].rsplit(";", 1)[0] + ";" + p
+        synth.append(s)
+        proto.append(p)
+    return prompts, annotated, synth, proto
+
+
+def toy_examples(tokenizer, num: int, *, task: str = "addition", seed: int = 0):
+    """tspin_kit Examples with y, y', y0 token ids (each + EOS) and reference log-probs = 0 (filled later)."""
+    import torch
+
+    from tspin_kit.templates import encode_response
+    from tspin_kit.training import build_examples
+
+    prompts, ann, syn, pro = toy_world(num, task=task, seed=seed)
+    ex = build_examples(tokenizer, prompts, ann)
+    ex.synthetic_ids = [encode_response(tokenizer, s) for s in syn]
+    ex.proto_ids = [encode_response(tokenizer, p) for p in pro]
+    ex.ref_annotated = torch.zeros(num)
+    ex.ref_synthetic = torch.zeros(num)
+    ex.ref_proto = torch.zeros(num)
+    return ex, (prompts, ann, syn, pro)
+
+
+def fill_reference(model, tokenizer, ex) -> None:
+    """Reference log-probs of y, y', y0 under `model` (what tspin_kit's generate phase records)."""
+    import torch
+
+    from tspin_kit.generation import score_responses
+
+    for attr, ids in (("ref_annotated", ex.annotated_ids), ("ref_synthetic", ex.synthetic_ids), ("ref_proto", ex.proto_ids)):
+        scored = score_responses(model, ex.prompt_ids, ids, pad_id=tokenizer.pad_token_id, batch_size=250)
+        setattr(ex, attr, torch.tensor([s["logp"] for s in scored], dtype=torch.float32))
+
+
+def parse_quick():
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="CI smoke mode: finishes in under ~60 s")
+    ap.add_argument("--repeats", type=int, default=None, help="override the number of measured repeats")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave torch's default)")
+    return ap
+
+
+def apply_threads(args) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def target(name: str, value: float, op: str, threshold: float, unit: str = "") -> dict:
+    met = {"<": value < threshold, "<=": value <= threshold, ">": value > threshold, ">=": value >= threshold}[op]
+    return {"target": f"{name} {op} {threshold}{unit}", "value": value, "met": bool(met)}
