@@ -57,11 +57,24 @@ MAX_POINTS = 4000
 NATS = "nats"
 
 _FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
+_AXIS = {"gridcolor": "#e5e8ee", "linecolor": "#b0b5bf", "zerolinecolor": "#9aa0aa", "ticks": "outside", "tickcolor": "#b0b5bf", "automargin": True}
+# A small template of our own: "plotly_white" costs ~7 ms per figure to validate, too slow for sliders.
+TEMPLATE = go.layout.Template(
+    layout={
+        "paper_bgcolor": "white",
+        "plot_bgcolor": "white",
+        "font": {"family": _FONT, "size": 12, "color": "#222"},
+        "xaxis": _AXIS,
+        "yaxis": _AXIS,
+        "colorway": EXTRA_COLORS,
+        "hoverlabel": {"font": {"family": _FONT}},
+    }
+)
 
 
 def _base_layout(title: str, height: int = 360, **extra: Any) -> dict:
     layout = {
-        "template": "plotly_white",
+        "template": TEMPLATE,
         "title": {"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 14}},
         "paper_bgcolor": "white",
         "plot_bgcolor": "white",
@@ -77,9 +90,15 @@ def _base_layout(title: str, height: int = 360, **extra: Any) -> dict:
 
 def _panels(titles: list[str], gap: float = 0.1) -> dict:
     """Layout entries for ``len(titles)`` side-by-side panels (xaxis, xaxis2, ... and titles)."""
+    titles = list(titles) or ["no data yet"]
     n = len(titles)
     width = (1.0 - gap * (n - 1)) / n
-    out: dict = {"annotations": []}
+    # panel titles sit just above the plots, so the legend moves up out of their way
+    out: dict = {
+        "annotations": [],
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.1, "xanchor": "right", "x": 1.0},
+        "margin": {"l": 64, "r": 24, "t": 92, "b": 56},
+    }
     for i, title in enumerate(titles):
         sfx = "" if i == 0 else str(i + 1)
         x0 = i * (width + gap)
@@ -99,6 +118,36 @@ def _panels(titles: list[str], gap: float = 0.1) -> dict:
             }
         )
     return out
+
+
+def _plain(v: Any) -> Any:
+    """Plain values for an unvalidated figure: pandas -> numpy, None entries dropped, NaN -> None.
+
+    Widgets send figures as JSON, where a bare NaN is invalid (numpy arrays travel as binary
+    buffers, so NaN inside an array is fine); a key whose value is None would reach plotly.js as
+    null, which it does not always accept (``cleanData`` reads ``'line' in trace.marker``).
+    """
+    if isinstance(v, (pd.Series, pd.Index)):
+        return v.to_numpy()
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items() if x is not None}
+    if isinstance(v, (list, tuple)):
+        if v and all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in v):
+            return np.asarray(v, dtype=float)
+        return [_plain(x) for x in v]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def _figure(traces: list[dict], layout: dict) -> go.Figure:
+    """A ``go.Figure`` from plain dicts, without plotly's per-property validation.
+
+    Validation costs ~5 ms per figure, too slow for a slider that redraws four figures; the
+    tests rebuild every figure here with validation on (``tests/test_figures.py::validated``) so a wrong
+    property name still fails loudly there.
+    """
+    return go.Figure(data=[_plain(t) for t in traces], layout=_plain(layout), _validate=False)
 
 
 def _ax(i: int) -> tuple[str, str]:
@@ -160,10 +209,11 @@ def advantage_decay(summaries: dict[str, tuple[pd.DataFrame, str]], stage: str =
             t = table[table["advantage"] == kind].sort_values("iteration")
             x = t["iteration"].to_numpy()
             traces.append(
-                go.Scatter(
+                dict(type="scatter", 
                     x=np.concatenate([x, x[::-1]]),
                     y=np.concatenate([t["q90"].to_numpy(), t["q10"].to_numpy()[::-1]]),
                     fill="toself",
+                    mode="lines",
                     fillcolor=_rgba(c, 0.15),
                     line={"width": 0},
                     hoverinfo="skip",
@@ -175,7 +225,7 @@ def advantage_decay(summaries: dict[str, tuple[pd.DataFrame, str]], stage: str =
                 )
             )
             traces.append(
-                go.Scatter(
+                dict(type="scatter", 
                     x=x,
                     y=t["mean"].to_numpy(),
                     mode="lines+markers",
@@ -200,7 +250,7 @@ def advantage_decay(summaries: dict[str, tuple[pd.DataFrame, str]], stage: str =
             {"type": "line", "xref": xr, "yref": f"{yr} domain", "x0": marker_iteration, "x1": marker_iteration, "y0": 0, "y1": 1, "line": {"color": "#888", "dash": "dot"}}
             for xr, yr in (("x", "y"), ("x2", "y2"))
         ]
-    return go.Figure(data=traces, layout=layout)
+    return _figure(traces, layout)
 
 
 def degenerate_shares(shares: dict[str, tuple[pd.DataFrame, str]]) -> go.Figure:
@@ -212,7 +262,7 @@ def degenerate_shares(shares: dict[str, tuple[pd.DataFrame, str]]) -> go.Figure:
         t, _ = shares[label]
         for col, dash, what in (("synthetic_equals_annotated", "solid", "y' == y"), ("proto_equals_annotated", "dash", "y0 == y")):
             traces.append(
-                go.Scatter(
+                dict(type="scatter", 
                     x=t["iteration"],
                     y=t[col],
                     mode="lines+markers",
@@ -221,18 +271,29 @@ def degenerate_shares(shares: dict[str, tuple[pd.DataFrame, str]]) -> go.Figure:
                     hovertemplate="t=%{x}: %{y:.1%}<extra>" + f"{label}: {what}" + "</extra>",
                 )
             )
-    layout = _base_layout("Degenerate pairs: share of y' == y (solid) and y0 == y (dashed)", height=340)
+    layout = _base_layout("Degenerate pairs: share of y' == y (solid) and y0 == y (dashed)", height=380)
+    # four or more entries: below the plot, where they cannot cover the title
+    layout["legend"] = {"orientation": "h", "yanchor": "top", "y": -0.22, "xanchor": "left", "x": 0.0}
+    layout["margin"] = {"l": 64, "r": 24, "t": 48, "b": 110}
     layout["xaxis"] = _iteration_axis()
     layout["yaxis"] = {"title": {"text": "share of examples (%)"}, "tickformat": ".0%", "rangemode": "tozero"}
-    return go.Figure(data=traces, layout=layout)
+    return _figure(traces, layout)
 
 
-def scores(tables: dict[str, tuple[pd.DataFrame, str]], marker_iteration: int | None = None) -> go.Figure:
-    """Task score of pi_0, pi_1, ... per run (``analysis.score_table``)."""
+def score_axis_title(score_name: str = "accuracy") -> str:
+    if score_name == "accuracy":
+        return "task score (accuracy, 0–1)"
+    if "logp" in score_name or "log" in score_name:
+        return f"task score: {score_name} (nats/token)"
+    return f"task score: {score_name}"
+
+
+def scores(tables: dict[str, tuple[pd.DataFrame, str]], marker_iteration: int | None = None, score_name: str = "accuracy") -> go.Figure:
+    """Task score of pi_0, pi_1, ... per run (``analysis.score_table``); ``score_name`` labels the axis."""
     labels = list(tables)
     colors = _run_colors(labels, [tables[k][1] for k in labels])
     traces = [
-        go.Scatter(
+        dict(type="scatter", 
             x=t["policy"],
             y=t["score"],
             mode="lines+markers",
@@ -244,10 +305,10 @@ def scores(tables: dict[str, tuple[pd.DataFrame, str]], marker_iteration: int | 
     ]
     layout = _base_layout("Task score per policy (π_0 = starting model)", height=320)
     layout["xaxis"] = _iteration_axis("policy π_t (iterations trained)")
-    layout["yaxis"] = {"title": {"text": "task score (exact match, 0–1)"}, "rangemode": "tozero"}
+    layout["yaxis"] = {"title": {"text": score_axis_title(score_name)}, **({"rangemode": "tozero"} if score_name == "accuracy" else {})}
     if marker_iteration is not None:
         layout["shapes"] = [{"type": "line", "xref": "x", "yref": "y domain", "x0": marker_iteration + 1, "x1": marker_iteration + 1, "y0": 0, "y1": 1, "line": {"color": "#888", "dash": "dot"}}]
-    return go.Figure(data=traces, layout=layout)
+    return _figure(traces, layout)
 
 
 def misalignment(tables: dict[str, tuple[pd.DataFrame, str]], iteration: int | None = None) -> go.Figure:
@@ -276,7 +337,7 @@ def misalignment(tables: dict[str, tuple[pd.DataFrame, str]], iteration: int | N
         for flag, color, name in ((False, ALIGNED_COLOR, "aligned"), (True, MISALIGNED_COLOR, "misaligned")):
             part = s[s["misaligned"] == flag]
             traces.append(
-                go.Scattergl(
+                dict(type="scattergl", 
                     x=part["logp_margin"].to_numpy(),
                     y=part["reward_margin"].to_numpy(),
                     mode="markers",
@@ -293,7 +354,7 @@ def misalignment(tables: dict[str, tuple[pd.DataFrame, str]], iteration: int | N
         sfx = "" if i == 0 else str(i + 1)
         layout[f"xaxis{sfx}"].update({"title": {"text": f"log π(y) − log π(y') ({NATS})"}, "zeroline": True, "zerolinecolor": "#999"})
         layout[f"yaxis{sfx}"].update({"title": {"text": "reward margin r(y) − r(y')"}, "zeroline": True, "zerolinecolor": "#999"})
-    return go.Figure(data=traces, layout=layout)
+    return _figure(traces, layout)
 
 
 def token_entropy(tables: dict[str, tuple[pd.DataFrame, str]]) -> go.Figure:
@@ -301,7 +362,7 @@ def token_entropy(tables: dict[str, tuple[pd.DataFrame, str]]) -> go.Figure:
     labels = list(tables)
     colors = _run_colors(labels, [tables[k][1] for k in labels])
     traces = [
-        go.Scatter(
+        dict(type="scatter", 
             x=t["iteration"],
             y=t["token_entropy"],
             mode="lines+markers",
@@ -314,7 +375,7 @@ def token_entropy(tables: dict[str, tuple[pd.DataFrame, str]]) -> go.Figure:
     layout = _base_layout("Policy token entropy (of y' under the policy that sampled it)", height=300)
     layout["xaxis"] = _iteration_axis()
     layout["yaxis"] = {"title": {"text": "entropy (nats/token)"}, "rangemode": "tozero"}
-    return go.Figure(data=traces, layout=layout)
+    return _figure(traces, layout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,7 +389,7 @@ def token_logps(shading: pd.DataFrame, title: str = "Per-token log-probs") -> go
     for role in ("annotated", "synthetic", "proto"):
         t = shading[shading["role"] == role]
         traces.append(
-            go.Scatter(
+            dict(type="scatter", 
                 x=t["position"],
                 y=t["logp"],
                 mode="lines+markers",
@@ -341,14 +402,14 @@ def token_logps(shading: pd.DataFrame, title: str = "Per-token log-probs") -> go
     layout = _base_layout(title, height=300)
     layout["xaxis"] = {"title": {"text": "token position"}, "dtick": 1}
     layout["yaxis"] = {"title": {"text": f"log-prob ({NATS})"}}
-    return go.Figure(data=traces, layout=layout)
+    return _figure(traces, layout)
 
 
 def synthetic_history(history: pd.DataFrame, example_id: int) -> go.Figure:
     """One prompt across iterations: log pi_t(y') and the advantages u and v at generation time."""
     hover_text = [f"y' = {s!r}" for s in history["synthetic"]]
     traces = [
-        go.Scatter(
+        dict(type="scatter", 
             x=history["iteration"],
             y=history["synthetic_logp_before"],
             mode="lines+markers",
@@ -357,14 +418,14 @@ def synthetic_history(history: pd.DataFrame, example_id: int) -> go.Figure:
             text=hover_text,
             hovertemplate="t=%{x}: %{y:.2f} nats<br>%{text}<extra></extra>",
         ),
-        go.Scatter(
+        dict(type="scatter", 
             x=history["iteration"],
             y=history["current_advantage_before"],
             mode="lines+markers",
             name="u (current advantage)",
             line={"color": ADVANTAGE_COLORS["current"], "dash": "dash"},
         ),
-        go.Scatter(
+        dict(type="scatter", 
             x=history["iteration"],
             y=history["historical_advantage_before"],
             mode="lines+markers",
@@ -375,7 +436,7 @@ def synthetic_history(history: pd.DataFrame, example_id: int) -> go.Figure:
     layout = _base_layout(f"Example {example_id}: its synthetic response across iterations", height=300)
     layout["xaxis"] = _iteration_axis()
     layout["yaxis"] = {"title": {"text": f"log-prob / advantage ({NATS})"}, "zeroline": True, "zerolinecolor": "#999"}
-    return go.Figure(data=traces, layout=layout)
+    return _figure(traces, layout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,7 +475,7 @@ def gradient_weights(table: pd.DataFrame, *, kind: str, scale: float, beta: floa
             mult = 0.0  # SPIN has no historical term
         curve = mult / (1.0 + np.exp(np.clip(scale * grid, -60, 60)))
         traces.append(
-            go.Scattergl(
+            dict(type="scattergl", 
                 x=x,
                 y=s[w].to_numpy(),
                 mode="markers",
@@ -427,26 +488,26 @@ def gradient_weights(table: pd.DataFrame, *, kind: str, scale: float, beta: floa
             )
         )
         traces.append(
-            go.Scatter(x=grid, y=curve, mode="lines", line={"color": "#333", "width": 1.5}, name="weight curve", showlegend=i == 0, hoverinfo="skip", xaxis=xa, yaxis=ya)
+            dict(type="scatter", x=grid, y=curve, mode="lines", line={"color": "#333", "width": 1.5}, name="weight curve", showlegend=i == 0, hoverinfo="skip", xaxis=xa, yaxis=ya)
         )
     sfx_titles = (("", f"current advantage u ({NATS})"), ("2", f"historical advantage v ({NATS})"))
     for sfx, xt in sfx_titles:
         layout[f"xaxis{sfx}"].update({"title": {"text": xt}})
         layout[f"yaxis{sfx}"].update({"title": {"text": "gradient weight (0–1)"}, "range": [-0.03, 1.03]})
-    return go.Figure(data=traces, layout=layout)
+    return _figure(traces, layout)
 
 
 def top_drivers(top: pd.DataFrame) -> go.Figure:
     """Stacked bars of w_cur and w_hist for the examples that drive the update most."""
     y = [f"#{int(e)}" for e in top["example_id"]]
     traces = [
-        go.Bar(y=y, x=top["weight_current"], orientation="h", name="current weight", marker={"color": ADVANTAGE_COLORS["current"]}),
-        go.Bar(y=y, x=top["weight_historical"], orientation="h", name="historical weight", marker={"color": ADVANTAGE_COLORS["historical"]}),
+        dict(type="bar", y=y, x=top["weight_current"], orientation="h", name="current weight", marker={"color": ADVANTAGE_COLORS["current"]}),
+        dict(type="bar", y=y, x=top["weight_historical"], orientation="h", name="historical weight", marker={"color": ADVANTAGE_COLORS["historical"]}),
     ]
     layout = _base_layout("Examples that drive the update most", height=360, barmode="stack")
     layout["xaxis"] = {"title": {"text": "gradient weight w_cur + w_hist"}}
     layout["yaxis"] = {"title": {"text": "example id"}, "autorange": "reversed", "type": "category"}
-    return go.Figure(data=traces, layout=layout)
+    return _figure(traces, layout)
 
 
 def loss_landscape(landscape: pd.DataFrame, *, kind: str, scale: float, beta: float) -> go.Figure:
@@ -456,29 +517,30 @@ def loss_landscape(landscape: pd.DataFrame, *, kind: str, scale: float, beta: fl
         line = landscape.drop_duplicates("scale").sort_values("scale")
         current = float(np.interp(scale, line["scale"], line["loss"]))
         traces = [
-            go.Scatter(x=line["scale"], y=line["loss"], mode="lines", name="mean SPIN loss", line={"color": METHOD_COLORS["spin"], "width": 2}),
-            go.Scatter(x=[scale], y=[current], mode="markers", name="current λ", marker={"color": "#111", "size": 11, "symbol": "x"}),
+            dict(type="scatter", x=line["scale"], y=line["loss"], mode="lines", name="mean SPIN loss", line={"color": METHOD_COLORS["spin"], "width": 2}),
+            dict(type="scatter", x=[scale], y=[current], mode="markers", name="current λ", marker={"color": "#111", "size": 11, "symbol": "x"}),
         ]
         layout = _base_layout("Loss landscape: mean SPIN loss over λ", height=340)
         layout["xaxis"] = {"title": {"text": "λ (reward scale)"}, "type": "log"}
         layout["yaxis"] = {"title": {"text": "mean loss (nats)"}}
-        return go.Figure(data=traces, layout=layout)
+        return _figure(traces, layout)
     grid = landscape.pivot(index="beta", columns="scale", values="loss")
     traces = [
-        go.Heatmap(
+        dict(type="heatmap", 
             x=grid.columns.to_numpy(),
             y=grid.index.to_numpy(),
-            z=grid.to_numpy(),
+            # a list (not an array) so NaN can become None: 2-D arrays reach widgets as JSON lists
+            z=[[float(v) if np.isfinite(v) else None for v in row] for row in grid.to_numpy()],
             colorscale="Viridis",
             colorbar={"title": {"text": "mean loss<br>(nats)"}},
             hovertemplate=f"{s_name}=%{{x:.3g}}, β=%{{y:.3g}}<br>loss %{{z:.3f}}<extra></extra>",
         ),
-        go.Scatter(x=[scale], y=[beta], mode="markers", name="current setting", marker={"color": "white", "size": 12, "symbol": "x", "line": {"color": "black", "width": 2}}),
+        dict(type="scatter", x=[scale], y=[beta], mode="markers", name="current setting", marker={"color": "white", "size": 12, "symbol": "x", "line": {"color": "black", "width": 2}}),
     ]
     layout = _base_layout(f"Loss landscape: mean loss over {s_name} and β", height=340)
     layout["xaxis"] = {"title": {"text": f"{s_name} ({'entropy coefficient = reward scale' if kind == 'tspin' else 'reward scale'})"}, "type": "log"}
     layout["yaxis"] = {"title": {"text": "β (historical weight)"}}
-    return go.Figure(data=traces, layout=layout)
+    return _figure(traces, layout)
 
 
 def opponent(table: pd.DataFrame, curve: pd.DataFrame, alpha: float) -> go.Figure:
@@ -488,7 +550,7 @@ def opponent(table: pd.DataFrame, curve: pd.DataFrame, alpha: float) -> go.Figur
     layout = _base_layout(f"Opponent π* = softmax(c/α) at α = {alpha:.3g}, c = log π(z|x)", height=340)
     layout.update(_panels(["probability per candidate", "entropy of π* as α moves"], gap=0.14))
     traces = [
-        go.Bar(
+        dict(type="bar", 
             x=table["candidate"],
             y=table["probability"],
             marker={"color": colors},
@@ -499,15 +561,15 @@ def opponent(table: pd.DataFrame, curve: pd.DataFrame, alpha: float) -> go.Figur
             name="π*(z)",
             showlegend=False,
         ),
-        go.Scatter(x=curve["alpha"], y=curve["entropy"], mode="lines", line={"color": "#333", "width": 2}, name="entropy", showlegend=False, xaxis="x2", yaxis="y2"),
-        go.Scatter(x=curve["alpha"], y=curve["max_entropy"], mode="lines", line={"color": "#999", "dash": "dot"}, name="log K (uniform)", showlegend=False, xaxis="x2", yaxis="y2", hoverinfo="skip"),
-        go.Scatter(x=[alpha], y=[current_entropy], mode="markers", marker={"color": "#111", "size": 10, "symbol": "x"}, name="current α", showlegend=False, xaxis="x2", yaxis="y2"),
+        dict(type="scatter", x=curve["alpha"], y=curve["entropy"], mode="lines", line={"color": "#333", "width": 2}, name="entropy", showlegend=False, xaxis="x2", yaxis="y2"),
+        dict(type="scatter", x=curve["alpha"], y=curve["max_entropy"], mode="lines", line={"color": "#999", "dash": "dot"}, name="log K (uniform)", showlegend=False, xaxis="x2", yaxis="y2", hoverinfo="skip"),
+        dict(type="scatter", x=[alpha], y=[current_entropy], mode="markers", marker={"color": "#111", "size": 10, "symbol": "x"}, name="current α", showlegend=False, xaxis="x2", yaxis="y2"),
     ]
     layout["xaxis"].update({"title": {"text": "candidate response"}})
     layout["yaxis"].update({"title": {"text": "probability"}, "range": [0, 1.12]})
     layout["xaxis2"].update({"title": {"text": "α (entropy coefficient)"}, "type": "log"})
     layout["yaxis2"].update({"title": {"text": "entropy (nats)"}, "rangemode": "tozero"})
-    return go.Figure(data=traces, layout=layout)
+    return _figure(traces, layout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -532,14 +594,14 @@ def run_comparison(table: pd.DataFrame, metrics: list[str], runs: list[str] | No
     colors = _run_colors(runs, methods)
     metrics = list(metrics) or ["score"]
     layout = _base_layout("Run comparison", height=360)
-    layout.update(_panels([m.replace("_", " ") for m in metrics], gap=0.08 if len(metrics) > 1 else 0.0))
+    layout.update(_panels([m.replace("_", " ") for m in metrics], gap=0.12 if len(metrics) > 1 else 0.0))
     traces = []
     for i, metric in enumerate(metrics):
         xa, ya = _ax(i)
         for run in runs:
             t = table[(table["run"] == run) & (table["metric"] == metric)].sort_values("x")
             traces.append(
-                go.Scatter(
+                dict(type="scatter", 
                     x=t["x"],
                     y=t["value"],
                     mode="lines+markers",
@@ -558,7 +620,7 @@ def run_comparison(table: pd.DataFrame, metrics: list[str], runs: list[str] | No
         layout[f"yaxis{sfx}"].update({"title": {"text": ytitle}})
         if "share" in metric:
             layout[f"yaxis{sfx}"]["tickformat"] = ".0%"
-    return go.Figure(data=traces, layout=layout)
+    return _figure(traces, layout)
 
 
 def report_figures(runs: dict[str, Any], *, iteration: int | None = None) -> dict[str, go.Figure]:
@@ -574,7 +636,7 @@ def report_figures(runs: dict[str, Any], *, iteration: int | None = None) -> dic
     figs = {
         "advantage_decay": advantage_decay({k: (A.advantage_summary(r.examples), methods[k]) for k, r in with_examples.items()}),
         "degenerate_shares": degenerate_shares({k: (A.degenerate_shares(r.examples), methods[k]) for k, r in with_examples.items()}),
-        "scores": scores({k: (A.score_table(r.metrics), methods[k]) for k, r in runs.items()}),
+        "scores": scores({k: (A.score_table(r.metrics), methods[k]) for k, r in runs.items()}, score_name=A.score_name(next(iter(runs.values())).metrics) if runs else "accuracy"),
         "token_entropy": token_entropy({k: (A.token_entropy_table(r.metrics, r.examples), methods[k]) for k, r in with_examples.items()}),
     }
     if with_examples:

@@ -1,0 +1,13 @@
+"""Interactive views over tspin_kit's run records (ipywidgets + plotly FigureWidget).
+
+Each widget takes a live ``SelfPlaySession``, a finished run directory or records, and is an
+``ipywidgets.VBox`` you can ``display``. The engine never imports this package.
+"""
+
+from .advantages import AdvantageDecay
+from .alpha_beta import AlphaBetaPanel
+from .compare import RunComparison
+from .dashboard import Dashboard
+from .triplets import TripletBrowser
+
+__all__ = ["AdvantageDecay", "AlphaBetaPanel", "Dashboard", "RunComparison", "TripletBrowser"]

@@ -1,0 +1,140 @@
+"""Tests for tspin_kit.figures: valid plotly, one colour per role, units on axes, data that moves.
+
+figures.py builds figures without plotly's per-property validation (for slider speed); every test
+here re-validates with ``go.Figure(fig.to_dict())`` so a misspelt property still fails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+from records_builder import build_records
+
+from tspin_kit import analysis as A
+from tspin_kit import figures as F
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return {"T-SPIN": build_records("tspin", n_examples=60, n_iterations=3), "SPIN": build_records("spin", n_examples=60, n_iterations=3, seed=1)}
+
+
+def validated(fig: go.Figure) -> go.Figure:
+    """Re-build ``fig`` with validation on (raises ValueError on any invalid property); return ``fig``."""
+    go.Figure(data=[dict(t._props) for t in fig.data], layout=dict(fig.layout._props))
+    return fig
+
+
+def axis_titles(fig: go.Figure) -> list[str]:
+    d = fig.layout._props
+    return [v["title"]["text"] for k, v in d.items() if k.startswith(("xaxis", "yaxis")) and "title" in v]
+
+
+def test_role_colours_are_distinct_and_named():
+    assert set(F.ROLE_COLORS) == {"annotated", "synthetic", "proto"}
+    assert len(set(F.ROLE_COLORS.values())) == 3
+    assert set(F.METHOD_COLORS) == {"sft", "spin", "tspin", "tspin_no_history", "tspin_ref"}
+
+
+def test_advantage_decay(runs):
+    summaries = {k: (A.advantage_summary(r.examples), A.run_settings(r)["method"]) for k, r in runs.items()}
+    fig = validated(F.advantage_decay(summaries, marker_iteration=1))
+    assert len(fig.data) == 2 * 2 * 2  # runs x panels x (band, mean)
+    means = [t for t in fig.data if t.mode == "lines+markers"]
+    assert {t.line.color for t in means} == {F.METHOD_COLORS["tspin"], F.METHOD_COLORS["spin"]}
+    assert all("nats" in t for t in axis_titles(fig) if t.startswith("advantage"))
+    assert "iteration t" in axis_titles(fig)
+    tsp = [t for t in means if t.name == "T-SPIN" and t.xaxis == "x"][0]
+    expected = summaries["T-SPIN"][0].query("advantage == 'current'")["mean"].to_numpy()
+    assert np.asarray(tsp.y) == pytest.approx(expected)
+    assert len(fig.layout.shapes) == 2
+
+
+def test_degenerate_scores_entropy(runs):
+    m = {k: A.run_settings(r)["method"] for k, r in runs.items()}
+    deg = validated(F.degenerate_shares({k: (A.degenerate_shares(r.examples), m[k]) for k, r in runs.items()}))
+    assert len(deg.data) == 4 and deg.layout.yaxis.tickformat == ".0%"
+    sc = validated(F.scores({k: (A.score_table(r.metrics), m[k]) for k, r in runs.items()}, marker_iteration=0))
+    assert list(sc.data[0].x) == [0, 1, 2, 3]
+    assert "accuracy" in sc.layout.yaxis.title.text
+    assert "nats" in F.scores({}, score_name="logp_per_token").layout.yaxis.title.text
+    ent = validated(F.token_entropy({k: (A.token_entropy_table(r.metrics, r.examples), m[k]) for k, r in runs.items()}))
+    assert "nats/token" in ent.layout.yaxis.title.text
+
+
+def test_misalignment_titles_carry_the_share(runs):
+    tables = {k: (A.misalignment_table(r.examples, 1), A.run_settings(r)["method"]) for k, r in runs.items()}
+    fig = validated(F.misalignment(tables, 1))
+    share = tables["SPIN"][0]["misaligned"].mean()
+    titles = [a.text for a in fig.layout.annotations]
+    assert any(f"{share:.1%} misaligned" in t for t in titles)
+    assert any("0.0% misaligned" in t for t in titles)  # T-SPIN: zero by construction
+    assert all("nats" in t for t in axis_titles(fig) if t.startswith("log"))
+    red = [t for t in fig.data if t.name == "misaligned"]
+    assert sum(len(t.x) for t in red) == tables["SPIN"][0]["misaligned"].sum()
+
+
+def test_token_logps_and_history_use_role_colours(runs):
+    ex = runs["T-SPIN"].examples
+    fig = validated(F.token_logps(A.token_shading(ex, 1, 2)))
+    assert [t.line.color for t in fig.data] == [F.ROLE_COLORS[r] for r in A.ROLES]
+    assert fig.layout.yaxis.title.text == "log-prob (nats)"
+    hist = validated(F.synthetic_history(A.synthetic_history(ex, 2), 2))
+    assert hist.data[0].line.color == F.ROLE_COLORS["synthetic"]
+
+
+def test_gradient_weights_follow_alpha(runs):
+    inputs = A.loss_inputs(runs["T-SPIN"].examples, 2)
+    figs = {}
+    for alpha in (0.2, 2.0):
+        table = A.recompute_losses(inputs, kind="tspin", alpha=alpha, beta=0.3)
+        figs[alpha] = validated(F.gradient_weights(table, kind="tspin", scale=alpha, beta=0.3))
+        pts = figs[alpha].data[0]
+        assert np.asarray(pts.y) == pytest.approx(1 / (1 + np.exp(alpha * np.asarray(pts.x))))
+    assert not np.allclose(figs[0.2].data[0].y, figs[2.0].data[0].y)
+    assert "α = 0.2" in figs[0.2].layout.title.text
+    assert "current advantage u (nats)" in axis_titles(figs[0.2])
+
+
+def test_large_scatter_is_subsampled():
+    rec = build_records("tspin", n_examples=6000, n_iterations=1, token_lists=False)
+    table = A.recompute_losses(A.loss_inputs(rec.examples, 0), kind="tspin", alpha=1.0, beta=0.1)
+    fig = F.gradient_weights(table, kind="tspin", scale=1.0, beta=0.1)
+    assert len(fig.data[0].x) == F.MAX_POINTS
+    assert "6,000 examples" in fig.layout.title.text
+
+
+def test_landscape_drivers_opponent(runs):
+    inputs = A.loss_inputs(runs["T-SPIN"].examples, 1)
+    land = A.loss_landscape(inputs, kind="tspin", scales=np.geomspace(0.1, 5, 5), betas=np.linspace(0, 1, 3))
+    heat = validated(F.loss_landscape(land, kind="tspin", scale=1.0, beta=0.1))
+    assert heat.data[0].type == "heatmap" and np.asarray(heat.data[0].z).shape == (3, 5)
+    assert (heat.data[1].x[0], heat.data[1].y[0]) == (1.0, 0.1)
+    line = validated(F.loss_landscape(land, kind="spin", scale=0.5, beta=0.0))
+    assert line.data[0].type == "scatter" and "λ" in line.layout.xaxis.title.text
+    top = A.top_drivers(A.recompute_losses(inputs, kind="tspin", alpha=1.0, beta=0.1), k=5)
+    bars = validated(F.top_drivers(top))
+    assert list(bars.data[0].y) == [f"#{e}" for e in top["example_id"]]
+    cands = A.candidate_confidences(runs["T-SPIN"].examples, 1, 3)
+    opp = validated(F.opponent(A.opponent_table(cands, 0.5), A.opponent_entropy_curve(cands, np.geomspace(0.05, 20, 10)), 0.5))
+    assert list(opp.data[0].marker.color) == [F.ROLE_COLORS[r] for r in cands["role"]]
+    assert "entropy (nats)" in axis_titles(opp)
+
+
+def test_empty_inputs_still_make_figures():
+    for fig in (F.advantage_decay({}), F.misalignment({}), F.scores({}), F.degenerate_shares({}), F.token_entropy({})):
+        validated(fig)
+
+
+def test_run_comparison_and_report_figures(runs, tmp_path):
+    table = A.comparison_table(runs)
+    fig = validated(F.run_comparison(table, ["score", "misaligned_share"]))
+    assert len(fig.data) == 4 and fig.layout.yaxis2.tickformat == ".0%"
+    figs = F.report_figures(runs)
+    assert set(figs) == {"advantage_decay", "degenerate_shares", "scores", "token_entropy", "misalignment", "run_comparison"}
+    for name, f in figs.items():
+        validated(f)
+        path = tmp_path / f"{name}.html"
+        f.write_html(path, include_plotlyjs=False, full_html=False)
+        assert path.stat().st_size > 500

@@ -1,0 +1,363 @@
+"""Tests for widgets/: build each widget headless, set a control, assert on its figures and state.
+
+No browser: ipywidgets fires ``observe`` callbacks when Python sets ``.value``, and FigureWidget
+data updates in Python. A fake session drives the dashboard's background phases.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from records_builder import build_records, write_run_dir
+
+import widgets as Wd
+from tspin_kit import analysis as A
+from tspin_kit import figures as F
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tspin():
+    return build_records("tspin", n_examples=120, n_iterations=3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def spin():
+    return build_records("spin", n_examples=120, n_iterations=3, seed=1)
+
+
+def ys(fig, i=0):
+    return np.asarray(fig.data[i].y, dtype=float)
+
+
+# --------------------------------------------------------------------------- layering
+
+
+def test_engine_never_imports_widget_toolkits():
+    code = (
+        "import sys, tspin_kit, tspin_kit.analysis, tspin_kit.figures, tspin_kit.report, tspin_kit.store\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ipywidgets', 'anywidget', 'widgets'))\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_every_observe_names_its_trait():
+    for path in (ROOT / "widgets").glob("*.py"):
+        for line in path.read_text().splitlines():
+            if ".observe(" in line:
+                assert "names=" in line, f"{path.name}: bare observe: {line.strip()}"
+
+
+# --------------------------------------------------------------------------- alpha / beta panel
+
+
+def test_alpha_slider_recomputes_every_dependent_figure(tspin):
+    panel = Wd.AlphaBetaPanel(tspin)
+    assert panel.errors.errors == []
+    assert panel.alpha.value == pytest.approx(1.0) and panel.beta.value == pytest.approx(0.1)
+    figs = ("weights_fig", "drivers_fig", "opponent_fig")
+    before = {name: repr(getattr(panel, name).to_plotly_json()["data"]) for name in figs}
+    marker_before = panel.landscape_fig.data[1].x[0]
+    summary_before = panel.summary.value
+    panel.alpha.value = 0.3
+    assert panel.errors.errors == []
+    u = panel.table["current_advantage"].to_numpy()
+    assert panel.table["weight_current"].to_numpy() == pytest.approx(1 / (1 + np.exp(0.3 * u)))
+    for name in figs:
+        assert repr(getattr(panel, name).to_plotly_json()["data"]) != before[name], name
+    assert panel.landscape_fig.data[1].x[0] == pytest.approx(0.3) != marker_before
+    assert "data-alpha='0.3000'" in panel.summary.value and panel.summary.value != summary_before
+
+
+def test_beta_slider_scales_the_historical_weights(tspin):
+    panel = Wd.AlphaBetaPanel(tspin, iteration=2)
+    panel.beta.value = 0.5
+    w_half = panel.table["weight_historical"].to_numpy()
+    panel.beta.value = 0.25
+    assert panel.table["weight_historical"].to_numpy() == pytest.approx(w_half / 2)
+    assert panel.landscape_fig.data[1].y[0] == pytest.approx(0.25)
+    assert np.asarray(panel.weights_fig.data[2].y, dtype=float) == pytest.approx(panel.table["weight_historical"].to_numpy()[: len(panel.weights_fig.data[2].y)])
+
+
+def test_loss_kind_and_stage(spin):
+    panel = Wd.AlphaBetaPanel(spin)
+    assert panel.kind.value == "spin" and panel.stage.value == "after"
+    assert panel.beta.disabled and not panel.lam.disabled
+    part = spin.examples[spin.examples["iteration"] == panel.iteration.value]
+    assert panel.table["loss"].to_numpy() == pytest.approx(part["loss"].to_numpy())  # the training loss
+    panel.stage.value = "before"  # policy == reference: log 2 everywhere
+    assert panel.table["loss"].to_numpy() == pytest.approx(np.full(len(part), np.log(2)))
+    panel.kind.value = "tspin"
+    assert panel.lam.disabled and not panel.beta.disabled
+    assert panel.landscape_fig.data[0].type == "heatmap"
+    assert panel.errors.errors == []
+
+
+def test_iteration_switch_and_entropy_view(tspin):
+    panel = Wd.AlphaBetaPanel(tspin, iteration=0)
+    loss0 = panel.table["loss"].mean()
+    panel.iteration.value = 2
+    assert panel.table["loss"].mean() != pytest.approx(loss0)
+    # the entropy view's candidates come from the chosen prompt; probabilities sum to 1
+    assert sum(panel.opponent_fig.data[0].y) == pytest.approx(1.0)
+    entropy_before = panel.opponent_fig.data[3].y[0]
+    panel.alpha.value = 4.0
+    assert panel.opponent_fig.data[3].y[0] >= entropy_before
+    assert len(panel.entropy_fig.data) == 1 and list(panel.entropy_fig.data[0].x) == [0, 1, 2]
+    assert panel.errors.errors == []
+
+
+def test_callback_errors_are_shown_not_swallowed(tspin, monkeypatch):
+    panel = Wd.AlphaBetaPanel(tspin)
+
+    def boom(*a, **k):
+        raise RuntimeError("recompute exploded")
+
+    monkeypatch.setattr(A, "recompute_losses", boom)
+    panel.alpha.value = 0.5
+    assert len(panel.errors.errors) == 1 and "recompute exploded" in panel.errors.errors[0]
+    assert "RuntimeError" in panel.errors.banner.value and "tspin-error" in panel.errors.banner.value
+    assert any("recompute exploded" in o.get("text", "") for o in panel.errors.output.outputs)
+
+
+# --------------------------------------------------------------------------- triplets
+
+
+def test_triplet_browser_filters_sort_and_detail(tspin):
+    tb = Wd.TripletBrowser(tspin)
+    n = int((tspin.examples["iteration"] == 2).sum())
+    assert len(tb.table) == n and "tspin-triplet-table" in tb.table_html.value
+    tb.correct.value = False
+    assert not tb.table["synthetic_correct"].any()
+    tb.correct.value = None
+    tb.synthetic_equals_annotated.value = True
+    assert tb.table["synthetic_equals_annotated"].all() and len(tb.table) < n
+    tb.synthetic_equals_annotated.value = None
+    tb.sort_by.value = "historical_advantage"
+    tb.descending.value = True
+    assert tb.table["historical_advantage"].is_monotonic_decreasing
+    lo = float(np.quantile(tb.table["current_advantage"], 0.5))
+    tb.current.value = (lo, tb.current.max)
+    assert (tb.table["current_advantage"] >= lo).all()
+    assert tb.example.value in set(tb.table["example_id"])  # the selection survives filtering when it can
+    assert [v for _, v in tb.example.options][:5] == tb.table["example_id"].head(5).tolist()
+    html = tb.detail_html.value
+    for role in A.ROLES:
+        assert F.ROLE_COLORS[role] in html
+    assert html.count("tspin-token") > 3
+    assert [t.line.color for t in tb.tokens_fig.data] == [F.ROLE_COLORS[r] for r in A.ROLES]
+    assert len(tb.history_fig.data[0].x) == 3 and "tspin-synthetic-history" in tb.history_html.value
+    assert tb.errors.errors == []
+
+
+def test_triplet_browser_iteration_switch_resets_ranges(tspin):
+    tb = Wd.TripletBrowser(tspin, iteration=0)
+    part = tspin.examples[tspin.examples["iteration"] == 1]
+    tb.iteration.value = 1
+    assert tb.current.value[0] <= part["current_advantage_before"].min()
+    assert tb.current.value[1] >= part["current_advantage_before"].max()
+    assert len(tb.table) == len(part)
+    tb.example.value = 7
+    assert "example 7, iteration 1" in tb.detail_html.value
+    assert tb.errors.errors == []
+
+
+def test_triplet_browser_with_no_match(tspin):
+    tb = Wd.TripletBrowser(tspin)
+    tb.proto_equals_annotated.value = True
+    tb.synthetic_equals_annotated.value = False
+    tb.correct.value = True  # y' correct but not equal to y: impossible in the addition world
+    assert tb.table.empty and "No triplet" in tb.detail_html.value and tb.errors.errors == []
+
+
+# --------------------------------------------------------------------------- advantage decay and comparison
+
+
+def test_advantage_decay_side_by_side(tspin, spin):
+    w = Wd.AdvantageDecay({"SPIN": spin, "T-SPIN": tspin})
+    names = {t.name for t in w.decay_fig.data if t.showlegend}
+    assert names == {"SPIN", "T-SPIN"}
+    before = ys(w.decay_fig, 1)
+    w.stage.value = "after"
+    assert not np.allclose(ys(w.decay_fig, 1), before)
+    titles = [a.text for a in w.misalignment_fig.layout.annotations]
+    assert any(t.startswith("<b>SPIN:") and "misaligned" in t for t in titles)
+    w.iteration.value = 0
+    assert "iteration 0" in w.misalignment_fig.layout.title.text
+    assert len(w.degenerate_fig.data) == 4 and len(w.score_fig.data) == 2
+    assert w.errors.errors == []
+
+
+def test_run_comparison_toggles_runs_and_metrics(tspin, spin):
+    sft = build_records("sft", n_examples=40, n_iterations=3, seed=2)
+    w = Wd.RunComparison({"SFT": sft, "SPIN": spin, "T-SPIN": tspin})
+    assert {t.name for t in w.comparison_fig.data} == {"SFT", "SPIN", "T-SPIN"}
+    w.run_select.value = ("SPIN", "T-SPIN")
+    assert {t.name for t in w.comparison_fig.data} == {"SPIN", "T-SPIN"}
+    w.metric_select.value = ("score", "misaligned_share", "token_entropy")
+    assert len(w.comparison_fig.data) == 6 and "tspin-comparison-table" in w.final_html.value
+    assert w.errors.errors == []
+
+
+def test_runs_from_a_list_get_unique_labels(tspin):
+    w = Wd.RunComparison([tspin, tspin])
+    assert list(w.runs) == ["tspin (seed 0)", "tspin (seed 0) #2"]
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+class FakeSession:
+    """A live session of the documented API over the builder's records, one iteration per step."""
+
+    def __init__(self, records, iterations=3, fail_on=None):
+        self._all = records
+        self.iterations = iterations
+        self.iteration = 0
+        self._done_prepare = False
+        self._phase_i = 0  # 0 generate, 1 train, 2 evaluate
+        self.fail_on = fail_on
+        self.gate = None  # threading.Event: phases wait on it when set
+        self.calls = []
+
+    @property
+    def next_phase(self):
+        if not self._done_prepare:
+            return "prepare"
+        if self.iteration >= self.iterations:
+            return "done"
+        return ("generate", "train", "evaluate")[self._phase_i]
+
+    def _phase(self, name, progress):
+        if self.gate is not None:
+            self.gate.wait(5)
+        self.calls.append(name)
+        if name == self.fail_on:
+            raise ValueError(f"{name} blew up")
+        for i in range(4):
+            if progress:
+                progress(i + 1, 4, name)
+
+    def prepare(self, progress=None):
+        self._phase("prepare", progress)
+        self._done_prepare = True
+
+    def generate(self, progress=None):
+        self._phase("generate", progress)
+        self._phase_i = 1
+
+    def train(self, progress=None):
+        self._phase("train", progress)
+        self._phase_i = 2
+
+    def evaluate(self, progress=None):
+        self._phase("evaluate", progress)
+        self._phase_i = 0
+        self.iteration += 1
+
+    def step(self, progress=None):
+        for p in ("generate", "train", "evaluate")[self._phase_i :]:
+            getattr(self, p)(progress)
+
+    def records(self):
+        r = self._all
+        ex = r.examples[r.examples["iteration"] < self.iteration]
+        met = r.metrics[r.metrics["iteration"] < self.iteration]
+        return type(r)(ex.reset_index(drop=True), met.reset_index(drop=True), r.manifest, None)
+
+
+def test_dashboard_read_only(tspin):
+    d = Wd.Dashboard(tspin)
+    assert all(b not in d.children for b in d.buttons.values())
+    assert "read-only" in d.status.value
+    assert d.iteration.max == 2 and "data-iteration='0'" in d.iteration_html.value
+    d.iteration.value = 2
+    assert "data-iteration='2'" in d.iteration_html.value
+    assert d.decay_fig.layout.shapes[0].x0 == 2 and d.score_fig.layout.shapes[0].x0 == 3
+    assert "T-SPIN" in d.settings_html.value and "α = 1" in d.settings_html.value
+    with pytest.raises(RuntimeError, match="no session"):
+        d.run_phase("generate")
+
+
+def test_dashboard_opens_a_run_directory(tmp_path, spin):
+    run_dir = write_run_dir(spin, tmp_path / "run")
+    d = Wd.Dashboard(str(run_dir))
+    assert d.iteration.max == 2 and str(run_dir) in d.settings_html.value
+    assert d.errors.errors == []
+
+
+def test_dashboard_drives_a_live_session_in_the_background(tspin):
+    session = FakeSession(tspin)
+    triplets = Wd.TripletBrowser(session)
+    panel = Wd.AlphaBetaPanel(session)
+    d = Wd.Dashboard(session, views=[triplets, panel])
+    assert "No finished iteration" in d.iteration_html.value and d.iteration.disabled
+    assert not d.buttons["prepare"].disabled and d.buttons["generate"].disabled
+    d.buttons["prepare"].click()
+    assert d.wait(5) and session.calls == ["prepare"]
+    assert d.buttons["prepare"].disabled and not d.buttons["generate"].disabled and not d.buttons["step"].disabled
+
+    session.gate = threading.Event()  # hold the next phase so we can look at the busy state
+    d.buttons["step"].click()
+    assert d.busy and all(b.disabled for b in d.buttons.values())
+    assert "running step" in d.status.value
+    session.gate.set()
+    assert d.wait(5)
+    assert session.calls == ["prepare", "generate", "train", "evaluate"]
+    assert d.progress.value == d.progress.max == 4
+    assert "step done" in d.status.value and "next phase: <b>generate</b>" in d.status.value
+    assert d.iteration.max == 0 and not d.iteration.disabled and "data-iteration='0'" in d.iteration_html.value
+    assert triplets.iteration.options == (0,) and len(triplets.table) == 120
+    assert panel.iteration.value == 0 and panel.table is not None
+
+    d.run_phase("step", background=False)
+    assert d.iteration.max == 1 and d.iteration.value == 1
+    d.iteration.value = 0
+    assert triplets.iteration.value == 0 and panel.iteration.value == 0
+    assert d.errors.errors == [] and triplets.errors.errors == [] and panel.errors.errors == []
+
+
+def test_dashboard_shows_phase_errors(tspin):
+    session = FakeSession(tspin, fail_on="train")
+    session.prepare()
+    session.generate()
+    d = Wd.Dashboard(session)
+    assert not d.buttons["train"].disabled
+    d.buttons["train"].click()
+    assert d.wait(5)
+    assert len(d.errors.errors) == 1 and "train blew up" in d.errors.errors[0]
+    assert "train failed" in d.errors.banner.value and "data-state='error'" in d.status.value
+    assert not d.buttons["train"].disabled  # the user can retry
+
+
+def test_widget_state_is_strict_json(tspin):
+    """A NaN in widget state breaks the kernel message ("Out of range float values are not JSON compliant")."""
+    import json
+
+    import ipywidgets as W
+    from ipywidgets.widgets.widget import _remove_buffers
+
+    sft = build_records("sft", n_examples=30, n_iterations=2, seed=3)
+    built = [Wd.AlphaBetaPanel(tspin), Wd.TripletBrowser(tspin), Wd.Dashboard(tspin), Wd.AdvantageDecay([tspin, sft]), Wd.RunComparison([tspin, sft]), Wd.AlphaBetaPanel(sft)]
+    seen = set()
+
+    def walk(w):
+        if id(w) in seen or not isinstance(w, W.Widget):
+            return
+        seen.add(id(w))
+        state, _, _ = _remove_buffers(w.get_state())
+        for key, value in state.items():
+            json.dumps(value, allow_nan=False)  # raises ValueError on NaN / inf
+        for child in getattr(w, "children", ()):
+            walk(child)
+
+    for w in built:
+        walk(w)
+    assert len(seen) > 50

@@ -1,0 +1,96 @@
+"""Advantage decay: per iteration, current and historical advantages of one or more runs.
+
+Shows, side by side for the runs given (e.g. SPIN and T-SPIN): the mean and q10-q90 band of the
+current advantage u and historical advantage v, the share of degenerate pairs (y' == y, y0 == y),
+the task score, the policy's token entropy, and the reward-vs-log-likelihood misalignment scatter
+of the chosen iteration with the share of misaligned examples.
+"""
+
+from __future__ import annotations
+
+import ipywidgets as W
+
+from tspin_kit import analysis as A
+from tspin_kit import figures as F
+
+from ._common import ErrorLog, FigureSlots, resolve_runs
+
+
+class AdvantageDecay(FigureSlots, W.VBox):
+    """``runs``: one source, a list of sources or a ``{label: source}`` mapping."""
+
+    def __init__(self, runs, **kwargs):
+        super().__init__(**kwargs)
+        self.errors = ErrorLog()
+        self.runs = resolve_runs(runs)
+        self._quiet = False
+        self.stage = W.ToggleButtons(options=[("at generation (π_t)", "before"), ("after training (π_t+1)", "after")], value="before", description="log-probs")
+        self.iteration = W.Dropdown(options=[], description="iteration")
+        self._slot("decay")
+        self._slot("degenerate", width=560)
+        self._slot("score", width=460)
+        self._slot("entropy")
+        self._slot("misalignment")
+        g = self.errors.guard
+        self.stage.observe(g(self._on_stage, "stage"), names=["value"])
+        self.iteration.observe(g(self._on_iteration, "iteration"), names=["value"])
+        self.children = [
+            W.HTML("<h3 style='margin:4px 0'>Advantage decay</h3>"),
+            self.stage,
+            self._slots["decay"],
+            W.HBox([self._slots["degenerate"], self._slots["score"]]),
+            self._slots["entropy"],
+            self.iteration,
+            self._slots["misalignment"],
+            self.errors.box,
+        ]
+
+        g(self.refresh, "initial view")()
+
+    def set_records(self, records, label: str | None = None) -> None:
+        """Replace one run (the only one, or ``label``) with fresh records (dashboard)."""
+        label = label or (next(iter(self.runs)) if len(self.runs) == 1 else A.run_label(records))
+        self.runs[label] = records
+        self.errors.guard(self.refresh, "refresh")()
+
+    def set_iteration(self, t: int) -> None:
+        if t in self.iteration.options:
+            self.iteration.value = t
+
+    def _methods(self):
+        return {k: A.run_settings(r)["method"] for k, r in self.runs.items()}
+
+    def _with_examples(self):
+        return {k: r for k, r in self.runs.items() if r.examples is not None and len(r.examples)}
+
+    def refresh(self) -> None:
+        m = self._methods()
+        runs = self._with_examples()
+        self._slots["degenerate"].show(F.degenerate_shares({k: (A.degenerate_shares(r.examples), m[k]) for k, r in runs.items()}))
+        self._slots["score"].show(F.scores({k: (A.score_table(r.metrics), m[k]) for k, r in self.runs.items()}, score_name=A.score_name(next(iter(self.runs.values())).metrics) if self.runs else "accuracy"))
+        self._slots["entropy"].show(F.token_entropy({k: (A.token_entropy_table(r.metrics, r.examples), m[k]) for k, r in runs.items()}))
+        iters = sorted({t for r in runs.values() for t in A.iterations_of(r.examples)})
+        keep = self.iteration.value if self.iteration.value in iters else (iters[-1] if iters else None)
+        self._quiet = True
+        try:
+            self.iteration.options = iters
+            self.iteration.value = keep
+        finally:
+            self._quiet = False
+        self._on_stage()
+        self._on_iteration()
+
+    def _on_stage(self, change=None) -> None:
+        m = self._methods()
+        runs = self._with_examples()
+        self._slots["decay"].show(F.advantage_decay({k: (A.advantage_summary(r.examples, self.stage.value), m[k]) for k, r in runs.items()}, self.stage.value, self.iteration.value))
+
+    def _on_iteration(self, change=None) -> None:
+        if self._quiet:
+            return
+        t = self.iteration.value
+        m = self._methods()
+        runs = {k: r for k, r in self._with_examples().items() if t in A.iterations_of(r.examples)}
+        self._slots["misalignment"].show(F.misalignment({k: (A.misalignment_table(r.examples, t), m[k]) for k, r in runs.items()}, t))
+        if change is not None:
+            self._on_stage()  # move the iteration marker

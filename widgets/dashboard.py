@@ -1,0 +1,198 @@
+"""Iteration stepper / dashboard: drive a live session or revisit a finished run.
+
+Live session: buttons run ``prepare``, ``generate``, ``train``, ``evaluate`` or a whole ``step``
+in a background thread, so the notebook stays responsive; the buttons are disabled meanwhile, a
+progress bar and status line follow the phase's ``progress(done, total, phase)`` callback, and an
+error raised by the phase is shown (banner + traceback), never swallowed. Finished run directory
+or records: the same view, read-only. An iteration slider revisits any finished iteration; the
+run's settings are shown. ``views`` (other widgets of this package) are kept in sync: they get
+the new records after each phase and follow the iteration slider.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+
+import ipywidgets as W
+
+from tspin_kit import analysis as A
+from tspin_kit import figures as F
+
+from ._common import CARD_STYLE, ErrorLog, FigureSlots, fmt, resolve_source
+
+BUTTONS = (("prepare", "Prepare", "play"), ("generate", "Generate y'", "magic"), ("train", "Train", "graduation-cap"), ("evaluate", "Evaluate", "check"), ("step", "Whole step", "forward"))
+
+
+class Dashboard(FigureSlots, W.VBox):
+    """``source``: a live ``SelfPlaySession``, a run directory or records. ``views``: widgets to sync."""
+
+    def __init__(self, source, views=(), **kwargs):
+        super().__init__(**kwargs)
+        self.errors = ErrorLog()
+        self.records, self.session = resolve_source(source)
+        self.views = list(views)
+        self._thread: threading.Thread | None = None
+        self._quiet = False
+        self.buttons = {name: W.Button(description=label, icon=icon, layout=W.Layout(width="130px")) for name, label, icon in BUTTONS}
+        self.progress = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="260px"))
+        self.status = W.HTML()
+        self.settings_html = W.HTML()
+        self.iteration = W.IntSlider(value=0, min=0, max=0, description="iteration", continuous_update=False)
+        self.iteration_html = W.HTML()
+        self._slot("decay")
+        self._slot("score")
+        g = self.errors.guard
+        for name, b in self.buttons.items():
+            b.on_click(g(lambda _b, name=name: self.run_phase(name), name))
+        self.iteration.observe(g(self._on_iteration, "iteration"), names=["value"])
+        controls = [W.HBox(list(self.buttons.values())), W.HBox([self.progress, self.status])] if self.session is not None else [self.status]
+        self.children = [
+            W.HTML("<h3 style='margin:4px 0'>Self-play dashboard</h3>"),
+            self.settings_html,
+            *controls,
+            self.iteration,
+            self.iteration_html,
+            self._slots["decay"],
+            self._slots["score"],
+            self.errors.box,
+        ]
+        g(self._refresh, "initial view")()
+        self._set_status("read-only: finished run" if self.session is None else "ready", "idle")
+
+    # -- running phases ------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def run_phase(self, name: str, background: bool = True) -> None:
+        """Run ``session.<name>(progress=...)``; in a thread unless ``background=False``."""
+        if self.session is None:
+            raise RuntimeError("this dashboard shows a finished run: there is no session to drive")
+        if self.busy:
+            self._set_status(f"busy: {html.escape(name)} waits for the running phase", "busy")
+            return
+        self.errors.clear()
+        self._enable(False)
+        self.progress.value, self.progress.max = 0, 1
+        self._set_status(f"running {name}…", "running")
+        if background:
+            self._thread = threading.Thread(target=self._work, args=(name,), name=f"tspin-{name}", daemon=True)
+            self._thread.start()
+        else:
+            self._work(name)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the running phase ends (tests, scripts); True if it ended."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.busy
+
+    def _work(self, name: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            getattr(self.session, name)(progress=self._progress)
+        except Exception as e:  # noqa: BLE001 - shown to the user, never swallowed
+            self.errors.report(e, f"{name} failed")
+            self._set_status(f"{name} failed after {time.perf_counter() - t0:.1f} s (see the error below)", "error")
+        else:
+            self._set_status(f"{name} done in {time.perf_counter() - t0:.1f} s", "idle")
+        finally:
+            try:
+                self.records = self.session.records()
+                self._refresh(follow_last=True)
+                for v in self.views:
+                    v.set_records(self.records)
+            except Exception as e:  # noqa: BLE001
+                self.errors.report(e, "refresh after " + name)
+            self._enable(True)
+
+    def _progress(self, done: int, total: int, phase: str) -> None:
+        self.progress.max = max(int(total), 1)
+        self.progress.value = min(int(done), self.progress.max)
+        self._set_status(f"{html.escape(str(phase))}: {done}/{total}", "running")
+
+    def _enable(self, on: bool) -> None:
+        nxt = getattr(self.session, "next_phase", None) if self.session is not None else None
+        for name, b in self.buttons.items():
+            if not on:
+                b.disabled = True
+            elif nxt is None:
+                b.disabled = False
+            elif name == "step":
+                b.disabled = nxt in ("prepare", "done")
+            else:
+                b.disabled = name != nxt
+
+    def _set_status(self, text: str, state: str) -> None:
+        color = {"idle": "inherit", "running": "#1f78b4", "busy": "#b15928", "error": "#b91c1c"}.get(state, "inherit")
+        nxt = getattr(self.session, "next_phase", None) if self.session is not None else None
+        extra = f" · next phase: <b>{html.escape(str(nxt))}</b>" if nxt else ""
+        self.status.value = f"<span id='tspin-status' data-state='{state}' style='{CARD_STYLE};color:{color}'>{text}{extra}</span>"
+
+    # -- views ---------------------------------------------------------------------------------
+    def _refresh(self, follow_last: bool = False) -> None:
+        rec = self.records
+        s = A.run_settings(rec)
+        self.settings_html.value = settings_html(s)
+        iters = A.iterations_of(rec.examples)
+        self._quiet = True
+        try:
+            if iters:
+                self.iteration.min, self.iteration.max = min(iters), max(iters)
+                if follow_last:
+                    self.iteration.value = max(iters)
+                self.iteration.disabled = False
+            else:
+                self.iteration.disabled = True
+        finally:
+            self._quiet = False
+        self._enable(True)
+        self._on_iteration()
+
+    def _on_iteration(self, change=None) -> None:
+        if self._quiet:
+            return
+        rec = self.records
+        iters = A.iterations_of(rec.examples)
+        s = A.run_settings(rec)
+        label = A.run_label(rec)
+        t = self.iteration.value if iters else None
+        self.iteration_html.value = iteration_html(rec, t)
+        if iters:
+            self._slots["decay"].show(F.advantage_decay({label: (A.advantage_summary(rec.examples), s["method"])}, "before", t))
+        self._slots["score"].show(F.scores({label: (A.score_table(rec.metrics), s["method"])}, t, score_name=A.score_name(rec.metrics)))
+        if change is not None:
+            for v in self.views:
+                v.set_iteration(t)
+
+
+def settings_html(s: dict) -> str:
+    samp = ", ".join(f"{k}={v}" for k, v in s["sampling"].items()) or "–"
+    planned = s["iterations_planned"] if s["iterations_planned"] is not None else "?"
+    return (
+        f"<div id='tspin-settings' style='{CARD_STYLE}'><b>{html.escape(F.METHOD_LABELS.get(s['method'], s['method']))}</b>"
+        f" · α = {s['alpha']:g} · β = {s['beta']:g} · λ = {s['lam']:g} · iterations {s['iterations_done']}/{planned}"
+        f" · model {html.escape(str(s['model']))} · seed {s['seed']}<br><span style='opacity:0.8'>sampling: {html.escape(samp)}"
+        + (f" · run dir <code>{html.escape(s['run_dir'])}</code>" if s["run_dir"] else "")
+        + "</span></div>"
+    )
+
+
+def iteration_html(rec, t) -> str:
+    if t is None:
+        return f"<div id='tspin-iteration-summary' data-iteration='' style='{CARD_STYLE}'>No finished iteration yet.</div>"
+    ex = rec.examples
+    part = ex[ex["iteration"] == t]
+    m = rec.metrics[rec.metrics["iteration"] == t] if rec.metrics is not None and len(rec.metrics) else None
+    row = m.iloc[0].to_dict() if m is not None and len(m) else {}
+    u, v = part["current_advantage_before"], part["historical_advantage_before"]
+    return (
+        f"<div id='tspin-iteration-summary' data-iteration='{t}' style='{CARD_STYLE}'>"
+        f"<b>iteration {t}</b> ({len(part):,} triplets) · score π_{t} {fmt(row.get('score_before'), '.3f')} → π_{t + 1} {fmt(row.get('score_after'), '.3f')}"
+        f" · u mean {fmt(u.mean())} nats (median {fmt(u.median())}) · v mean {fmt(v.mean())} nats"
+        f" · y'==y {part['synthetic_equals_annotated'].mean():.1%} · y0==y {part['proto_equals_annotated'].mean():.1%}"
+        f" · misaligned {part['misaligned'].mean():.1%} · loss {fmt(part['loss'].mean(), '.3f')}"
+        f" · β used {fmt(row.get('beta'), '.3g')} · lr {fmt(row.get('lr'), '.2g')}</div>"
+    )
