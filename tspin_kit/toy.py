@@ -149,6 +149,9 @@ class InitialPolicySettings:
     lr: float = 1e-3
     batch_size: int = 64
     seed: int = 0
+    # constant after warmup, as in the prototype behind toy-world.md: pi_0 ends where a high learning rate
+    # leaves it, not annealed into a sharp minimum that any further step would only disturb
+    schedule: str = "constant"
 
 
 def cache_dir() -> Path:
@@ -186,7 +189,7 @@ def initial_policy(task: str, train: list[dict], settings: InitialPolicySettings
         examples,
         method=MethodConfig(name="sft"),
         train=TrainConfig(optimizer="adamw", lr=settings.lr, epochs=settings.epochs, batch_size=settings.batch_size,
-                          warmup_ratio=0.05, schedule="linear"),
+                          warmup_ratio=0.05, schedule=settings.schedule),
         iteration=0,
         seed=settings.seed,
         cpu=cpu,
