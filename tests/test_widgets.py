@@ -1,7 +1,8 @@
 """Tests for widgets/: build each widget headless, set a control, assert on its figures and state.
 
 No browser: ipywidgets fires ``observe`` callbacks when Python sets ``.value``, and FigureWidget
-data updates in Python. A fake session drives the dashboard's background phases.
+data updates in Python. The dashboard drives a real SelfPlaySession on the tiny toy world; a scripted
+session (FakeSession) is kept only where a test must hold a phase open to look at the busy state.
 """
 
 from __future__ import annotations
@@ -361,3 +362,50 @@ def test_widget_state_is_strict_json(tspin):
     for w in built:
         walk(w)
     assert len(seen) > 50
+
+
+# --------------------------------------------------------------------------- dashboard on a real session
+
+
+def test_dashboard_drives_a_real_session(tmp_path):
+    """The buttons run a real SelfPlaySession (tiny toy world) in a background thread, and the views follow."""
+    from conftest import small_config
+
+    from tspin_kit import SelfPlaySession
+
+    session = SelfPlaySession(small_config(tmp_path / "run", iterations=2))
+    triplets = Wd.TripletBrowser(session)
+    d = Wd.Dashboard(session, views=[triplets])
+    assert d.buttons["generate"].disabled and not d.buttons["prepare"].disabled
+    d.buttons["prepare"].click()
+    assert d.wait(300), "prepare did not finish"
+    assert d.errors.errors == [] and session.next_phase == "generate"
+    assert not d.buttons["generate"].disabled and d.buttons["train"].disabled
+    d.buttons["generate"].click()
+    assert d.wait(300) and session.next_phase == "train" and not d.buttons["train"].disabled
+    d.buttons["step"].click()  # the rest of iteration 0: train + evaluate
+    assert d.wait(300) and d.errors.errors == []
+    assert session.next_phase == "generate" and session.iteration == 1
+    assert d.iteration.max == 0 and "data-iteration='0'" in d.iteration_html.value
+    assert d.progress.value == d.progress.max > 0
+    n = len(session.records().examples)
+    assert triplets.iteration.options == (0,) and len(triplets.table) == n
+    d.run_phase("step", background=False)
+    assert d.iteration.max == 1 and d.iteration.value == 1 and session.next_phase == "done"
+    assert all(b.disabled for b in d.buttons.values())  # nothing left to run
+
+
+def test_dashboard_shows_a_real_sessions_error(tmp_path):
+    """A real failure (missing data file) surfaces in the dashboard with its message, and prepare stays retryable."""
+    from conftest import small_config
+
+    from tspin_kit import SelfPlaySession
+
+    cfg = small_config(tmp_path / "run")
+    cfg.data.source = str(tmp_path / "missing.jsonl")
+    d = Wd.Dashboard(SelfPlaySession(cfg))
+    d.buttons["prepare"].click()
+    assert d.wait(120)
+    assert len(d.errors.errors) == 1 and "missing.jsonl" in d.errors.errors[0]
+    assert "prepare failed" in d.errors.banner.value
+    assert not d.buttons["prepare"].disabled

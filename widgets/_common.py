@@ -277,3 +277,30 @@ class FigureSlots:
         if attr.endswith("_fig") and attr[:-4] in slots:
             return slots[attr[:-4]].figure  # None until the slot has shown a figure
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
+
+
+class FollowsIteration:
+    """`set_records` / `set_iteration` for a view whose ``iteration`` dropdown the dashboard drives.
+
+    The class names the callback that redraws it for the chosen iteration in ``_redraw``.
+    """
+
+    _redraw = "_on_iteration"
+
+    def set_records(self, records) -> None:
+        from tspin_kit import analysis as A
+
+        self.records = records
+        iters = A.iterations_of(records.examples)
+        keep = self.iteration.value if self.iteration.value in iters else (iters[-1] if iters else None)
+        self._quiet = True  # one redraw below, not one per trait change
+        try:
+            self.iteration.options = iters
+            self.iteration.value = keep
+        finally:
+            self._quiet = False
+        self.errors.guard(getattr(self, self._redraw), "refresh")()
+
+    def set_iteration(self, t: int) -> None:
+        if t in self.iteration.options:
+            self.iteration.value = t

@@ -17,15 +17,17 @@ import numpy as np
 from tspin_kit import analysis as A
 from tspin_kit import figures as F
 
-from ._common import CARD_STYLE, ErrorLog, FigureSlots, fmt, resolve_source
+from ._common import CARD_STYLE, ErrorLog, FigureSlots, FollowsIteration, fmt, resolve_source
 
 SCALE_GRID = np.geomspace(0.05, 5.0, 25)
 BETA_GRID = np.linspace(0.0, 1.0, 21)
 ENTROPY_ALPHAS = np.geomspace(0.05, 20.0, 60)
 
 
-class AlphaBetaPanel(FigureSlots, W.VBox):
+class AlphaBetaPanel(FollowsIteration, FigureSlots, W.VBox):
     """Interactive loss recomputation for one run. ``source``: session, run directory or records."""
+
+    _redraw = "_on_data"  # the dashboard's iteration changes the cached tensors, not only the view
 
     def __init__(self, source, iteration: int | None = None, kind: str | None = None, stage: str | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -88,23 +90,6 @@ class AlphaBetaPanel(FigureSlots, W.VBox):
         ]
 
         g(self._on_data, "initial view")()
-
-    # -- external API (dashboard) --------------------------------------------------------------
-    def set_records(self, records) -> None:
-        self.records = records
-        iters = A.iterations_of(records.examples)
-        keep = self.iteration.value if self.iteration.value in iters else (iters[-1] if iters else None)
-        self._quiet = True
-        try:
-            self.iteration.options = iters
-            self.iteration.value = keep
-        finally:
-            self._quiet = False
-        self.errors.guard(self._on_data, "refresh")()
-
-    def set_iteration(self, t: int) -> None:
-        if t in self.iteration.options:
-            self.iteration.value = t
 
     # -- callbacks -----------------------------------------------------------------------------
     def _on_data(self, change=None) -> None:

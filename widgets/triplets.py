@@ -18,7 +18,7 @@ import pandas as pd
 from tspin_kit import analysis as A
 from tspin_kit import figures as F
 
-from ._common import CARD_STYLE, ErrorLog, FigureSlots, fmt, html_table, resolve_source, text_cell
+from ._common import CARD_STYLE, ErrorLog, FigureSlots, FollowsIteration, fmt, html_table, resolve_source, text_cell
 
 SORT_OPTIONS = [
     ("current advantage u", "current_advantage"),
@@ -31,7 +31,7 @@ TRI = [("any", None), ("yes", True), ("no", False)]
 PAGE = 25
 
 
-class TripletBrowser(FigureSlots, W.VBox):
+class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
     """Browse one run's triplets. ``source``: session, run directory or records."""
 
     def __init__(self, source, iteration: int | None = None, **kwargs):
@@ -79,23 +79,6 @@ class TripletBrowser(FigureSlots, W.VBox):
             self.errors.box,
         ]
         g(self._on_iteration, "initial view")()
-
-    # -- external API (dashboard) --------------------------------------------------------------
-    def set_records(self, records) -> None:
-        self.records = records
-        iters = A.iterations_of(records.examples)
-        keep = self.iteration.value if self.iteration.value in iters else (iters[-1] if iters else None)
-        self._quiet = True
-        try:
-            self.iteration.options = iters
-            self.iteration.value = keep
-        finally:
-            self._quiet = False
-        self.errors.guard(self._on_iteration, "refresh")()
-
-    def set_iteration(self, t: int) -> None:
-        if t in self.iteration.options:
-            self.iteration.value = t
 
     # -- callbacks -----------------------------------------------------------------------------
     def _on_iteration(self, change=None) -> None:
