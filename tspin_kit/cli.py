@@ -122,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not sys.stderr.isatty():  # bars in a CI log are noise; TSPIN_PROGRESS=1 brings them back
         os.environ.setdefault("TSPIN_PROGRESS", "0")
+    if os.environ.get("TSPIN_PROGRESS") == "0":  # transformers' own bars (saving/loading weights) too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from .config import ConfigError

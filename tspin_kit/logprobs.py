@@ -61,17 +61,16 @@ def collate(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -
     """
     if len(prompts) != len(responses):
         raise ValueError(f"collate: {len(prompts)} prompts but {len(responses)} responses")
-    rows = [p + r for p, r in zip(prompts, responses)]
-    width = max(len(r) for r in rows)
-    n = len(rows)
-    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, width), dtype=torch.long)
-    loss_mask = torch.zeros((n, width), dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        input_ids[i, : len(p) + len(r)] = torch.tensor(p + r, dtype=torch.long)
-        attention_mask[i, : len(p) + len(r)] = 1
-        loss_mask[i, len(p) : len(p) + len(r)] = 1
-    return Batch(input_ids, attention_mask, loss_mask)
+    width = max(len(p) + len(r) for p, r in zip(prompts, responses))
+    # Build padded Python rows and convert once: one tensor per batch, not one per row (a hot path).
+    ids, attn, loss = [], [], []
+    for p, r in zip(prompts, responses):
+        pad = width - len(p) - len(r)
+        ids.append(p + r + [pad_id] * pad)
+        attn.append([1] * (len(p) + len(r)) + [0] * pad)
+        loss.append([0] * len(p) + [1] * len(r) + [0] * pad)
+    as_long = lambda rows: torch.tensor(rows, dtype=torch.long)  # noqa: E731
+    return Batch(as_long(ids), as_long(attn), as_long(loss))
 
 
 def collate_triplets(prompts, annotated, synthetic, proto, pad_id: int) -> Batch:

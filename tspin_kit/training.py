@@ -146,8 +146,12 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
 
     from .generation import derive_seed
 
-    accelerator = accelerator or Accelerator(cpu=cpu)
-    world, rank = (1, 0) if local else (accelerator.num_processes, accelerator.process_index)
+    from accelerate import PartialState
+
+    state = accelerator.state if accelerator is not None else PartialState(cpu=cpu)
+    world, rank = (1, 0) if local else (state.num_processes, state.process_index)
+    if world > 1 and accelerator is None:
+        accelerator = Accelerator(cpu=cpu)
     beta, lam, lr = method.beta_at(iteration), method.lam_at(iteration), train.lr_at(iteration)
     n, bs = len(ex), train.batch_size
     order_rng = np.random.default_rng(derive_seed(seed, iteration, "shuffle"))
@@ -168,13 +172,16 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, train, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, train))
-    ddp_model, opt = (model, opt) if local else accelerator.prepare(model, opt)
-    backward = (lambda loss: loss.backward()) if local else accelerator.backward
+    # One process needs no wrapping (the model is already on its device): skipping prepare() also skips
+    # free_memory()'s gc.collect() at the end, a fixed cost that showed up as overhead in benchmarks/.
+    distributed = not local and world > 1
+    ddp_model, opt = accelerator.prepare(model, opt) if distributed else (model, opt)
+    backward = accelerator.backward if distributed else (lambda loss: loss.backward())
 
     result = TrainResult(lr=lr)
     t0 = time.perf_counter()
     label = desc or f"train it{iteration} ({method.name})"
-    bar = progress_bar(total, label, main=local or accelerator.is_main_process)
+    bar = progress_bar(total, label, main=local or state.is_main_process)
     for step, global_idx in enumerate(batches):
         mine = np.array_split(np.asarray(global_idx), world)[rank]
         micro = [m.tolist() for m in np.array_split(mine, train.grad_accum) if len(m)]
@@ -203,7 +210,7 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
     bar.close()
     result.seconds = time.perf_counter() - t0
     result.steps = total
-    if not local:
+    if distributed:
         accelerator.free_memory()  # drop accelerate's references to the DDP wrapper and optimiser
     model.eval()
     return result
