@@ -28,7 +28,7 @@ import torch
 
 from . import losses as L
 from .config import MethodConfig, TrainConfig
-from .logprobs import collate, model_logps
+from .logprobs import collate, model_logps, rows_logps
 from .progress import bar as progress_bar
 from .templates import encode_prompt, encode_response
 
@@ -108,7 +108,11 @@ def lr_lambda(total_steps: int, cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def compute_loss(model, ex: Examples, idx: list[int], method: MethodConfig, *, beta: float, lam: float):
-    """The loss object of `method` on examples `idx`: one forward over the method's rows."""
+    """The loss object of `method` on examples `idx`: one forward over the method's rows.
+
+    Row layout: [y] for SFT, [y; y'] for SPIN, [y; y'; y0] for the triplet methods, split back with
+    ``.chunk``. Repeated rows (y' == y, ...) are forwarded once (`rows_logps`).
+    """
     prompts = [ex.prompt_ids[i] for i in idx]
     ann = [ex.annotated_ids[i] for i in idx]
     config = getattr(model, "module", model).config  # DDP wraps the model; its config sits on .module
@@ -121,12 +125,10 @@ def compute_loss(model, ex: Examples, idx: list[int], method: MethodConfig, *, b
     syn = [ex.synthetic_ids[i] for i in idx]
     t = torch.tensor(idx)
     if method.name == "spin":
-        batch = collate(prompts * 2, ann + syn, pad).to(device)  # rows: [y; y']
-        a, s = model_logps(model, batch).summed.chunk(2)
+        a, s = rows_logps(model, prompts * 2, ann + syn, pad).chunk(2)  # rows: [y; y']
         return L.spin_loss(a, s, ex.ref_annotated[t].to(device), ex.ref_synthetic[t].to(device), lam=lam)
     pro = [ex.proto_ids[i] for i in idx]
-    batch = collate(prompts * 3, ann + syn + pro, pad).to(device)  # rows: [y; y'; y0]
-    a, s, p = model_logps(model, batch).summed.chunk(3)
+    a, s, p = rows_logps(model, prompts * 3, ann + syn + pro, pad).chunk(3)  # rows: [y; y'; y0]
     mask = ex.historical_mask[t].to(device) if ex.historical_mask is not None else None
     if method.name == "tspin_ref":
         return L.tspin_ref_loss(a, s, p, ex.ref_annotated[t].to(device), ex.ref_synthetic[t].to(device),
