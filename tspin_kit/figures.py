@@ -288,21 +288,20 @@ def score_axis_title(score_name: str = "accuracy") -> str:
     return f"task score: {score_name}"
 
 
-def scores(tables: dict[str, tuple[pd.DataFrame, str]], marker_iteration: int | None = None, score_name: str = "accuracy") -> go.Figure:
-    """Task score of pi_0, pi_1, ... per run (``analysis.score_table``); ``score_name`` labels the axis."""
+def _run_lines(tables: dict[str, tuple[pd.DataFrame, str]], x: str, y: str, hover: str) -> list[dict]:
+    """One line per run, coloured by its method, for a per-iteration quantity."""
     labels = list(tables)
     colors = _run_colors(labels, [tables[k][1] for k in labels])
-    traces = [
-        dict(type="scatter", 
-            x=t["policy"],
-            y=t["score"],
-            mode="lines+markers",
-            name=label,
-            line={"color": colors[label], "width": 2},
-            hovertemplate="π_%{x}: %{y:.3f}<extra>" + label + "</extra>",
-        )
+    return [
+        dict(type="scatter", x=t[x], y=t[y], mode="lines+markers", name=label,
+             line={"color": colors[label], "width": 2}, hovertemplate=hover + "<extra>" + label + "</extra>")
         for label, (t, _) in tables.items()
     ]
+
+
+def scores(tables: dict[str, tuple[pd.DataFrame, str]], marker_iteration: int | None = None, score_name: str = "accuracy") -> go.Figure:
+    """Task score of pi_0, pi_1, ... per run (``analysis.score_table``); ``score_name`` labels the axis."""
+    traces = _run_lines(tables, "policy", "score", "π_%{x}: %{y:.3f}")
     layout = _base_layout("Task score per policy (π_0 = starting model)", height=320)
     layout["xaxis"] = _iteration_axis("policy π_t (iterations trained)")
     layout["yaxis"] = {"title": {"text": score_axis_title(score_name)}, **({"rangemode": "tozero"} if score_name == "accuracy" else {})}
@@ -359,19 +358,7 @@ def misalignment(tables: dict[str, tuple[pd.DataFrame, str]], iteration: int | N
 
 def token_entropy(tables: dict[str, tuple[pd.DataFrame, str]]) -> go.Figure:
     """The policy's token entropy per iteration, per run (``analysis.token_entropy_table``)."""
-    labels = list(tables)
-    colors = _run_colors(labels, [tables[k][1] for k in labels])
-    traces = [
-        dict(type="scatter", 
-            x=t["iteration"],
-            y=t["token_entropy"],
-            mode="lines+markers",
-            name=label,
-            line={"color": colors[label], "width": 2},
-            hovertemplate="t=%{x}: %{y:.3f} nats/token<extra>" + label + "</extra>",
-        )
-        for label, (t, _) in tables.items()
-    ]
+    traces = _run_lines(tables, "iteration", "token_entropy", "t=%{x}: %{y:.3f} nats/token")
     layout = _base_layout("Policy token entropy (of y' under the policy that sampled it)", height=300)
     layout["xaxis"] = _iteration_axis()
     layout["yaxis"] = {"title": {"text": "entropy (nats/token)"}, "rangemode": "tozero"}

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .compare import LABELS as _COMPARE_LABELS
 from .config import RunConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -56,13 +57,7 @@ SMOKE: dict[str, dict[str, Any]] = {
 # Full mode: the real defaults (docs/toy-world: 1000 annotated pairs, pi_0 SFT 40 epochs, 5 iterations).
 FULL: dict[str, dict[str, Any]] = {"run": {"iterations": 5}}
 
-LABELS = {
-    "sft": "SFT (control)",
-    "spin": "SPIN",
-    "tspin": "T-SPIN",
-    "tspin_no_history": "T-SPIN w/o H-A",
-    "tspin_ref": "T-SPIN_ref",
-}
+LABELS = {k: v for k, v in _COMPARE_LABELS.items() if k != "sft_4x"}  # one naming of the methods
 
 
 def smoke_mode(default: bool = False) -> bool:
