@@ -53,7 +53,6 @@ def main() -> None:
     methods = {"tspin": MethodConfig(name="tspin", alpha=1.0, beta=0.1),
                "spin": MethodConfig(name="spin", lam=1.0),
                "sft": MethodConfig(name="sft")}
-    idx = list(range(bs))
 
     def rows(name):
         P, A, S, Y0 = ex.prompt_ids, ex.annotated_ids, ex.synthetic_ids, ex.proto_ids
@@ -81,7 +80,7 @@ def main() -> None:
         ids, attn, lmask = b.input_ids, b.attention_mask, b.loss_mask[:, 1:].bool()
         targets = ids[:, 1:].unsqueeze(-1)
         ntok = lmask.sum(-1).float()
-        ra, rs, rp = ex.ref_annotated, ex.ref_synthetic, ex.ref_proto
+        ra, rs = ex.ref_annotated, ex.ref_synthetic
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0)
         t0 = time.perf_counter()

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, small_config_dict, subprocess_env, write_yaml
+from conftest import small_config_dict, subprocess_env, write_yaml
 
 from tspin_kit.cli import main
 
@@ -219,9 +219,12 @@ def test_resume_missing_run_dir(caplog):
 
 def test_installed_script_exit_code(tmp_path):
     """The `tspin` console script end to end: a bad value exits 2 with one clear line on stderr."""
-    tspin = REPO / ".venv" / "bin" / "tspin"
-    if not tspin.exists():
-        pytest.skip("the tspin console script is not installed in .venv")
+    import sys
+
+    # the console script of the environment running the tests (make test installs the package there)
+    tspin = Path(sys.executable).with_name("tspin")
+    assert tspin.exists() or shutil.which("tspin"), "the tspin console script is not installed"
+    tspin = tspin if tspin.exists() else Path(shutil.which("tspin"))
     path = write_yaml(
         tmp_path / "bad.yaml", small_config_dict(tmp_path / "run", method={"alpha": 0})
     )

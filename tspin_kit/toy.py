@@ -163,7 +163,7 @@ def initial_policy(task: str, train: list[dict], settings: InitialPolicySettings
     """pi_0 for a toy world: SFT from random init, cached by a hash of everything that shapes it."""
     from transformers import AutoModelForCausalLM
 
-    from .config import MethodConfig, SamplingConfig, TrainConfig
+    from .config import MethodConfig, TrainConfig
     from .training import build_examples, train_iteration
 
     settings = settings or InitialPolicySettings()
