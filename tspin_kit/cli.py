@@ -19,6 +19,8 @@ logger = logging.getLogger("tspin_kit.cli")
 
 
 def _out(text: str) -> None:
+    if os.environ.get("RANK", "0") != "0":  # under torchrun/accelerate only the main process reports
+        return
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
