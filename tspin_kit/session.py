@@ -288,13 +288,20 @@ class SelfPlaySession:
         t0 = time.perf_counter()
         syn = self._sample(derive_seed(cfg.seed, t, "synthetic"), f"generate it{t}", progress)
         df = pd.DataFrame({"example_id": range(len(syn)), "synthetic_ids": syn})
-        for role, ids in (("annotated", self.examples.annotated_ids), ("synthetic", self._with_eos(syn)),
-                          ("proto", self._with_eos(self.proto_ids))):
+        scored = self._score(self._with_eos(syn), f"score synthetic it{t}", progress)
+        df["synthetic_logp_before"] = [s["logp"] for s in scored]
+        df["synthetic_token_logps_before"] = [s["token_logps"] for s in scored]
+        df["synthetic_entropy_before"] = [s["entropy"] for s in scored]
+        prev = self._frames[-1] if self._frames else None
+        for role, ids in (("annotated", self.examples.annotated_ids), ("proto", self._with_eos(self.proto_ids))):
+            if prev is not None:
+                # y and y0 do not change, and evaluate(t-1) already scored them under pi_t ("after").
+                df[f"{role}_logp_before"] = prev[f"{role}_logp_after"].to_numpy()
+                df[f"{role}_token_logps_before"] = prev[f"{role}_token_logps_after"].to_numpy()
+                continue
             scored = self._score(ids, f"score {role} it{t}", progress)
             df[f"{role}_logp_before"] = [s["logp"] for s in scored]
             df[f"{role}_token_logps_before"] = [s["token_logps"] for s in scored]
-            df[f"{role}_entropy_before"] = [s["entropy"] for s in scored]
-        df.attrs = {}
         self._generated = df
         self._gen_seconds = time.perf_counter() - t0
         if self.store and self._main:
