@@ -24,6 +24,7 @@ if str(ROOT) not in sys.path:
 
 # Quiet the libraries: the first stdout line must be the JSON object.
 os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("TSPIN_PROGRESS", "0")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import string
 
@@ -90,3 +91,78 @@ def test_build_model_is_seeded_and_tied():
     assert m1.lm_head.weight.data_ptr() == m1.model.embed_tokens.weight.data_ptr()
     assert m1.config.vocab_size == len(tok)
     assert 200_000 < sum(p.numel() for p in m1.parameters()) < 500_000
+
+
+# ----------------------------------------------------------------------------- the shipped pi_0
+
+
+def test_shipped_pi0_matches_its_record_and_loads_for_the_default_world():
+    for task in toy.TASKS:
+        info = toy.shipped_info(task)
+        assert info is not None, f"no shipped pi_0 for {task}"
+        path = toy.SHIPPED_DIR / info["file"]
+        assert path.stat().st_size < 3_000_000  # a few MB at most
+        assert toy._file_sha256(path) == info["sha256"]
+        assert info["settings"] == dataclasses.asdict(toy.InitialPolicySettings())
+        assert info["made"]["command"] == f"tspin pi0 --task {task} --ship"
+    train, _ = toy.default_world_rows("addition")
+    got = {}
+    model, tok = toy.initial_policy("addition", train, info=got)
+    assert got["source"] == "shipped" and got["sha256"] == toy.shipped_info("addition")["sha256"]
+    # tied embeddings survive the round trip (lm_head is not stored separately)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+def test_shipped_pi0_scores_what_its_record_says():
+    """The shipped score is what the weights give here too, so `make demo` prints it on every machine."""
+    train, held = toy.default_world_rows("addition")
+    model, tok = toy.initial_policy("addition", train)
+    score = sum(toy.heldout_correct(model, tok, "addition", held)) / len(held)
+    assert score == pytest.approx(toy.shipped_info("addition")["score"], abs=1e-9)
+
+
+def test_shipped_pi0_is_not_used_for_another_world_or_recipe():
+    train, _ = toy.default_world_rows("addition")
+    settings, size = toy.InitialPolicySettings(), toy.ToyModelSize()
+    assert toy.shipped_policy("addition", train[:999], settings, size) is None
+    assert toy.shipped_policy("addition", train, dataclasses.replace(settings, epochs=39), size) is None
+    assert toy.shipped_policy("addition", train, settings, dataclasses.replace(size, hidden_size=64)) is None
+
+
+def test_damaged_shipped_pi0_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    import shutil
+
+    for name in ("addition.json", "addition.safetensors"):
+        shutil.copy(toy.SHIPPED_DIR / name, tmp_path / name)
+    with open(tmp_path / "addition.safetensors", "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x01\x02\x03")
+    monkeypatch.setattr(toy, "SHIPPED_DIR", tmp_path)
+    train, _ = toy.default_world_rows("addition")
+    with pytest.raises(toy.ShippedPolicyError, match=r"addition\.safetensors: SHA-256 .* does not match"):
+        toy.initial_policy("addition", train)
+
+
+def test_cache_key_includes_versions_and_platform(monkeypatch):
+    train, _ = toy.make_world("addition", 8, 4)
+    s, z = toy.InitialPolicySettings(epochs=1), toy.ToyModelSize()
+    base = toy._cache_key("addition", train, s, z)
+    real = toy.machine_info()
+    for field, value in (("transformers", "0.0.1"), ("torch", "0.0.1"), ("cpu", "another CPU"), ("machine", "arm64")):
+        monkeypatch.setattr(toy, "machine_info", lambda f=field, v=value: {**real, f: v})
+        assert toy._cache_key("addition", train, s, z) != base, field
+    monkeypatch.setattr(toy, "machine_info", lambda: real)
+    assert toy._cache_key("addition", train, s, z) == base
+
+
+def test_nudge_changes_the_init_by_a_rounding_sized_amount():
+    tok = toy.build_tokenizer()
+    train, _ = toy.make_world("addition", 8, 4)
+    size = toy.ToyModelSize(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    s = toy.InitialPolicySettings(epochs=1, batch_size=8)
+    a, _ = toy.train_initial_policy("addition", train, s, size)
+    b, _ = toy.train_initial_policy("addition", train, s, size, perturb=1e-6, perturb_seed=1)
+    wa, wb = a.model.embed_tokens.weight, b.model.embed_tokens.weight
+    assert not torch.equal(wa, wb)
+    assert torch.allclose(wa, wb, rtol=1e-3, atol=1e-4)
+    del tok

@@ -43,6 +43,7 @@ class ModelConfig:
     max_length: int | None = field(default=None, metadata={"help": "longest prompt in tokens after the template (longer is an error); default: the model's own limit"})
     toy_sft_examples: int = field(default=1000, metadata={"help": "toy only: annotated pairs pi_0 is SFT-ed on (fixed, so a 4x-data run shares pi_0)"})
     toy_sft_epochs: int = field(default=40, metadata={"help": "toy only: epochs of the SFT that makes pi_0"})
+    toy_pi0_seed: int = field(default=0, metadata={"help": "toy only: seed of pi_0's init and SFT; every run seed starts from this one pi_0 (the default world's ships with the package)"})
 
     def __post_init__(self):
         s = "model"

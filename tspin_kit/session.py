@@ -58,6 +58,12 @@ def _versions() -> dict:
     return out
 
 
+def _heldout_frame(iteration: int, per_problem: list[float]) -> pd.DataFrame:
+    """Per-problem task score of one policy (iteration -1 is pi_0, t is pi_{t+1})."""
+    return pd.DataFrame({"iteration": iteration, "problem_id": np.arange(len(per_problem)),
+                         "value": np.asarray(per_problem, dtype=float)})
+
+
 def _q(x: np.ndarray, prefix: str) -> dict:
     x = x[~np.isnan(x)] if len(x) else x
     if len(x) == 0:
@@ -82,8 +88,10 @@ class SelfPlaySession:
         self._metrics: list[dict] = []
         self._generated: pd.DataFrame | None = None
         self._train_info: dict | None = None
+        self._heldout: list[pd.DataFrame] = []
         self.model = self.tokenizer = None
         self.accelerator = None
+        self.pi0_info: dict = {}
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -130,7 +138,8 @@ class SelfPlaySession:
         if self.store and self.store.is_done("prepare"):  # resuming
             self._load_prepared()
         else:
-            self.initial = {"score": self._task_score(progress), "score_name": self.score_name}
+            score, per_problem = self._task_score(progress)
+            self.initial = {"score": score, "score_name": self.score_name, "pi0": self.pi0_info}
             proto = self._sample(derive_seed(cfg.seed, "proto"), "sample y0", progress)
             self.proto_ids = proto
             if self.store and self._main:
@@ -143,6 +152,8 @@ class SelfPlaySession:
                     save_weights(self.model, self.store.policy_dir(0))
                 self.initial["seconds"] = time.perf_counter() - t0
                 write_json(self.store.root / "initial.json", self.initial)
+                write_parquet(self.store.root / "heldout.parquet", _heldout_frame(-1, per_problem))
+            self._heldout = [_heldout_frame(-1, per_problem)]
             self._mark("prepare")
         self._done.add("prepare")
         logger.info("%s: pi_0 %s = %.4f", self.label, self.score_name, self.initial["score"])
@@ -175,13 +186,16 @@ class SelfPlaySession:
         self.held_out = held_out
         if cfg.model.name_or_path == "toy":
             # The main process makes (or finds) the cached pi_0; the others then load it.
+            self.pi0_info = {}
             with self.accelerator.main_process_first():
                 self.model, self.tokenizer = toy.initial_policy(
-                    self.task or "text", pi0_rows, toy.InitialPolicySettings(epochs=cfg.model.toy_sft_epochs, seed=cfg.seed),
-                    cpu=self.accelerator.device.type == "cpu")
+                    self.task or "text", pi0_rows,
+                    toy.InitialPolicySettings(epochs=cfg.model.toy_sft_epochs, seed=cfg.model.toy_pi0_seed),
+                    cpu=self.accelerator.device.type == "cpu", info=self.pi0_info)
         else:
             from .models import load_pretrained
 
+            self.pi0_info = {"source": "pretrained", "name_or_path": cfg.model.name_or_path}
             self.model, self.tokenizer = load_pretrained(cfg.model)
         from .models import apply_lora, check_tokenizer, max_length_of
 
@@ -208,7 +222,8 @@ class SelfPlaySession:
                "seeds": {"run": cfg.seed, "data": cfg.data.seed},
                "sampling": cfg.to_dict()["sampling"], "phases": ["prepare", "generate", "train", "evaluate"],
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "score_name": self.score_name,
-               "num_examples": len(self.train_rows), "eval_size": len(self.held_out)}
+               "num_examples": len(self.train_rows), "eval_size": len(self.held_out),
+               "machine": toy.machine_info(), "pi0": self.pi0_info}
         if self.store.exists():
             old = read_json(self.store.manifest_path)
             # run_dir is where the run lives, not how it runs: a moved run, or one resumed through a relative
@@ -230,8 +245,12 @@ class SelfPlaySession:
         self.proto_ids = [list(map(int, x)) for x in proto["proto_ids"]]
         state = st.read_state()["done"]
         self._done |= set(state)
+        if (st.root / "heldout.parquet").is_file():
+            self._heldout.append(read_parquet(st.root / "heldout.parquet"))
         t = 0
         while f"evaluate:{t}" in self._done:
+            if (st.iter_dir(t) / "heldout.parquet").is_file():
+                self._heldout.append(read_parquet(st.iter_dir(t) / "heldout.parquet"))
             self._frames.append(read_parquet(st.iter_dir(t) / "examples.parquet"))
             self._metrics.append(read_json(st.iter_dir(t) / "metrics.json"))
             t += 1
@@ -271,14 +290,18 @@ class SelfPlaySession:
                                pad_id=self.tokenizer.pad_token_id, batch_size=self.config.sampling.batch_size,
                                desc=desc, progress=progress)
 
-    def _task_score(self, progress: Progress) -> float:
+    def _task_score(self, progress: Progress) -> tuple[float, list[float]]:
+        """The task score and its per-problem values (1/0 per problem, or per-token log-lik), kept so that
+        intervals can resample test problems."""
         held = self.held_out_prompt_ids
         if self.score_name == "accuracy":
             out = self._sample(0, "evaluate", progress, greedy=True, prompt_ids=held.prompt_ids)
             texts = self._decode_all(out)
-            return float(np.mean([toy.is_correct(self.task, t, r["answer"]) for t, r in zip(texts, self.held_out)]))
-        scored = self._score(held.annotated_ids, "evaluate", progress, prompt_ids=held.prompt_ids)
-        return float(np.mean([s["logp"] / len(ids) for s, ids in zip(scored, held.annotated_ids)]))
+            per = [float(toy.is_correct(self.task, t, r["answer"])) for t, r in zip(texts, self.held_out)]
+        else:
+            scored = self._score(held.annotated_ids, "evaluate", progress, prompt_ids=held.prompt_ids)
+            per = [s["logp"] / len(ids) for s, ids in zip(scored, held.annotated_ids)]
+        return float(np.mean(per)), per
 
     # ------------------------------------------------------------------ generate
     def generate(self, progress: Progress = None) -> pd.DataFrame:
@@ -360,7 +383,7 @@ class SelfPlaySession:
         self._expect("evaluate")
         t, cfg, g = self.iteration, self.config, self._generated
         t0 = time.perf_counter()
-        score_after = self._task_score(progress)
+        score_after, per_problem = self._task_score(progress)
         syn_ids = [list(map(int, x)) for x in g["synthetic_ids"]]
         rec = pd.DataFrame({
             "iteration": t,
@@ -414,8 +437,10 @@ class SelfPlaySession:
         })
         if self.store and self._main:
             write_parquet(self.store.iter_dir(t) / "examples.parquet", rec)
+            write_parquet(self.store.iter_dir(t) / "heldout.parquet", _heldout_frame(t, per_problem))
             write_json(self.store.iter_dir(t) / "metrics.json", m)
         self._frames.append(rec)
+        self._heldout.append(_heldout_frame(t, per_problem))
         self._metrics.append(m)
         self._mark("evaluate", t)
         self.iteration += 1
@@ -483,8 +508,9 @@ class SelfPlaySession:
     def records(self) -> RunRecords:
         manifest = {"config": self.config.to_dict(), "label": self.label, "score_name": getattr(self, "score_name", None)}
         examples = pd.concat(self._frames, ignore_index=True) if self._frames else pd.DataFrame()
+        heldout = pd.concat(self._heldout, ignore_index=True) if self._heldout else pd.DataFrame()
         return RunRecords(self.store.root if self.store else None, manifest, examples, pd.DataFrame(self._metrics),
-                          dict(self.initial))
+                          dict(self.initial), heldout)
 
     # ------------------------------------------------------------------ resume
     @classmethod

@@ -174,6 +174,8 @@ class RunRecords:
     examples: pd.DataFrame
     metrics: pd.DataFrame
     initial: dict = field(default_factory=dict)
+    # per-problem task score of every policy: iteration (-1 = pi_0, t = after iteration t), problem_id, value
+    heldout: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def method(self) -> str:
@@ -197,12 +199,21 @@ def load_run(run_dir: str | Path) -> RunRecords:
     if "config" not in manifest:
         raise RunDirError(f"{store.manifest_path}: corrupt (no 'config' key)")
     frames, rows = [], []
+    held = [read_parquet(root / "heldout.parquet")] if (root / "heldout.parquet").is_file() else []
     t = 0
     while (store.iter_dir(t) / "metrics.json").is_file():
         frames.append(read_parquet(store.iter_dir(t) / "examples.parquet"))
         rows.append(read_json(store.iter_dir(t) / "metrics.json"))
+        if (store.iter_dir(t) / "heldout.parquet").is_file():  # runs made before 0.2 have none
+            held.append(read_parquet(store.iter_dir(t) / "heldout.parquet"))
         t += 1
     examples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     metrics = pd.DataFrame(rows)
     initial = read_json(root / "initial.json") if (root / "initial.json").is_file() else {}
-    return RunRecords(root, manifest, examples, metrics, initial)
+    heldout = pd.concat(held, ignore_index=True) if held else pd.DataFrame()
+    return RunRecords(root, manifest, examples, metrics, initial, heldout)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """A text file (report, table), written atomically like every other output."""
+    _atomic_bytes(Path(path), text.encode())
