@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .alarms import Alarm, find_alarms
 from .store import RunRecords, _atomic_bytes
+
+ALARM_IDS_SHOWN = 12  # example ids listed per alarm; the rest are counted
 
 
 def render_report(runs: dict[str, RunRecords], *, title: str, summary: list[str] | None = None,
@@ -27,6 +30,7 @@ def render_report(runs: dict[str, RunRecords], *, title: str, summary: list[str]
     for name, table in (tables or {}).items():
         parts.append(f"<h2>{html.escape(name)}</h2>")
         parts.append(table.to_html(float_format=lambda v: f"{v:.3f}", border=0, classes="tbl"))
+    parts.append(alarms_html({label: find_alarms(r, label=label) for label, r in runs.items()}))
     first = True
     for name, fig in figs.items():
         parts.append(f"<h2>{html.escape(name.replace('_', ' '))}</h2>")
@@ -37,9 +41,34 @@ def render_report(runs: dict[str, RunRecords], *, title: str, summary: list[str]
         cfg = json.dumps(r.manifest.get("config", {}), indent=1)
         parts.append(f"<details><summary>{html.escape(label)}</summary><pre>{html.escape(cfg)}</pre></details>")
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             ".tbl{border-collapse:collapse}.tbl td,.tbl th{padding:2px 10px;text-align:right}")
+             ".tbl{border-collapse:collapse}.tbl td,.tbl th{padding:2px 10px;text-align:right}"
+             ".alarm-critical{color:#b91c1c}.alarm-warning{color:#b15928}.alarm-ids{opacity:0.7;font-size:90%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def alarms_html(alarms: dict[str, list[Alarm]]) -> str:
+    """The "instability alarms" section: per run, each alarm's severity, message and example ids."""
+    parts = ["<h2 id='alarms'>instability alarms</h2>",
+             ("<p>Flags computed from the records alone (tspin_kit.alarms); the example ids are the triplets "
+              "behind each flag, to open in the triplet browser.</p>")]
+    for label, found in alarms.items():
+        parts.append(f"<h3>{html.escape(label)}</h3>")
+        if not found:
+            parts.append("<p class='alarm-none'>No alarm fired.</p>")
+            continue
+        items = []
+        for a in found:
+            ids = ", ".join(str(e) for e in a.example_ids[:ALARM_IDS_SHOWN])
+            more = len(a.example_ids) - ALARM_IDS_SHOWN
+            ids += f" … and {more} more" if more > 0 else ""
+            items.append(
+                f"<li class='alarm alarm-{a.severity}' data-alarm='{a.name}' data-iteration='{a.iteration}'>"
+                f"<b>{a.severity}</b> · {html.escape(a.name.replace('_', ' '))} · {html.escape(a.message)}"
+                + (f" <span class='alarm-ids'>examples: {ids}</span>" if ids else "") + "</li>"
+            )
+        parts.append("<ul>" + "".join(items) + "</ul>")
+    return "".join(parts)
 
 
 def write_report(path: str | Path, runs: dict[str, RunRecords], **kwargs) -> Path:

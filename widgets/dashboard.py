@@ -7,6 +7,10 @@ error raised by the phase is shown (banner + traceback), never swallowed. Finish
 or records: the same view, read-only. An iteration slider revisits any finished iteration; the
 run's settings are shown. ``views`` (other widgets of this package) are kept in sync: they get
 the new records after each phase and follow the iteration slider.
+
+Instability alarms (``tspin_kit.alarms.find_alarms``, from the records alone) are listed with one
+button each that opens the triplet browser at the alarm's iteration, showing only the triplets
+behind it: the ``TripletBrowser`` among ``views`` if there is one, else one built below the figures.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import ipywidgets as W
 
 from tspin_kit import analysis as A
 from tspin_kit import figures as F
+from tspin_kit.alarms import Alarm, find_alarms
 
 from ._common import CARD_STYLE, ErrorLog, FigureSlots, fmt, resolve_source
+from .triplets import TripletBrowser
 
 BUTTONS = (("prepare", "Prepare", "play"), ("generate", "Generate y'", "magic"), ("train", "Train", "graduation-cap"), ("evaluate", "Evaluate", "check"), ("step", "Whole step", "forward"))
 
@@ -41,6 +47,11 @@ class Dashboard(FigureSlots, W.VBox):
         self.settings_html = W.HTML()
         self.iteration = W.IntSlider(value=0, min=0, max=0, description="iteration", continuous_update=False)
         self.iteration_html = W.HTML()
+        self.alarms: list[Alarm] = []
+        self.alarm_buttons: list[W.Button] = []
+        self.alarms_box = W.VBox()
+        self.triplets: TripletBrowser | None = next((v for v in self.views if isinstance(v, TripletBrowser)), None)
+        self.triplet_box = W.VBox()  # holds the browser the dashboard builds when no view is one
         self._slot("decay")
         self._slot("score")
         g = self.errors.guard
@@ -54,8 +65,10 @@ class Dashboard(FigureSlots, W.VBox):
             *controls,
             self.iteration,
             self.iteration_html,
+            self.alarms_box,
             self._slots["decay"],
             self._slots["score"],
+            self.triplet_box,
             self.errors.box,
         ]
         g(self._refresh, "initial view")()
@@ -149,7 +162,40 @@ class Dashboard(FigureSlots, W.VBox):
         finally:
             self._quiet = False
         self._enable(True)
+        self._show_alarms()
         self._on_iteration()
+
+    # -- alarms --------------------------------------------------------------------------------
+    def _show_alarms(self) -> None:
+        self.alarms = find_alarms(self.records, label=A.run_label(self.records))
+        g = self.errors.guard
+        rows, self.alarm_buttons = [], []
+        for i, a in enumerate(self.alarms):
+            color = "#b91c1c" if a.severity == "critical" else "#b15928"
+            text = W.HTML(
+                f"<span class='tspin-alarm' data-alarm='{a.name}' data-iteration='{a.iteration}' style='{CARD_STYLE};color:{color}'>"
+                f"<b>{a.severity}</b> · {html.escape(a.message)}</span>"
+            )
+            b = W.Button(description=f"show {len(a.example_ids)} triplets", icon="search", layout=W.Layout(width="170px"),
+                         disabled=not a.example_ids, tooltip="open the triplet browser at this iteration, on these triplets")
+            b.on_click(g(lambda _b, i=i: self.open_alarm(i), f"alarm {a.name}"))
+            self.alarm_buttons.append(b)
+            rows.append(W.HBox([b, text]))
+        head = (f"<b>Instability alarms</b> ({len(self.alarms)}, from the records alone)" if self.alarms
+                else "<b>Instability alarms</b>: none fired.")
+        self.alarms_box.children = [W.HTML(f"<div id='tspin-alarms' data-count='{len(self.alarms)}' style='{CARD_STYLE}'>{head}</div>"), *rows]
+
+    def open_alarm(self, alarm: Alarm | int) -> TripletBrowser:
+        """Show the triplets behind ``alarm`` (or ``self.alarms[alarm]``) in the triplet browser."""
+        a = self.alarms[alarm] if isinstance(alarm, int) else alarm
+        if self.triplets is None:
+            self.triplets = TripletBrowser(self.records, iteration=a.iteration)
+            self.views.append(self.triplets)  # from now on it follows the slider and new records
+            self.triplet_box.children = [self.triplets]
+        if self.iteration.value != a.iteration and self.iteration.min <= a.iteration <= self.iteration.max:
+            self.iteration.value = a.iteration  # the views follow
+        self.triplets.show(a.iteration, a.example_ids, note=a.message)
+        return self.triplets
 
     def _on_iteration(self, change=None) -> None:
         if self._quiet:

@@ -1,7 +1,8 @@
 """Triplet browser: the (x, y, y', y0) triplets of one iteration, filtered, sorted, and one in detail.
 
 Table: sortable and filterable by current advantage u, historical advantage v, correctness of y',
-y' == y and y0 == y. Detail: the prompt and the annotated, synthetic and proto-synthetic responses
+y' == y and y0 == y, and optionally restricted to a set of example ids (``show(iteration,
+example_ids)``: how the dashboard opens the triplets behind an instability alarm). Detail: the prompt and the annotated, synthetic and proto-synthetic responses
 side by side with log-probs, rewards and advantages, each token shaded by its log-probability,
 and how this prompt's synthetic response changed across iterations.
 """
@@ -56,6 +57,10 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         self.history_html = W.HTML()
         self._slot("history")
         self.table = None
+        self.example_ids: tuple[int, ...] | None = None  # restrict the table to these examples (None: all)
+        self._ids_note = ""
+        self.ids_html = W.HTML()
+        self.show_all = W.Button(description="show all triplets", icon="times", layout=W.Layout(width="160px", display="none"))
 
         g = self.errors.guard
         self.iteration.observe(g(self._on_iteration, "iteration"), names=["value"])
@@ -63,6 +68,7 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         for w in (self.current, self.historical, self.correct, self.synthetic_equals_annotated, self.proto_equals_annotated, self.sort_by, self.descending):
             w.observe(g(self._on_filter, w.description), names=["value"])
         self.example.observe(g(self._on_example, "triplet"), names=["value"])
+        self.show_all.on_click(g(lambda _b: self.show(self.iteration.value), "show all triplets"))
 
         self.children = [
             W.HTML("<h3 style='margin:4px 0'>Triplets (x, y, y', y0)</h3>"),
@@ -70,6 +76,7 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
             W.HBox([self.current, self.historical]),
             W.HBox([self.correct, self.synthetic_equals_annotated, self.proto_equals_annotated]),
             W.HBox([self.sort_by, self.descending]),
+            W.HBox([self.ids_html, self.show_all]),
             self.table_html,
             self.example,
             self.detail_html,
@@ -79,6 +86,33 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
             self.errors.box,
         ]
         g(self._on_iteration, "initial view")()
+
+    def show(self, iteration: int, example_ids=None, note: str = "") -> None:
+        """Open ``iteration`` with only the triplets of ``example_ids`` (None: all of them).
+
+        The other filters are reset so that none hides those triplets, and the first id of
+        ``example_ids`` present is shown in detail (an alarm lists its most telling triplet
+        first). ``note`` (e.g. the alarm's message) is shown above the table. The id filter stays
+        when the iteration is changed (ids are stable across iterations) until ``show`` is called
+        without ids or the "show all triplets" button is pressed.
+        """
+        if iteration not in self.iteration.options:
+            raise ValueError(f"iteration {iteration} is not among this run's finished iterations {list(self.iteration.options)}")
+        self.example_ids = None if example_ids is None else tuple(int(e) for e in example_ids)
+        self._ids_note = note if self.example_ids is not None else ""
+        self._quiet = True
+        try:
+            self.correct.value = None
+            self.synthetic_equals_annotated.value = None
+            self.proto_equals_annotated.value = None
+            self.iteration.value = iteration
+        finally:
+            self._quiet = False
+        self._on_iteration()  # resets the u, v ranges to the data's, then filters
+        shown = [v for _, v in self.example.options]
+        first = next((e for e in (self.example_ids or ()) if e in shown), None)
+        if first is not None:
+            self.example.value = first
 
     # -- callbacks -----------------------------------------------------------------------------
     def _on_iteration(self, change=None) -> None:
@@ -121,6 +155,9 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
             sort_by=self.sort_by.value,
             ascending=not self.descending.value,
         )
+        if self.example_ids is not None:
+            self.table = self.table[self.table["example_id"].isin(self.example_ids)]
+        self._show_ids_filter()
         tab = self.table
         check = {True: "✓", False: "✗"}
         cols = {
@@ -150,6 +187,18 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         finally:
             self._quiet = False
         self._on_example()
+
+    def _show_ids_filter(self) -> None:
+        if self.example_ids is None:
+            self.ids_html.value = ""
+            self.show_all.layout.display = "none"
+            return
+        note = f": {html.escape(self._ids_note)}" if self._ids_note else ""
+        self.ids_html.value = (
+            f"<div id='tspin-ids-filter' data-count='{len(self.example_ids)}' style='{CARD_STYLE};color:#b15928'>"
+            f"only {len(self.example_ids):,} chosen examples{note}</div>"
+        )
+        self.show_all.layout.display = None
 
     def _on_example(self, change=None) -> None:
         if self._quiet:
