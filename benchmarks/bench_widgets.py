@@ -82,7 +82,7 @@ def bench_case(name: str, records, run_dir: Path, repeats: int) -> dict:
 
     # alpha / beta: compute only, then through the widget (FigureWidget updates included)
     inputs = A.loss_inputs(records.examples, last, "before")
-    candidates = A.candidate_confidences(records.examples, last, int(records.examples["example_id"].iloc[0]))
+    candidates = A.candidate_confidences(records.examples, last, int(records.examples["example_id"].iloc[0]), alpha_run=A.opponent_alpha(records))
     landscape = A.loss_landscape(inputs, kind="tspin", scales=np.geomspace(0.05, 5, 25), betas=np.linspace(0, 1, 21))
     alphas = cycle([0.3, 0.5, 0.8, 1.3, 2.0])
     betas = cycle([0.05, 0.2, 0.4, 0.6])

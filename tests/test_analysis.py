@@ -141,6 +141,46 @@ def test_degenerate_shares(tspin):
     assert (lit["synthetic_equals_annotated"], lit["synthetic_equals_proto"]) == pytest.approx((1 / 3, 1 / 3))
 
 
+def test_degenerate_split_literal():
+    """u before = (0, ln 3, -4) with row 0 degenerate (y' == y): all-pairs mean (ln 3 - 4) / 3,
+    non-degenerate mean (ln 3 - 4) / 2. Reward margins a - s + 1 = (1, 1 + ln 3, -3)."""
+    ex = literal_examples()
+    u = A.current_advantage_split(ex, "before").set_index("subset")
+    assert u.loc["all", "mean"] == pytest.approx((LN3 - 4) / 3)
+    assert u.loc["non-degenerate", "mean"] == pytest.approx((LN3 - 4) / 2)
+    assert (u.loc["all", "n"], u.loc["non-degenerate", "n"]) == (3, 2)
+    assert u.loc["non-degenerate", "q50"] == pytest.approx((LN3 - 4) / 2)
+    rm = A.reward_margin_split(ex).set_index("subset")
+    assert rm.loc["all", "mean"] == pytest.approx((1 + 1 + LN3 - 3) / 3)
+    assert rm.loc["non-degenerate", "mean"] == pytest.approx((1 + LN3 - 3) / 2)
+    sft = A.reward_margin_split(ex.assign(reward_margin=np.nan))  # SFT: no reward
+    assert sft["n"].tolist() == [0, 0] and sft["mean"].isna().all()
+
+
+def test_vanishing_summary_sets_v_against_the_sft_control():
+    """Two literal runs of one iteration: T-SPIN (v = 1, 3 - ln 3, 0) and an SFT control with v shifted by +1."""
+    from records_builder import BuiltRecords
+
+    ex = literal_examples()
+    tsp = BuiltRecords(ex, pd.DataFrame(), {"config": {"method": {"name": "tspin"}}})
+    sft_ex = ex.assign(historical_advantage_before=ex["historical_advantage_before"] + 1, reward_margin=np.nan)
+    sft = BuiltRecords(sft_ex, pd.DataFrame(), {"config": {"method": {"name": "sft"}}})
+    runs = {"T-SPIN": tsp, "SFT": sft}
+    assert A.control_label(runs) == "SFT" and A.control_label({"T-SPIN": tsp}) is None
+    hist = A.historical_advantage_table(runs)
+    assert hist.set_index("run")["control"].to_dict() == {"T-SPIN": False, "SFT": True}
+    table = A.vanishing_summary(runs).set_index("run")
+    v = (1 + 3 - LN3 + 0) / 3
+    assert table.loc["T-SPIN", "share_synthetic_equals_annotated"] == pytest.approx(1 / 3)
+    assert table.loc["T-SPIN", "current_advantage_mean"] == pytest.approx((LN3 - 4) / 3)
+    assert table.loc["T-SPIN", "current_advantage_mean_nondegenerate"] == pytest.approx((LN3 - 4) / 2)
+    assert table.loc["T-SPIN", "n_nondegenerate"] == 2
+    assert table.loc["T-SPIN", "historical_advantage_mean"] == pytest.approx(v)
+    assert table.loc["T-SPIN", "historical_advantage_mean_control"] == pytest.approx(v + 1)
+    assert math.isnan(table.loc["SFT", "reward_margin_mean"])
+    assert math.isnan(A.vanishing_summary({"T-SPIN": tsp}).loc[0, "historical_advantage_mean_control"])
+
+
 def test_score_table_lists_pi0_then_each_trained_policy():
     metrics = pd.DataFrame({"iteration": [0, 1], "score_before": [0.2, 0.3], "score_after": [0.3, 0.45]})
     table = A.score_table(metrics)
@@ -349,11 +389,38 @@ def test_candidates_dedup_and_previous_synthetic():
     frames = [literal_examples().assign(iteration=t) for t in (0, 1)]
     frames[0].loc[1, "synthetic"] = "9"
     ex = pd.concat(frames, ignore_index=True)
-    c = A.candidate_confidences(ex, 1, 1, "before")
+    c = A.candidate_confidences(ex, 1, 1, "before", alpha_run=1.0)
     assert c["candidate"].tolist() == ["y", "y'_1", "y'_0", "y0"]
     assert c["role"].tolist() == ["annotated", "synthetic", "synthetic", "proto"]
-    c0 = A.candidate_confidences(ex, 1, 0, "before")  # y' == y: listed once
+    c0 = A.candidate_confidences(ex, 1, 0, "before", alpha_run=1.0)  # y' == y: listed once
     assert c0["candidate"].tolist() == ["y", "y0"]
+
+
+def test_confidences_scale_with_the_runs_alpha():
+    """c = alpha_run * log pi; the opponent softmax(c/alpha) is the policy itself at alpha = alpha_run.
+
+    Row 1 at iteration 0, before: log pi = (-1, -1 - ln 3, -4) for y, y'_0, y0; alpha_run = 2 gives
+    c = (-2, -2 - 2 ln 3, -8).
+    alpha = 2: softmax(log pi) is proportional to (1, 1/3, e^-3), so p = (3, 1, 3 e^-3) / (4 + 3 e^-3)
+      = (0.723003, 0.241001, 0.035996).
+    alpha = 1: softmax(2 log pi) is proportional to (1, 1/9, e^-6), so p = (1, 1/9, e^-6) / (10/9 + e^-6)
+      = (0.897997, 0.099777, 0.002226). (c = log pi, the old view, would give these at alpha = 1/2.)
+    """
+    ex = literal_examples()
+    c = A.candidate_confidences(ex, 0, 1, "before", alpha_run=2.0)
+    assert c["candidate"].tolist() == ["y", "y'_0", "y0"]
+    assert c["logp"].to_numpy() == pytest.approx([-1.0, -1.0 - LN3, -4.0])
+    assert c["confidence"].to_numpy() == pytest.approx([-2.0, -2.0 - 2 * LN3, -8.0])
+    assert A.opponent_table(c, 2.0)["probability"].to_numpy() == pytest.approx([0.723003, 0.241001, 0.035996], abs=1e-6)
+    assert A.opponent_table(c, 1.0)["probability"].to_numpy() == pytest.approx([0.897997, 0.099777, 0.002226], abs=1e-6)
+    with pytest.raises(ValueError, match="alpha_run"):
+        A.candidate_confidences(ex, 0, 1, "before", alpha_run=0.0)
+
+
+def test_opponent_alpha_is_the_trained_alpha_of_reference_free_tspin():
+    assert A.opponent_alpha(build_records("tspin", n_examples=4, n_iterations=1, alpha=0.5)) == 0.5
+    assert A.opponent_alpha(build_records("tspin_no_history", n_examples=4, n_iterations=1, alpha=2.0)) == 2.0
+    assert A.opponent_alpha(build_records("spin", n_examples=4, n_iterations=1, alpha=0.5)) == 1.0  # alpha unused by SPIN
 
 
 def test_opponent_distribution_and_entropy():

@@ -63,6 +63,29 @@ def test_degenerate_scores_entropy(runs):
     assert "nats/token" in ent.layout.yaxis.title.text
 
 
+def test_vanishing_advantages_and_reward_margins(runs):
+    sft = build_records("sft", n_examples=60, n_iterations=3, seed=2)
+    all_runs = {"SFT": sft, **runs}
+    m = {k: A.run_settings(r)["method"] for k, r in all_runs.items()}
+    u = {k: (A.current_advantage_split(r.examples), m[k]) for k, r in all_runs.items()}
+    fig = validated(F.vanishing_advantages(u, A.historical_advantage_table(all_runs), marker_iteration=1))
+    left = [t for t in fig.data if t.xaxis == "x" and t.mode == "lines+markers"]
+    assert [(t.name, t.line.dash) for t in left] == [(k, d) for k in all_runs for d in ("solid", "dash")]
+    spin_nd = next(t for t in left if t.name == "SPIN" and t.line.dash == "solid")
+    expected = u["SPIN"][0].query("subset == 'non-degenerate'")["mean"].to_numpy()
+    assert np.asarray(spin_nd.y) == pytest.approx(expected)
+    right = {t.name: t for t in fig.data if t.xaxis == "x2"}
+    assert set(right) == {"SFT (SFT control)", "SPIN", "T-SPIN"}
+    assert right["SFT (SFT control)"].line.color == F.METHOD_COLORS["sft"] and right["SFT (SFT control)"].line.dash == "dash"
+    assert {t.name for t in fig.data if t.showlegend} == set(all_runs)
+    assert len(fig.layout.shapes) == 2
+    margins = validated(F.reward_margins({k: (A.reward_margin_split(r.examples), m[k]) for k, r in all_runs.items()}))
+    assert {t.name for t in margins.data if t.showlegend} == {"SPIN", "T-SPIN"}  # SFT has no reward: left out
+    assert "nats" in margins.layout.yaxis.title.text
+    validated(F.vanishing_advantages({}))
+    validated(F.reward_margins({}))
+
+
 def test_misalignment_titles_carry_the_share(runs):
     tables = {k: (A.misalignment_table(r.examples, 1), A.run_settings(r)["method"]) for k, r in runs.items()}
     fig = validated(F.misalignment(tables, 1))
@@ -116,8 +139,9 @@ def test_landscape_drivers_opponent(runs):
     top = A.top_drivers(A.recompute_losses(inputs, kind="tspin", alpha=1.0, beta=0.1), k=5)
     bars = validated(F.top_drivers(top))
     assert list(bars.data[0].y) == [f"#{e}" for e in top["example_id"]]
-    cands = A.candidate_confidences(runs["T-SPIN"].examples, 1, 3)
-    opp = validated(F.opponent(A.opponent_table(cands, 0.5), A.opponent_entropy_curve(cands, np.geomspace(0.05, 20, 10)), 0.5))
+    cands = A.candidate_confidences(runs["T-SPIN"].examples, 1, 3, alpha_run=A.opponent_alpha(runs["T-SPIN"]))
+    opp = validated(F.opponent(A.opponent_table(cands, 0.5), A.opponent_entropy_curve(cands, np.geomspace(0.05, 20, 10)), 0.5, 1.0))
+    assert "c = 1·log π(z|x)" in opp.layout.title.text
     assert list(opp.data[0].marker.color) == [F.ROLE_COLORS[r] for r in cands["role"]]
     assert "entropy (nats)" in axis_titles(opp)
 
@@ -132,7 +156,8 @@ def test_run_comparison_and_report_figures(runs, tmp_path):
     fig = validated(F.run_comparison(table, ["score", "misaligned_share"]))
     assert len(fig.data) == 4 and fig.layout.yaxis2.tickformat == ".0%"
     figs = F.report_figures(runs)
-    assert set(figs) == {"advantage_decay", "degenerate_shares", "scores", "token_entropy", "misalignment", "run_comparison"}
+    assert set(figs) == {"advantage_decay", "degenerate_shares", "scores", "token_entropy", "misalignment", "run_comparison",
+                         "vanishing_advantages", "reward_margins"}
     for name, f in figs.items():
         validated(f)
         path = tmp_path / f"{name}.html"

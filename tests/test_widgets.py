@@ -178,6 +178,51 @@ def test_triplet_browser_with_no_match(tspin):
     assert tb.table.empty and "No triplet" in tb.detail_html.value and tb.errors.errors == []
 
 
+def test_triplet_browser_show_filters_to_example_ids(tspin):
+    tb = Wd.TripletBrowser(tspin)
+    tb.correct.value = True  # show() clears filters that could hide the chosen triplets
+    tb.show(1, [9, 3, 5], note="three of them")
+    assert tb.iteration.value == 1 and tb.correct.value is None
+    assert sorted(tb.table["example_id"]) == [3, 5, 9] and tb.example.value == 9  # the first id in detail
+    assert "data-count='3'" in tb.ids_html.value and "three of them" in tb.ids_html.value
+    assert "example 9, iteration 1" in tb.detail_html.value
+    tb.iteration.value = 2  # ids are stable across iterations: the filter stays
+    assert sorted(tb.table["example_id"]) == [3, 5, 9]
+    tb.show_all.click()
+    assert tb.example_ids is None and len(tb.table) == int((tspin.examples["iteration"] == 2).sum()) and tb.ids_html.value == ""
+    with pytest.raises(ValueError, match="iteration 7"):
+        tb.show(7, [1])
+    assert tb.errors.errors == []
+
+
+def test_dashboard_alarm_buttons_open_the_triplets_behind_them(tspin):
+    spin4 = build_records("spin", n_examples=60, n_iterations=4, seed=1)  # SPIN's margin collapses at it2, it3
+    from tspin_kit.alarms import find_alarms
+
+    expected = find_alarms(spin4, label=A.run_label(spin4))
+    assert [(a.iteration, a.name) for a in expected] == [(2, "reward_margin_collapse"), (3, "reward_margin_collapse")]
+    d = Wd.Dashboard(spin4)
+    assert d.alarms == expected and "data-count='2'" in d.alarms_box.children[0].value
+    assert d.triplets is None and d.triplet_box.children == ()
+    d.alarm_buttons[0].click()  # no browser among the views: the dashboard builds one below its figures
+    tb = d.triplets
+    assert d.triplet_box.children == (tb,) and tb in d.views
+    assert d.iteration.value == 2 and tb.iteration.value == 2
+    assert set(tb.table["example_id"]) == set(expected[0].example_ids) and tb.example.value == expected[0].example_ids[0]
+    assert expected[0].message.replace("'", "&#x27;") in tb.ids_html.value
+    d.alarm_buttons[1].click()
+    assert d.triplets is tb and tb.iteration.value == 3 and set(tb.table["example_id"]) == set(expected[1].example_ids)
+
+    own = Wd.TripletBrowser(spin4, iteration=0)  # a browser among the views is the one opened
+    d2 = Wd.Dashboard(spin4, views=[own])
+    d2.open_alarm(1)
+    assert d2.triplets is own and own.iteration.value == 3 and len(own.table) == len(expected[1].example_ids)
+    assert d2.triplet_box.children == ()
+    quiet = Wd.Dashboard(tspin)
+    assert quiet.alarms == [] and "none fired" in quiet.alarms_box.children[0].value
+    assert d.errors.errors == [] and tb.errors.errors == [] and d2.errors.errors == [] and own.errors.errors == []
+
+
 # --------------------------------------------------------------------------- advantage decay and comparison
 
 
@@ -194,6 +239,31 @@ def test_advantage_decay_side_by_side(tspin, spin):
     assert "iteration 0" in w.misalignment_fig.layout.title.text
     assert len(w.degenerate_fig.data) == 4 and len(w.score_fig.data) == 2
     assert w.errors.errors == []
+
+
+def test_advantage_decay_shows_what_vanishes_beside_the_sft_control(tspin, spin):
+    sft = build_records("sft", n_examples=40, n_iterations=3, seed=2)
+    w = Wd.AdvantageDecay({"SFT": sft, "SPIN": spin, "T-SPIN": tspin})
+    u_dashes = {(t.name, t.line.dash) for t in w.decay_fig.data if t.xaxis == "x" and t.mode == "lines+markers"}
+    assert u_dashes == {(k, d) for k in ("SFT", "SPIN", "T-SPIN") for d in ("solid", "dash")}  # y' != y, all pairs
+    v_names = {t.name for t in w.decay_fig.data if t.xaxis == "x2"}
+    assert v_names == {"SFT (SFT control)", "SPIN", "T-SPIN"}
+    margin_runs = {t.name for t in w.margin_fig.data if t.showlegend}
+    assert margin_runs == {"SPIN"}  # reference-based rewards only; SFT has none
+    spin_margin = next(t for t in w.margin_fig.data if t.name == "SPIN" and t.line.dash == "dash")  # all pairs
+    assert np.asarray(spin_margin.y, dtype=float) == pytest.approx(spin.examples.groupby("iteration")["reward_margin"].mean().to_numpy())
+    assert w.errors.errors == []
+
+
+def test_opponent_view_uses_the_runs_alpha():
+    run = build_records("tspin", n_examples=30, n_iterations=2, alpha=0.5, seed=4)
+    panel = Wd.AlphaBetaPanel(run)
+    assert "c = 0.5·log π(z|x)" in panel.opponent_fig.layout.title.text
+    # at alpha = alpha_run the opponent is the policy renormalised over the candidates: softmax(log pi)
+    cands = A.candidate_confidences(run.examples, panel.iteration.value, panel.example.value, panel.stage.value, alpha_run=0.5)
+    lp = cands["logp"].to_numpy()
+    assert np.asarray(panel.opponent_fig.data[0].y, dtype=float) == pytest.approx(np.exp(lp) / np.exp(lp).sum())
+    assert panel.errors.errors == []
 
 
 def test_run_comparison_toggles_runs_and_metrics(tspin, spin):

@@ -17,9 +17,17 @@ Choices the papers leave open, made here:
   reference-free run (NaN) are taken from ``*_logp_before``, which is pi_t by definition.
 - The opponent view of Proposition 1 needs several candidates for one prompt scored by one policy.
   The records hold y, y' and y0 under pi_t (``before``) and pi_{t+1} (``after``), and y'_{t-1}
-  under pi_t (the previous iteration's ``after``); those are the candidates, with confidence
-  c(z) = log pi(z|x) (T-SPIN's c = alpha * log pi makes softmax(c/alpha) the policy itself at the
-  trained alpha).
+  under pi_t (the previous iteration's ``after``); those are the candidates, with the confidence
+  T-SPIN implies, c(z) = alpha_run * log pi(z|x), alpha_run being the alpha the run trained with
+  (``opponent_alpha``). Then softmax(c/alpha) = softmax(alpha_run * log pi / alpha), which is the
+  policy itself (renormalised over the candidates) at alpha = alpha_run. Runs whose reward is not
+  alpha * log pi (SFT, SPIN, T-SPIN_ref) use alpha_run = 1: c = log pi.
+- "What vanishes" is split by the degenerate pairs: where y' == y, u and SPIN's reward margin are 0
+  by construction, so a mean over all pairs falls whenever the share of such pairs grows, even
+  when the pairs that still differ keep (or grow) their advantage. ``degenerate_split`` reports both
+  means, and ``vanishing_summary`` puts the four quantities of the vanishing-advantage view (the
+  degenerate share, u over all and over y' != y, the reward margin after training, v beside the SFT
+  control's v) in one table.
 - The policy's token entropy per iteration is the metrics' ``synthetic_token_entropy`` when present;
   otherwise it is estimated as the mean negative log-prob per token of y' under the policy that
   sampled it (an unbiased estimate of the per-token entropy at temperature 1).
@@ -47,9 +55,13 @@ __all__ = [
     "advantage_summary",
     "candidate_confidences",
     "comparison_table",
+    "control_label",
+    "current_advantage_split",
     "default_loss_kind",
     "default_stage",
     "degenerate_shares",
+    "degenerate_split",
+    "historical_advantage_table",
     "iteration_examples",
     "iterations_of",
     "loss_inputs",
@@ -57,9 +69,12 @@ __all__ = [
     "loss_summary",
     "misalignment_shares",
     "misalignment_table",
+    "opponent_alpha",
     "opponent_entropy_curve",
     "opponent_table",
     "recompute_losses",
+    "reference_based",
+    "reward_margin_split",
     "run_label",
     "run_settings",
     "score_name",
@@ -70,6 +85,7 @@ __all__ = [
     "top_drivers",
     "triplet_detail",
     "triplet_table",
+    "vanishing_summary",
 ]
 
 ROLES = ("annotated", "synthetic", "proto")  # y, y', y0
@@ -187,6 +203,128 @@ def degenerate_shares(examples: pd.DataFrame) -> pd.DataFrame:
     out = examples.groupby("iteration", sort=True)[cols].mean().astype(float).reset_index()
     out["iteration"] = out["iteration"].astype(int)
     return out
+
+
+SUBSETS = ("all", "non-degenerate")  # every pair; only the pairs with y' != y
+
+
+def degenerate_split(examples: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Per iteration, ``column`` summarised over all pairs and over the non-degenerate ones (y' != y).
+
+    Columns: ``iteration, subset ('all'|'non-degenerate'), mean, q10, q50, q90, n``; NaN values
+    (e.g. SFT's reward margin) are left out, so a column with none finite gives n = 0, mean NaN.
+    """
+    rows = []
+    for t, part in examples.groupby("iteration", sort=True):
+        x_all = part[column].to_numpy(dtype=float)
+        keep = ~part["synthetic_equals_annotated"].to_numpy(dtype=bool)
+        for subset, x in zip(SUBSETS, (x_all, x_all[keep])):
+            x = x[np.isfinite(x)]
+            q = np.quantile(x, QUANTILES) if len(x) else [math.nan] * 3
+            rows.append({"iteration": int(t), "subset": subset, "mean": float(x.mean()) if len(x) else math.nan,
+                         "q10": float(q[0]), "q50": float(q[1]), "q90": float(q[2]), "n": len(x)})
+    return pd.DataFrame(rows, columns=["iteration", "subset", "mean", "q10", "q50", "q90", "n"])
+
+
+def current_advantage_split(examples: pd.DataFrame, stage: str = "before") -> pd.DataFrame:
+    """u = lp(y) - lp(y') per iteration over all pairs and over y' != y (``degenerate_split``)."""
+    _check_stage(stage)
+    return degenerate_split(examples, f"current_advantage_{stage}")
+
+
+def reward_margin_split(examples: pd.DataFrame) -> pd.DataFrame:
+    """The reward margin r(y) - r(y') after training per iteration, over all pairs and over y' != y.
+
+    For SPIN the reward is lam * (lp_{t+1} - lp_t): 0 for every pair at the start of an iteration,
+    so this is what training moved it to. NaN for SFT (n = 0).
+    """
+    return degenerate_split(examples, "reward_margin")
+
+
+def reference_based(method: str) -> bool:
+    """Whether the method's reward is a log-ratio to pi_t (SPIN, T-SPIN_ref): its margins share a scale."""
+    return method in ("spin", "tspin_ref")
+
+
+def control_label(runs: dict[str, Any], for_run: str | None = None) -> str | None:
+    """The label of the continued-SFT control among ``runs`` (a run of method ``sft``), or None.
+
+    With ``for_run``: the SFT run with that run's seed if there is one (runs of several seeds each
+    get their own control), else the first SFT run; None when ``for_run`` is itself an SFT run.
+    """
+    controls = [k for k, r in runs.items() if run_settings(r)["method"] == "sft"]
+    if for_run is None:
+        return controls[0] if controls else None
+    if for_run in controls or not controls:
+        return None
+    seed = run_settings(runs[for_run])["seed"]
+    return next((k for k in controls if run_settings(runs[k])["seed"] == seed), controls[0])
+
+
+def historical_advantage_table(runs: dict[str, Any], stage: str = "before") -> pd.DataFrame:
+    """v = lp(y') - lp(y0) per run and iteration, the SFT control flagged.
+
+    Columns: ``run, method, control, iteration, mean, q10, q50, q90, n``; ``control`` marks the
+    SFT runs. The control's v measures how far any training drifts from pi_0; a self-play run's v
+    is read against it.
+    """
+    frames = []
+    for label, rec in runs.items():
+        if rec.examples is None or not len(rec.examples):
+            continue
+        a = advantage_summary(rec.examples, stage)
+        a = a[a["advantage"] == "historical"].drop(columns="advantage")
+        method = run_settings(rec)["method"]
+        frames.append(a.assign(run=label, method=method, control=method == "sft"))
+    cols = ["run", "method", "control", "iteration", "mean", "q10", "q50", "q90", "n"]
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(frames, ignore_index=True)[cols]
+
+
+def vanishing_summary(runs: dict[str, Any], stage: str = "before") -> pd.DataFrame:
+    """The vanishing-advantage view as one table: per run and iteration, what shrinks and what does not.
+
+    Columns: ``run, method, iteration, share_synthetic_equals_annotated`` (y' == y),
+    ``current_advantage_mean`` and ``current_advantage_mean_nondegenerate`` (u over all pairs and
+    over y' != y, at ``stage``), ``n_nondegenerate``, ``reward_margin_mean`` and
+    ``reward_margin_mean_nondegenerate`` (after training; NaN for SFT), ``historical_advantage_mean``
+    (v at ``stage``), ``control`` (the run's SFT control, ``control_label(runs, run)``; None for
+    SFT runs and without one) and ``historical_advantage_mean_control`` (that control's v at the
+    same iteration; NaN without a control).
+    """
+    hist = historical_advantage_table(runs, stage)
+    rows = []
+    for label, rec in runs.items():
+        ex = rec.examples
+        if ex is None or not len(ex):
+            continue
+        method = run_settings(rec)["method"]
+        deg = degenerate_shares(ex).set_index("iteration")["synthetic_equals_annotated"]
+        u = current_advantage_split(ex, stage).set_index(["iteration", "subset"])
+        rm = reward_margin_split(ex).set_index(["iteration", "subset"])
+        v = hist[hist["run"] == label].set_index("iteration")["mean"]
+        control = control_label(runs, label)
+        ctrl_v = hist[hist["run"] == control].set_index("iteration")["mean"]
+        for t in iterations_of(ex):
+            rows.append({
+                "run": label,
+                "method": method,
+                "iteration": t,
+                "share_synthetic_equals_annotated": float(deg.loc[t]),
+                "current_advantage_mean": float(u.loc[(t, "all"), "mean"]),
+                "current_advantage_mean_nondegenerate": float(u.loc[(t, "non-degenerate"), "mean"]),
+                "n_nondegenerate": int(u.loc[(t, "non-degenerate"), "n"]),
+                "reward_margin_mean": float(rm.loc[(t, "all"), "mean"]),
+                "reward_margin_mean_nondegenerate": float(rm.loc[(t, "non-degenerate"), "mean"]),
+                "historical_advantage_mean": float(v.get(t, math.nan)),
+                "control": control,
+                "historical_advantage_mean_control": float(ctrl_v.get(t, math.nan)),
+            })
+    cols = ["run", "method", "iteration", "share_synthetic_equals_annotated", "current_advantage_mean",
+            "current_advantage_mean_nondegenerate", "n_nondegenerate", "reward_margin_mean",
+            "reward_margin_mean_nondegenerate", "historical_advantage_mean", "control", "historical_advantage_mean_control"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def score_name(metrics: pd.DataFrame | None) -> str:
@@ -634,14 +772,31 @@ def _landscape(inputs: LossInputs, kind: str, scales, betas) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 
 
-def candidate_confidences(examples: pd.DataFrame, iteration: int, example_id: int, stage: str = "before") -> pd.DataFrame:
-    """Distinct candidate responses of one prompt scored by one policy, with c(z) = log pi(z|x).
+def opponent_alpha(records: Any) -> float:
+    """alpha_run: the scale that turns the run's log pi into T-SPIN's confidence c = alpha_run * log pi.
 
-    ``stage="before"`` scores with pi_t: y, y'_t, y0 and (t >= 1) y'_{t-1}; ``"after"`` with
-    pi_{t+1}: y, y'_t, y0. Identical texts are listed once (first role wins, in that order).
-    Columns: ``candidate, role, text, confidence``.
+    The alpha of the run's config for the reference-free T-SPIN methods (``tspin``,
+    ``tspin_no_history``), whose reward is alpha * log pi; 1.0 for every other method (their
+    training never used alpha, and c = log pi makes softmax(c/1) the policy itself).
+    """
+    s = run_settings(records)
+    return s["alpha"] if s["method"] in ("tspin", "tspin_no_history") else 1.0
+
+
+def candidate_confidences(
+    examples: pd.DataFrame, iteration: int, example_id: int, stage: str = "before", *, alpha_run: float
+) -> pd.DataFrame:
+    """Distinct candidate responses of one prompt scored by one policy, with c(z) = alpha_run * log pi(z|x).
+
+    ``alpha_run`` is the alpha the run trained with (``opponent_alpha(records)``): Proposition 1's
+    opponent is then softmax(c/alpha) = softmax(alpha_run * log pi / alpha), the policy itself at
+    alpha = alpha_run. ``stage="before"`` scores with pi_t: y, y'_t, y0 and (t >= 1) y'_{t-1};
+    ``"after"`` with pi_{t+1}: y, y'_t, y0. Identical texts are listed once (first role wins, in that
+    order). Columns: ``candidate, role, text, logp, confidence``.
     """
     _check_stage(stage)
+    if not (math.isfinite(alpha_run) and alpha_run > 0):
+        raise ValueError(f"alpha_run must be a number > 0, got {alpha_run!r}")
     r = _row(examples, iteration, example_id)
     cands = [("y", "annotated", r["annotated"], r[f"annotated_logp_{stage}"])]
     cands.append((f"y'_{iteration}", "synthetic", r["synthetic"], r[f"synthetic_logp_{stage}"]))
@@ -652,12 +807,12 @@ def candidate_confidences(examples: pd.DataFrame, iteration: int, example_id: in
             cands.append((f"y'_{iteration - 1}", "synthetic", p["synthetic"], p["synthetic_logp_after"]))
     cands.append(("y0", "proto", r["proto"], r[f"proto_logp_{stage}"]))
     seen, rows = set(), []
-    for name, role, text, c in cands:
-        if text in seen or not np.isfinite(c):
+    for name, role, text, lp in cands:
+        if text in seen or not np.isfinite(lp):
             continue
         seen.add(text)
-        rows.append({"candidate": name, "role": role, "text": text, "confidence": float(c)})
-    return pd.DataFrame(rows, columns=["candidate", "role", "text", "confidence"])
+        rows.append({"candidate": name, "role": role, "text": text, "logp": float(lp), "confidence": float(alpha_run) * float(lp)})
+    return pd.DataFrame(rows, columns=["candidate", "role", "text", "logp", "confidence"])
 
 
 def opponent_table(candidates: pd.DataFrame, alpha: float) -> pd.DataFrame:

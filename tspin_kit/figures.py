@@ -31,12 +31,14 @@ __all__ = [
     "misalignment",
     "opponent",
     "report_figures",
+    "reward_margins",
     "run_comparison",
     "scores",
     "synthetic_history",
     "token_entropy",
     "token_logps",
     "top_drivers",
+    "vanishing_advantages",
 ]
 
 ROLE_COLORS = {"annotated": "#1b9e77", "synthetic": "#d95f02", "proto": "#7570b3"}  # ColorBrewer Dark2
@@ -277,6 +279,101 @@ def degenerate_shares(shares: dict[str, tuple[pd.DataFrame, str]]) -> go.Figure:
     layout["margin"] = {"l": 64, "r": 24, "t": 48, "b": 110}
     layout["xaxis"] = _iteration_axis()
     layout["yaxis"] = {"title": {"text": "share of examples (%)"}, "tickformat": ".0%", "rangemode": "tozero"}
+    return _figure(traces, layout)
+
+
+CONTROL_COLOR = METHOD_COLORS["sft"]
+_SPLIT_DASH = {"non-degenerate": "solid", "all": "dash"}  # y' != y solid, every pair dashed
+
+
+def _marker_shapes(marker_iteration: int | None, axes: tuple[tuple[str, str], ...]) -> list[dict]:
+    if marker_iteration is None:
+        return []
+    return [
+        {"type": "line", "xref": xr, "yref": f"{yr} domain", "x0": marker_iteration, "x1": marker_iteration, "y0": 0, "y1": 1, "line": {"color": "#888", "dash": "dot"}}
+        for xr, yr in axes
+    ]
+
+
+def _split_traces(label: str, table: pd.DataFrame, color: str, *, legend: bool, xa: str = "x", ya: str = "y", unit: str = NATS) -> list[dict]:
+    """A run's ``analysis.degenerate_split`` table: q10-q90 band and mean of y' != y (solid), mean of all (dashed)."""
+    traces = []
+    nd = table[table["subset"] == "non-degenerate"].sort_values("iteration")
+    x = nd["iteration"].to_numpy()
+    traces.append(dict(type="scatter", x=np.concatenate([x, x[::-1]]), y=np.concatenate([nd["q90"].to_numpy(), nd["q10"].to_numpy()[::-1]]),
+                       fill="toself", mode="lines", fillcolor=_rgba(color, 0.12), line={"width": 0}, hoverinfo="skip",
+                       showlegend=False, legendgroup=label, name=f"{label}: q10–q90 over y' ≠ y", xaxis=xa, yaxis=ya))
+    for subset in ("non-degenerate", "all"):
+        t = table[table["subset"] == subset].sort_values("iteration")
+        what = "y' ≠ y" if subset == "non-degenerate" else "all pairs"
+        traces.append(dict(type="scatter", x=t["iteration"].to_numpy(), y=t["mean"].to_numpy(), mode="lines+markers",
+                           line={"color": color, "width": 2, "dash": _SPLIT_DASH[subset]}, name=label, legendgroup=label,
+                           showlegend=legend and subset == "non-degenerate", customdata=t["n"].to_numpy(),
+                           hovertemplate=f"t=%{{x}}: mean %{{y:.3f}} {unit} over {what} (n=%{{customdata}})<extra>{label}</extra>",
+                           xaxis=xa, yaxis=ya))
+    return traces
+
+
+def vanishing_advantages(
+    u_tables: dict[str, tuple[pd.DataFrame, str]],
+    v_table: pd.DataFrame | None = None,
+    stage: str = "before",
+    marker_iteration: int | None = None,
+) -> go.Figure:
+    """What vanishes and what does not: u over y' != y against u over all pairs; v beside the SFT control.
+
+    Left: per run, the mean current advantage u over the non-degenerate pairs (solid, with its
+    q10-q90 band) and over all pairs (dashed); ``u_tables`` maps a label to
+    ``(analysis.current_advantage_split(examples, stage), method)``. Right: the mean historical
+    advantage v per run (``analysis.historical_advantage_table``); the SFT control is grey and dashed.
+    """
+    labels = list(u_tables)
+    colors = _run_colors(labels, [u_tables[k][1] for k in labels])
+    when = "log π_t, at generation" if stage == "before" else "log π_{t+1}, after training"
+    layout = _base_layout(f"Current and historical advantage ({when})", height=400)
+    layout.update(_panels(["u = log π(y) − log π(y'): solid y' ≠ y, dashed all pairs", "v = log π(y') − log π(y0), beside the SFT control"], gap=0.1))
+    traces = []
+    for label in labels:
+        traces += _split_traces(label, u_tables[label][0], colors[label], legend=True)
+    if v_table is not None and len(v_table):
+        for label, t in v_table.groupby("run", sort=False):
+            t = t.sort_values("iteration")
+            is_control = bool(t["control"].iloc[0])
+            color = CONTROL_COLOR if is_control else colors.get(label, method_color(str(t["method"].iloc[0])))
+            traces.append(dict(type="scatter", x=t["iteration"].to_numpy(), y=t["mean"].to_numpy(), mode="lines+markers",
+                               line={"color": color, "width": 2, "dash": "dash" if is_control else "solid"},
+                               name=f"{label} (SFT control)" if is_control else label, legendgroup=label,
+                               showlegend=label not in u_tables,
+                               hovertemplate="t=%{x}: mean v %{y:.3f} nats<extra>" + label + (" (SFT control)" if is_control else "") + "</extra>",
+                               xaxis="x2", yaxis="y2"))
+    for sfx, name in (("", "u"), ("2", "v")):
+        layout[f"xaxis{sfx}"].update(_iteration_axis())
+        layout[f"yaxis{sfx}"].update({"title": {"text": f"mean {name} ({NATS})"}, "zeroline": True, "zerolinecolor": "#999"})
+    shapes = _marker_shapes(marker_iteration, (("x", "y"), ("x2", "y2")))
+    if shapes:
+        layout["shapes"] = shapes
+    return _figure(traces, layout)
+
+
+def reward_margins(tables: dict[str, tuple[pd.DataFrame, str]], marker_iteration: int | None = None) -> go.Figure:
+    """The reward margin r(y) − r(y') after training per iteration: y' ≠ y solid, all pairs dashed.
+
+    ``tables`` maps a label to ``(analysis.reward_margin_split(examples), method)``; runs without
+    a reward (SFT: every margin NaN) are left out. Pass runs whose rewards share a scale (SPIN and
+    T-SPIN_ref: lam * log-ratios to π_t; T-SPIN's alpha * log π margins are far larger).
+    """
+    tables = {k: v for k, v in tables.items() if (v[0]["n"] > 0).any()}
+    labels = list(tables)
+    colors = _run_colors(labels, [tables[k][1] for k in labels])
+    traces = []
+    for label in labels:
+        traces += _split_traces(label, tables[label][0], colors[label], legend=True)
+    layout = _base_layout("Reward margin r(y) − r(y') after training: solid y' ≠ y, dashed all pairs", height=360)
+    layout["xaxis"] = _iteration_axis()
+    layout["yaxis"] = {"title": {"text": f"mean reward margin ({NATS})"}, "zeroline": True, "zerolinecolor": "#999"}
+    shapes = _marker_shapes(marker_iteration, (("x", "y"),))
+    if shapes:
+        layout["shapes"] = shapes
     return _figure(traces, layout)
 
 
@@ -530,11 +627,15 @@ def loss_landscape(landscape: pd.DataFrame, *, kind: str, scale: float, beta: fl
     return _figure(traces, layout)
 
 
-def opponent(table: pd.DataFrame, curve: pd.DataFrame, alpha: float) -> go.Figure:
-    """Proposition 1: bars of softmax(c/alpha) per candidate; its entropy against alpha."""
+def opponent(table: pd.DataFrame, curve: pd.DataFrame, alpha: float, alpha_run: float | None = None) -> go.Figure:
+    """Proposition 1: bars of softmax(c/alpha) per candidate; its entropy against alpha.
+
+    ``alpha_run`` (the alpha the run trained with, c = alpha_run * log π) only labels the title.
+    """
     colors = [ROLE_COLORS[r] for r in table["role"]]
     current_entropy = float(np.interp(alpha, curve["alpha"], curve["entropy"])) if len(curve) else math.nan
-    layout = _base_layout(f"Opponent π* = softmax(c/α) at α = {alpha:.3g}, c = log π(z|x)", height=340)
+    c_text = "α_run·log π(z|x)" if alpha_run is None else f"{alpha_run:.3g}·log π(z|x)"
+    layout = _base_layout(f"Opponent π* = softmax(c/α) at α = {alpha:.3g}, c = {c_text}", height=340)
     layout.update(_panels(["probability per candidate", "entropy of π* as α moves"], gap=0.14))
     traces = [
         dict(type="bar", 
@@ -631,6 +732,13 @@ def report_figures(runs: dict[str, Any], *, iteration: int | None = None) -> dic
             return iteration if iteration is not None else A.iterations_of(r.examples)[-1]
 
         figs["misalignment"] = misalignment({k: (A.misalignment_table(r.examples, last(r)), methods[k]) for k, r in with_examples.items()}, iteration)
+    if with_examples:
+        figs["vanishing_advantages"] = vanishing_advantages(
+            {k: (A.current_advantage_split(r.examples), methods[k]) for k, r in with_examples.items()},
+            A.historical_advantage_table(with_examples),
+        )
+        ref = {k: r for k, r in with_examples.items() if A.reference_based(methods[k])}
+        figs["reward_margins"] = reward_margins({k: (A.reward_margin_split(r.examples), methods[k]) for k, r in (ref or with_examples).items()})
     if len(runs) > 1:
         table = A.comparison_table(runs)
         figs["run_comparison"] = run_comparison(table, ["score", "current_advantage_mean", "historical_advantage_mean"])

@@ -1,9 +1,18 @@
-"""Advantage decay: per iteration, current and historical advantages of one or more runs.
+"""Advantage decay: what vanishes over the iterations of one or more runs, shown separately.
 
-Shows, side by side for the runs given (e.g. SPIN and T-SPIN): the mean and q10-q90 band of the
-current advantage u and historical advantage v, the share of degenerate pairs (y' == y, y0 == y),
-the task score, the policy's token entropy, and the reward-vs-log-likelihood misalignment scatter
-of the chosen iteration with the share of misaligned examples.
+Per iteration, side by side for the runs given (e.g. the SFT control, SPIN and T-SPIN):
+
+- the share of degenerate pairs (y' == y, and y0 == y), where u and SPIN's margin are 0 by construction;
+- the current advantage u over the non-degenerate pairs (y' != y, with its q10-q90 band) next to u
+  over all pairs, so a mean that falls only because more pairs became degenerate is visible as such;
+- the reward margin r(y) - r(y') after training (runs with a reference-based reward, SPIN and
+  T-SPIN_ref, when any is given: their margins share a scale);
+- the historical advantage v per run beside the SFT control's v (the run of method ``sft``), which
+  shows how far plain training drifts from pi_0 anyway;
+- the task score, the policy's token entropy, and the reward-vs-log-likelihood misalignment
+  scatter of the chosen iteration.
+
+The tables come from ``tspin_kit.analysis``, the figures from ``tspin_kit.figures``.
 """
 
 from __future__ import annotations
@@ -28,8 +37,9 @@ class AdvantageDecay(FigureSlots, W.VBox):
         self.iteration = W.Dropdown(options=[], description="iteration")
         self._slot("decay")
         self._slot("degenerate", width=560)
-        self._slot("score", width=460)
-        self._slot("entropy")
+        self._slot("margin", width=460)
+        self._slot("score", width=560)
+        self._slot("entropy", width=460)
         self._slot("misalignment")
         g = self.errors.guard
         self.stage.observe(g(self._on_stage, "stage"), names=["value"])
@@ -38,8 +48,8 @@ class AdvantageDecay(FigureSlots, W.VBox):
             W.HTML("<h3 style='margin:4px 0'>Advantage decay</h3>"),
             self.stage,
             self._slots["decay"],
-            W.HBox([self._slots["degenerate"], self._slots["score"]]),
-            self._slots["entropy"],
+            W.HBox([self._slots["degenerate"], self._slots["margin"]]),
+            W.HBox([self._slots["score"], self._slots["entropy"]]),
             self.iteration,
             self._slots["misalignment"],
             self.errors.box,
@@ -67,6 +77,8 @@ class AdvantageDecay(FigureSlots, W.VBox):
         m = self._methods()
         runs = self._with_examples()
         self._slots["degenerate"].show(F.degenerate_shares({k: (A.degenerate_shares(r.examples), m[k]) for k, r in runs.items()}))
+        ref = {k: r for k, r in runs.items() if A.reference_based(m[k])}  # margins on one scale
+        self._slots["margin"].show(F.reward_margins({k: (A.reward_margin_split(r.examples), m[k]) for k, r in (ref or runs).items()}))
         self._slots["score"].show(F.scores({k: (A.score_table(r.metrics), m[k]) for k, r in self.runs.items()}, score_name=A.score_name(next(iter(self.runs.values())).metrics) if self.runs else "accuracy"))
         self._slots["entropy"].show(F.token_entropy({k: (A.token_entropy_table(r.metrics, r.examples), m[k]) for k, r in runs.items()}))
         iters = sorted({t for r in runs.values() for t in A.iterations_of(r.examples)})
@@ -83,7 +95,9 @@ class AdvantageDecay(FigureSlots, W.VBox):
     def _on_stage(self, change=None) -> None:
         m = self._methods()
         runs = self._with_examples()
-        self._slots["decay"].show(F.advantage_decay({k: (A.advantage_summary(r.examples, self.stage.value), m[k]) for k, r in runs.items()}, self.stage.value, self.iteration.value))
+        stage = self.stage.value
+        u = {k: (A.current_advantage_split(r.examples, stage), m[k]) for k, r in runs.items()}
+        self._slots["decay"].show(F.vanishing_advantages(u, A.historical_advantage_table(runs, stage), stage, self.iteration.value))
 
     def _on_iteration(self, change=None) -> None:
         if self._quiet:

@@ -131,7 +131,10 @@ class AlphaBetaPanel(FollowsIteration, FigureSlots, W.VBox):
 
     def _load_candidates(self) -> None:
         e, t = self.example.value, self.iteration.value
-        self._candidates = A.candidate_confidences(self.records.examples, t, e, self.stage.value) if e is not None and t is not None else _empty_candidates()
+        if e is None or t is None:
+            self._candidates = _empty_candidates()
+        else:  # c = alpha_run * log pi: the opponent is the policy itself at the alpha the run trained with
+            self._candidates = A.candidate_confidences(self.records.examples, t, e, self.stage.value, alpha_run=A.opponent_alpha(self.records))
 
     def _on_settings(self, change=None) -> None:
         """A slider moved: recompute every dependent figure from the cached tensors."""
@@ -153,7 +156,7 @@ class AlphaBetaPanel(FollowsIteration, FigureSlots, W.VBox):
     def _update_opponent(self) -> None:
         c = self._candidates
         alpha = float(self.alpha.value)
-        self._slots["opponent"].show(F.opponent(A.opponent_table(c, alpha), A.opponent_entropy_curve(c, ENTROPY_ALPHAS), alpha))
+        self._slots["opponent"].show(F.opponent(A.opponent_table(c, alpha), A.opponent_entropy_curve(c, ENTROPY_ALPHAS), alpha, A.opponent_alpha(self.records)))
 
 
 def _help(kind: str, s: dict, t) -> str:
@@ -180,4 +183,4 @@ def _summary_html(s: dict, kind: str, alpha: float, beta: float, lam: float, top
 def _empty_candidates():
     import pandas as pd
 
-    return pd.DataFrame({"candidate": [], "role": [], "text": [], "confidence": np.zeros(0)})
+    return pd.DataFrame({"candidate": [], "role": [], "text": [], "logp": np.zeros(0), "confidence": np.zeros(0)})
