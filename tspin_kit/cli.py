@@ -4,6 +4,8 @@
     tspin resume RUN_DIR               continue a killed run from its last completed phase
     tspin report RUN_DIR [RUN_DIR...]  write a self-contained HTML report
     tspin demo [--seeds 2] [--iterations 10]   the main job on the embedded toy world
+    tspin reproduce [--seeds 3] [--iterations 10] [--quick]   the papers' claims, with intervals and verdicts
+    tspin pi0 --task addition [--ship]  retrain the toy world's pi_0 and compare it with the shipped one
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_report(args) -> int:
+    from .alarms import find_alarms
     from .report import write_report
     from .store import load_run
 
@@ -58,8 +61,16 @@ def cmd_report(args) -> int:
     for d in args.run_dirs:
         r = load_run(d)
         runs[f"{r.label} ({Path(d).name})" if r.label in runs else r.label] = r
+    from .narrate import describe_runs
+
     out = Path(args.out or Path(args.run_dirs[0]) / "report.html")
-    write_report(out, runs, title=args.title or "tspin-kit report")
+    write_report(out, runs, title=args.title or "tspin-kit report", summary=describe_runs(runs))
+    for label, r in runs.items():  # the instability alarms, also listed in the report
+        found = find_alarms(r, label=label)
+        _out(f"alarms of {label}: " + (f"{len(found)}" if found else "none"))
+        for a in found:
+            _out(f"  [{a.severity}] {a.message} ({len(a.example_ids)} triplets: {', '.join(map(str, a.example_ids[:8]))}"
+                 + (" ...)" if len(a.example_ids) > 8 else ")"))
     _out(f"report: {out}")
     return 0
 
@@ -80,6 +91,13 @@ def cmd_demo(args) -> int:
     seconds = time.perf_counter() - t0
     table = C.score_table(records)
     lines = C.verdict(records)
+    first = next(iter(records.values()))
+    pi0 = first.initial.get("pi0", {})
+    if pi0.get("source") == "shipped":
+        _out(f"pi_0: the shipped initial policy (sha256 {pi0['sha256'][:12]}...), accuracy "
+             f"{first.initial['score']:.3f} here, {pi0['shipped_score']:.3f} recorded with the file")
+    else:
+        _out(f"pi_0: {pi0.get('source', 'unknown')} ({pi0.get('folder', '')}), accuracy {first.initial.get('score', float('nan')):.3f}")
     _out(f"\naccuracy on {base.data.eval_size} held-out {args.task} problems (mean over seeds {list(cc.seeds)}), "
          f"score after each iteration:")
     _out(C.format_table(table))
@@ -87,10 +105,67 @@ def cmd_demo(args) -> int:
     for line in lines:
         _out("- " + line)
     runs = {f"{C.LABELS[m]} s{seed}" if len(cc.seeds) > 1 else C.LABELS[m]: r for (m, seed), r in records.items()}
+    from .narrate import describe_runs
+
     path = write_report(Path(args.out) / "report.html", runs, title="tspin-kit demo: SFT vs SPIN vs T-SPIN",
-                        summary=lines, tables={"accuracy per iteration": table})
+                        summary=lines + describe_runs(runs), tables={"accuracy per iteration": table})
     table.to_csv(Path(args.out) / "scores.csv")
     _out(f"\nreport: {path}\nwall time: {seconds:.1f} s")
+    return 0
+
+
+def cmd_pi0(args) -> int:
+    import torch
+
+    from . import toy
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    train, held = toy.default_world_rows(args.task)
+    settings = toy.InitialPolicySettings()
+    t0 = time.perf_counter()
+    model, tok = toy.train_initial_policy(args.task, train, settings, perturb=args.nudge, perturb_seed=1)
+    seconds = time.perf_counter() - t0
+    score = float(sum(toy.heldout_correct(model, tok, args.task, held)) / len(held))
+    _out(f"pi_0 ({args.task}, {len(train)} pairs, {settings.epochs} epochs, lr {settings.lr:g} {settings.schedule}): "
+         f"accuracy {score:.3f} on {len(held)} held-out problems, trained in {seconds:.0f} s")
+    shipped = toy.shipped_info(args.task)
+    if shipped is not None:
+        _out(f"shipped pi_0: accuracy {shipped['score']:.3f} (made {shipped['made']['date']} on "
+             f"{shipped['made']['machine']['cpu']}); this retraining is {100 * (score - shipped['score']):+.1f} points away")
+    if args.ship:
+        path = toy.ship_policy(args.task, model, score, command=f"tspin pi0 --task {args.task} --ship")
+        _out(f"shipped: {path} (sha256 {toy.shipped_info(args.task)['sha256'][:16]}...)")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import ReproduceConfig, command_line, reproduce
+
+    rc = ReproduceConfig(seeds=args.seeds, iterations=args.iterations, task=args.task, out_dir=args.out,
+                         runs_dir=args.runs_dir, workers=args.workers, bootstrap=args.bootstrap, quick=args.quick)
+    result = reproduce(rc, command=command_line(args.argv), echo=_out)
+    _out("")
+    for c in result["claims"]:
+        _out(f"({c['id']}) {c['text']}: {c['verdict'].upper()}")
+    _out(f"\n{Path(args.out) / 'claims.md'}\n{Path(args.out) / 'reproduce.html'}\nwall time: {result['wall_seconds']:.0f} s")
+    return 0
+
+
+def cmd_render_results(args) -> int:
+    """Rewrite the generated results blocks (README.md, docs/results.md) and claims.md/HTML from the JSON."""
+    import json
+
+    from .reproduce import write_outputs
+    from .reproduce_render import RESULT_FILES, render_section, replace_section
+
+    path = Path(args.json)
+    result = json.loads(path.read_text())
+    write_outputs(result, path.parent)
+    for name, prefix in RESULT_FILES.items():
+        f = Path(args.root) / name
+        f.write_text(replace_section(f.read_text(), render_section(result), docs_prefix=prefix))
+        _out(f"rendered: {f}")
     return 0
 
 
@@ -117,11 +192,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="demo_output")
     r.add_argument("--fresh", action="store_true", help="delete earlier runs in --out first (else they are resumed)")
     r.set_defaults(fn=cmd_demo)
+    r = sub.add_parser("reproduce", help="the papers' claims on the toy world: methods x seeds x iterations, verdicts")
+    r.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
+    r.add_argument("--iterations", type=int, default=10)
+    r.add_argument("--task", choices=["addition", "scratchpad"], default="addition")
+    r.add_argument("--quick", action="store_true", help="2 seeds x 2 iterations, 400 bootstrap draws (a smoke test)")
+    r.add_argument("--out", default="reproduce_output", help="where reproduce.json, claims.md, reproduce.html go")
+    r.add_argument("--runs-dir", help="where the run folders go (default: OUT/runs); existing runs are resumed")
+    r.add_argument("--workers", type=int, help="parallel runs (default: one per CPU core)")
+    r.add_argument("--bootstrap", type=int, default=2000, help="bootstrap draws for the intervals")
+    r.set_defaults(fn=cmd_reproduce)
+    r = sub.add_parser("render-results", help="rewrite README.md/docs results blocks from a reproduce.json")
+    r.add_argument("--json", default="docs/reproduce/reproduce.json")
+    r.add_argument("--root", default=".", help="the repository root")
+    r.set_defaults(fn=cmd_render_results)
+    r = sub.add_parser("pi0", help="retrain a toy world's pi_0 with the shipped recipe; --ship replaces the shipped one")
+    r.add_argument("--task", choices=["addition", "scratchpad"], default="addition")
+    r.add_argument("--ship", action="store_true", help="write it into the package (tspin_kit/assets/pi0/)")
+    r.add_argument("--threads", type=int, help="torch threads")
+    r.add_argument("--nudge", type=float, default=0.0,
+                   help="multiply the initial weights by 1 + NUDGE * N(0,1), to see how far another machine could land")
+    r.set_defaults(fn=cmd_pi0)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     if not sys.stderr.isatty():  # bars in a CI log are noise; TSPIN_PROGRESS=1 brings them back
         os.environ.setdefault("TSPIN_PROGRESS", "0")
     if os.environ.get("TSPIN_PROGRESS") == "0":  # transformers' own bars (saving/loading weights) too
