@@ -32,8 +32,9 @@ test-fast: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
+# the "tspin" Voila template (widgets/share/voila/templates/tspin) is the lab one without CDN links
 dashboard: $(STAMP)
-	$(BIN)/voila notebooks/dashboard.ipynb
+	JUPYTER_PATH=$(CURDIR)/widgets/share $(BIN)/voila --template=tspin notebooks/dashboard.ipynb
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e '.[dev,bench]'

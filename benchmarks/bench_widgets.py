@@ -9,9 +9,15 @@ The run directory is made by ``tests/records_builder.py`` (5 iterations x 10,000
 per-token log-prob lists) in the store's layout and read with the engine's ``load_run``. A second
 case puts all 50,000 triplets in one iteration, so a slider recomputes 50,000 examples at once.
 
-    python benchmarks/bench_widgets.py [--repeats 7] [--json out.json]
+    python benchmarks/bench_widgets.py [--repeats 7] [--quick] [--json out.json]
 
-Prints one JSON object, then a table. Each number is the median of ``--repeats`` runs.
+Prints one line of JSON first (with "machine" and "targets", each target {"target", "value", "met"}),
+then a table, the machine line and the met flags. Each number is the median of ``--repeats`` runs.
+Triplet table rows (``widgets/table_view.py``): a header click on a column not sorted before (sort
+cache dropped), a search (first one also builds the text index), a page click, a row click that
+opens the triplet's detail; all in the kernel, the page of 25 formatted rows included.
+"Widget" timings include serialising every redrawn figure to the JSON the browser receives
+(``widgets.plotly_view.PlotlyView.show``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+import _common as C
 import numpy as np
 from records_builder import build_records, write_run_dir
 
@@ -36,7 +43,7 @@ from tspin_kit import analysis as A
 from tspin_kit import figures as F
 from tspin_kit import load_run
 
-TARGETS_MS = {"slider": 50.0, "iteration": 200.0, "open": 2000.0}
+TARGETS_MS = {"slider": 50.0, "iteration": 200.0, "open": 2000.0, "table": 100.0}
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -93,6 +100,41 @@ def bench_case(name: str, records, run_dir: Path, repeats: int) -> dict:
     out["beta_widget_ms"] = median_ms(lambda: setattr(panel.beta, "value", betas()), repeats)
     assert not panel.errors.errors, panel.errors.errors
 
+    # the triplet table (widgets/table_view.py) over every triplet of the last iteration: what one
+    # header click, search keystroke burst or page click costs in the kernel, page sent included
+    tbl = Wd.TripletBrowser(records)
+    g = tbl.grid
+    out["table_rows"] = g.n_total
+    sorts = cycle([("loss", False), ("loss", True), ("reward_margin", False), ("historical_advantage", True)])
+
+    def sort_fresh():  # a column not sorted before: the argsort itself (the cache is dropped)
+        g._order.clear()
+        g.sort_by, g.descending = sorts()
+
+    out["table_sort_numeric_ms"] = median_ms(sort_fresh, repeats)
+    texts = cycle([("synthetic", False), ("prompt", True), ("annotated", False)])
+
+    def sort_text():
+        g._order.clear()
+        g.sort_by, g.descending = texts()
+
+    out["table_sort_text_ms"] = median_ms(sort_text, repeats)
+    g.sort_by, g.descending = "current_advantage", False
+    words = [str(v) for v in records.examples["prompt"].iloc[:50:7]]
+    queries = cycle(words)
+
+    def search_first():  # the first search after new data also builds the lower-cased text index
+        g._haystack, g._mask = None, None
+        g.query = queries()
+
+    out["table_search_first_ms"] = median_ms(search_first, repeats)
+    out["table_search_ms"] = median_ms(lambda: setattr(g, "query", queries()), repeats)
+    g.query = ""
+    pages = cycle([1, 500, 1000, 1500, 1999, 7])
+    out["table_page_ms"] = median_ms(lambda: setattr(g, "page", min(pages(), g.n_pages - 1)), repeats)
+    out["table_row_click_ms"] = median_ms(lambda: g.click_row(g.rows[len(g.rows) // 2]["key"]), repeats)
+    assert not tbl.errors.errors, tbl.errors.errors
+
     # switching iteration (every widget that has an iteration control)
     if len(iters) > 1:
         its = cycle(iters)
@@ -108,8 +150,11 @@ def bench_case(name: str, records, run_dir: Path, repeats: int) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--quick", action="store_true", help="CI smoke: 2 repeats")
     p.add_argument("--json", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
+    if args.quick:
+        args.repeats = 2
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -120,8 +165,20 @@ def main(argv=None) -> int:
         results.append(bench_case("5 iterations x 10,000", five, write_run_dir(five, Path(tmp) / "five"), args.repeats))
         results.append(bench_case("1 iteration x 50,000", one, write_run_dir(one, Path(tmp) / "one"), args.repeats))
 
-    report = {"repeats": args.repeats, "targets_ms": TARGETS_MS, "records_build_s": round(build_s, 1), "results": results}
-    print(json.dumps(report, indent=1))
+    one_case = results[-1]
+    targets = [
+        C.target("alpha move, widget, 50k triplets in one iteration (ms)", one_case["alpha_widget_ms"], "<=", TARGETS_MS["slider"]),
+        C.target("beta move, widget, 50k triplets in one iteration (ms)", one_case["beta_widget_ms"], "<=", TARGETS_MS["slider"]),
+    ]
+    for key in ("table_sort_numeric_ms", "table_sort_text_ms", "table_search_first_ms", "table_search_ms", "table_page_ms", "table_row_click_ms"):
+        targets.append(C.target(f"triplet table: {key} [{one_case['case']}]", one_case[key], "<=", TARGETS_MS["table"]))
+    for r in results:
+        for key in ("iteration_alpha_beta_panel_ms", "iteration_triplet_browser_ms", "iteration_dashboard_ms"):
+            if key in r:
+                targets.append(C.target(f"{key} [{r['case']}]", r[key], "<=", TARGETS_MS["iteration"]))
+        targets.append(C.target(f"open_dashboard_ms [{r['case']}]", r["open_dashboard_ms"], "<=", TARGETS_MS["open"]))
+    report = {"machine": C.machine_info(), "repeats": args.repeats, "targets_ms": TARGETS_MS, "records_build_s": round(build_s, 1),
+              "results": results, "targets": targets}
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 
@@ -133,17 +190,22 @@ def main(argv=None) -> int:
         ("alpha move, compute only", "alpha_compute_ms", "slider"),
         ("alpha move, widget", "alpha_widget_ms", "slider"),
         ("beta move, widget", "beta_widget_ms", "slider"),
+        ("table: sort, numeric column", "table_sort_numeric_ms", "table"),
+        ("table: sort, text column", "table_sort_text_ms", "table"),
+        ("table: first search (+index)", "table_search_first_ms", "table"),
+        ("table: search", "table_search_ms", "table"),
+        ("table: page", "table_page_ms", "table"),
+        ("table: row click -> detail", "table_row_click_ms", "table"),
         ("iteration: AlphaBetaPanel", "iteration_alpha_beta_panel_ms", "iteration"),
         ("iteration: TripletBrowser", "iteration_triplet_browser_ms", "iteration"),
         ("iteration: Dashboard", "iteration_dashboard_ms", "iteration"),
     ]
-    print()
     header = f"{'measure (median ms)':32s}" + "".join(f"{r['case']:>24s}" for r in results) + f"{'target':>10s}"
-    print(header)
-    print("-" * len(header))
+    lines = [header, "-" * len(header)]
     for label, key, target in rows:
         cells = "".join(f"{r[key]:>24.1f}" if key in r else f"{'–':>24s}" for r in results)
-        print(f"{label:32s}{cells}{TARGETS_MS[target]:>10.0f}")
+        lines.append(f"{label:32s}{cells}{TARGETS_MS[target]:>10.0f}")
+    C.emit(report, "\n".join(lines))
     return 0
 
 

@@ -131,16 +131,107 @@ def test_callback_errors_are_shown_not_swallowed(tspin, monkeypatch):
 # --------------------------------------------------------------------------- triplets
 
 
+def test_triplet_table_pages_sorts_searches_over_every_triplet():
+    big = build_records("tspin", n_examples=1200, n_iterations=1, seed=3, token_lists=False)
+    tb = Wd.TripletBrowser(big)
+    g = tb.grid
+    base = A.triplet_table(big.examples, 0)
+    assert g.n_total == g.n_matched == 1200 and len(g.rows) == 25 and g.page == 0
+    assert [r["key"] for r in g.rows] == base["example_id"].head(25).tolist()  # u ascending, as the controls say
+    g.page = 47  # the last page
+    assert g.page == 47 and [r["key"] for r in g.rows] == base["example_id"].iloc[1175:].tolist()
+    g.page = 999  # past the end: clamped to the last page
+    assert g.page == 47
+    g.sort_by, g.descending = "loss", True  # a header click (twice): page 1 again
+    want = base.sort_values("loss", ascending=False, kind="stable")["example_id"]
+    assert g.page == 0 and [r["key"] for r in g.rows] == want.head(25).tolist()
+    assert (tb.sort_by.value, tb.descending.value) == ("loss", True)  # the sort controls follow
+    g.sort_by, g.descending = "synthetic", False  # a text column: not among the sort controls, they keep theirs
+    assert tb.sort_by.value == "loss"
+    assert [r["cells"][3].lower() for r in g.rows] == sorted(base["synthetic"].astype(str).str.lower())[:25]
+    prompt = str(base["prompt"].iloc[7])
+    g.query = prompt.upper()  # case-insensitive, over x, y, y', y0 and the id
+    hits = base[(base["prompt"].astype(str) + "|" + base["annotated"].astype(str) + "|" + base["synthetic"].astype(str) + "|"
+                 + base["proto"].astype(str) + "|" + base["example_id"].astype(str)).str.lower().str.contains(prompt.lower(), regex=False)]
+    assert 0 < g.n_matched == len(hits) < 1200 and set(g.matching()["example_id"]) == set(hits["example_id"])
+    g.query = "no-such-text"
+    assert g.n_matched == 0 and g.rows == [] and g.page == 0
+    g.query = ""
+    assert g.n_matched == 1200
+    assert tb.export_table()["example_id"].tolist() == g.matching()["example_id"].tolist()
+    assert tb.errors.errors == []
+
+
+def test_triplet_table_row_click_opens_the_triplet_even_far_down():
+    big = build_records("tspin", n_examples=1200, n_iterations=1, seed=3, token_lists=False)
+    tb = Wd.TripletBrowser(big)
+    tb.grid.page = 40  # rows 1000-1024: past the 500 the triplet dropdown lists
+    key = tb.grid.rows[3]["key"]
+    assert key not in [v for _, v in tb.example.options][1:]
+    tb.grid.click_row(key)  # what the row's click in the page sends
+    assert tb.example.value == key and f"example {key}, iteration 0" in tb.detail_html.value
+    assert tb.grid.page == 40  # the table stays where it was
+    with pytest.raises(KeyError):
+        tb.open_example(10**6)
+    assert tb.errors.errors == []
+
+
+def test_every_view_exports_its_table_and_a_standalone_offline_figure(tspin, spin, tmp_path):
+    views = {
+        "triplets": Wd.TripletBrowser(tspin),
+        "alpha-beta": Wd.AlphaBetaPanel(tspin),
+        "advantages": Wd.AdvantageDecay({"SPIN": spin, "T-SPIN": tspin}),
+        "comparison": Wd.RunComparison({"SPIN": spin, "T-SPIN": tspin}),
+        "dashboard": Wd.Dashboard(tspin),
+    }
+    plotly_js = (Path(__import__("plotly").__file__).parent / "package_data" / "plotly.min.js").read_text()[:2000]
+    for name, view in views.items():
+        bar = view.export
+        assert bar in view.children, name
+        csv = bar.save("csv", tmp_path)
+        assert csv.name == f"tspin-{name}.csv"
+        df = __import__("pandas").read_csv(csv)
+        assert len(df) > 0, name
+        page = bar.save("html", tmp_path).read_text()
+        assert plotly_js in page, f"{name}: plotly.js not inlined"
+        assert not __import__("re").search(r"<(script|link)[^>]*(src|href)=", page), f"{name}: the HTML loads something"
+        titles = [s.figure.layout.title.text for s in view._slots.values() if s.figure is not None]
+        import json as _json
+
+        drawn = {_json.loads(m) for m in __import__("re").findall(r'"title":\{"text":("(?:[^"\\]|\\.)*")', page)}
+        assert titles and set(titles) <= drawn, (name, set(titles) - drawn)
+    tb = views["triplets"]
+    tb.grid.query = str(tb.table["prompt"].iloc[0])
+    assert len(__import__("pandas").read_csv(tb.export.save("csv", tmp_path))) == tb.grid.n_matched  # the table as shown
+    assert len(views["alpha-beta"].export.csv_bytes().splitlines()) == len(views["alpha-beta"].table) + 1
+
+
+def test_export_click_sends_the_file_and_reports_failures():
+    from widgets.export import ExportBar
+
+    sent = []
+    bar = ExportBar("empty", table=lambda: None, figures=list)
+    bar.send = lambda content, buffers=None: sent.append((content, buffers))
+    bar._on_msg(bar, {"event": "export", "kind": "csv"}, [])
+    assert "no table" in sent[-1][0]["error"]
+    import pandas as pd
+
+    bar._table = lambda: pd.DataFrame({"a": [1, 2]})
+    bar._on_msg(bar, {"event": "export", "kind": "csv"}, [])
+    content, buffers = sent[-1]
+    assert content == {"event": "file", "name": "tspin-empty.csv", "mime": "text/csv"} and buffers[0] == b"a\n1\n2\n"
+
+
 def test_triplet_browser_filters_sort_and_detail(tspin):
     tb = Wd.TripletBrowser(tspin)
     n = int((tspin.examples["iteration"] == 2).sum())
-    assert len(tb.table) == n and "tspin-triplet-table" in tb.table_html.value
-    tb.correct.value = False
+    assert len(tb.table) == n and tb.grid.table_id == "tspin-triplet-table" and tb.grid.n_total == n
+    tb.correct.value = "incorrect"
     assert not tb.table["synthetic_correct"].any()
-    tb.correct.value = None
-    tb.synthetic_equals_annotated.value = True
+    tb.correct.value = "any"
+    tb.synthetic_equals_annotated.value = "yes"
     assert tb.table["synthetic_equals_annotated"].all() and len(tb.table) < n
-    tb.synthetic_equals_annotated.value = None
+    tb.synthetic_equals_annotated.value = "any"
     tb.sort_by.value = "historical_advantage"
     tb.descending.value = True
     assert tb.table["historical_advantage"].is_monotonic_decreasing
@@ -172,17 +263,17 @@ def test_triplet_browser_iteration_switch_resets_ranges(tspin):
 
 def test_triplet_browser_with_no_match(tspin):
     tb = Wd.TripletBrowser(tspin)
-    tb.proto_equals_annotated.value = True
-    tb.synthetic_equals_annotated.value = False
-    tb.correct.value = True  # y' correct but not equal to y: impossible in the addition world
+    tb.proto_equals_annotated.value = "yes"
+    tb.synthetic_equals_annotated.value = "no"
+    tb.correct.value = "correct"  # y' correct but not equal to y: impossible in the addition world
     assert tb.table.empty and "No triplet" in tb.detail_html.value and tb.errors.errors == []
 
 
 def test_triplet_browser_show_filters_to_example_ids(tspin):
     tb = Wd.TripletBrowser(tspin)
-    tb.correct.value = True  # show() clears filters that could hide the chosen triplets
+    tb.correct.value = "correct"  # show() clears filters that could hide the chosen triplets
     tb.show(1, [9, 3, 5], note="three of them")
-    assert tb.iteration.value == 1 and tb.correct.value is None
+    assert tb.iteration.value == 1 and tb.correct.value == "any"
     assert sorted(tb.table["example_id"]) == [3, 5, 9] and tb.example.value == 9  # the first id in detail
     assert "data-count='3'" in tb.ids_html.value and "three of them" in tb.ids_html.value
     assert "example 9, iteration 1" in tb.detail_html.value
@@ -384,7 +475,9 @@ def test_dashboard_drives_a_live_session_in_the_background(tspin):
     assert session.calls == ["prepare", "generate", "train", "evaluate"]
     assert d.progress.value == d.progress.max == 4
     assert "step done" in d.status.value and "next phase: <b>generate</b>" in d.status.value
-    assert d.iteration.max == 0 and not d.iteration.disabled and "data-iteration='0'" in d.iteration_html.value
+    # one finished iteration: the slider cannot move, and the hint says why and what to click
+    assert d.iteration.max == 0 and d.iteration.disabled and "data-iteration='0'" in d.iteration_html.value
+    assert "data-count='1'" in d.iteration_hint.value and "Whole step" in d.iteration_hint.value
     assert triplets.iteration.options == (0,) and len(triplets.table) == 120
     assert panel.iteration.value == 0 and panel.table is not None
 
@@ -479,3 +572,118 @@ def test_dashboard_shows_a_real_sessions_error(tmp_path):
     assert len(d.errors.errors) == 1 and "missing.jsonl" in d.errors.errors[0]
     assert "prepare failed" in d.errors.banner.value
     assert not d.buttons["prepare"].disabled
+
+
+# --------------------------------------------------------------------------- issue 8 (workshop room)
+def test_second_whole_step_click_while_one_runs_is_queued_not_dropped(tspin):
+    session = FakeSession(tspin, iterations=3)
+    d = Wd.Dashboard(session)
+    d.run_phase("prepare")
+    assert d.wait(5)
+    session.gate = threading.Event()  # hold the first step open
+    d.run_phase("step")
+    d.run_phase("step")  # clicked while the first runs (or right after its "done")
+    assert "queued" in d.status.value
+    session.gate.set()
+    assert d.wait(10)
+    assert session.calls == ["prepare"] + ["generate", "train", "evaluate"] * 2
+    assert d.iteration.max == 1 and not d.iteration.disabled and not d.buttons["step"].disabled
+    assert not d.errors.errors
+
+
+def test_plot_view_sends_the_whole_figure_and_keeps_category_axes(tspin):
+    panel = Wd.AlphaBetaPanel(tspin)
+    view = panel._slots["drivers"].view
+    rev = view.revision
+    panel.alpha.value = 0.5
+    assert view.revision == rev + 1
+    fig = view.figure_dict()  # exactly what the browser receives, every trace and the whole layout
+    assert fig["layout"]["yaxis"]["type"] == "category" and fig["layout"]["title"]["text"] == panel.drivers_fig.layout.title.text
+    assert len(fig["data"]) == 2 and fig["data"][0]["y"] == [f"#{int(e)}" for e in A.top_drivers(panel.table)["example_id"]]
+    weights = panel._slots["weights"].view.figure_dict()
+    assert "α = 0.5" in weights["layout"]["title"]["text"]
+    # one plotly.js for every view of the kernel, and no view carries a bundle of its own
+    views = [s.view for s in panel._slots.values()]
+    assert len({id(v.library) for v in views}) == 1 and len(views[0].library.source) > 1_000_000
+    assert all(len(v._esm) < 20_000 for v in views)
+
+
+def test_plot_view_click_reaches_python(tspin):
+    view = Wd.plotly_view.PlotlyView(F.top_drivers(A.top_drivers(A.recompute_losses(A.loss_inputs(tspin.examples, 0, "before"), kind="tspin", alpha=1.0, beta=0.1))))
+    got = []
+    view.on_click(got.append)
+    view._on_msg(view, {"event": "click", "curve": 0, "point": 3, "customdata": 17, "x": 0.5, "y": "#17"}, [])
+    assert got and got[0]["customdata"] == 17
+
+
+def test_triplet_filters_show_any_not_blank(tspin):
+    tb = Wd.TripletBrowser(tspin)
+    for w in (tb.correct, tb.synthetic_equals_annotated, tb.proto_equals_annotated):
+        assert w.value == "any" and w.label == "any" and w.index == 0
+
+
+def test_every_control_has_a_tooltip(tspin):
+    import ipywidgets as W
+
+    views = [Wd.AlphaBetaPanel(tspin), Wd.TripletBrowser(tspin), Wd.AdvantageDecay(tspin), Wd.Dashboard(FakeSession(tspin)), Wd.RunComparison([tspin, tspin])]
+    missing = []
+    for v in views:
+        stack = [v]
+        while stack:
+            w = stack.pop()
+            stack.extend(getattr(w, "children", ()))
+            if isinstance(w, (W.ValueWidget, W.Button)) and not isinstance(w, (W.HTML, W.Output)) and not getattr(w, "tooltip", None):
+                missing.append(f"{type(v).__name__}.{type(w).__name__}({getattr(w, 'description', '')!r})")
+    assert not missing, missing
+
+
+def test_progress_is_one_line_per_phase_in_a_notebook(monkeypatch):
+    from tspin_kit import progress
+
+    shown = []
+
+    class Handle:
+        def update(self, obj):
+            shown.append(("update", str(obj.data)))
+
+    monkeypatch.delenv("TSPIN_PROGRESS", raising=False)
+    monkeypatch.setattr(progress, "in_notebook", lambda: True)
+    monkeypatch.setattr("IPython.display.display", lambda obj, display_id=None: shown.append(("display", str(obj.data))) or Handle())
+    b = progress.bar(10, "generate")
+    for _ in range(10):
+        b.update(1)
+    b.close()
+    assert [k for k, _ in shown].count("display") == 1 and shown[-1][1].startswith("generate: 10/10 in ")
+    with progress.quiet():
+        assert isinstance(progress.bar(5, "train"), progress._Off)
+    from transformers.utils import logging as hf_logging
+
+    assert not hf_logging.is_progress_bar_enabled()  # "Loading weights" / "Writing model shards" silenced
+
+
+def test_empty_and_accuracy_axes_say_what_they_show(tspin):
+    import pandas as pd
+
+    empty = F.scores({"T-SPIN": (pd.DataFrame({"policy": [], "score": []}), "tspin")})
+    assert list(empty.layout.yaxis.range) == list(F.ACCURACY_RANGE) and list(empty.layout.xaxis.range) == [0, 1]
+    assert "press Prepare" in empty.layout.annotations[0].text
+    table = A.comparison_table({"a": tspin, "b": tspin})
+    fig = F.run_comparison(table, ["score"])
+    assert list(fig.layout.yaxis.range) == list(F.ACCURACY_RANGE)
+    a, b = fig.data  # identical runs stay distinguishable
+    assert a.marker.symbol != b.marker.symbol and a.line.width > b.line.width and a.line.dash != b.line.dash
+    assert fig.layout.title.text != "Run comparison"  # the widget heading says that already
+
+
+def test_clicking_a_point_or_bar_opens_that_triplet(tspin, spin):
+    panel = Wd.AlphaBetaPanel(tspin)
+    e = int(A.top_drivers(panel.table)["example_id"].iloc[2])
+    panel._slots["drivers"].view.click({"curve": 0, "point": 2, "customdata": e, "x": 0.4, "y": f"#{e}"})
+    assert panel.triplets is not None and panel.triplets.example.value == e and list(panel.triplets.table["example_id"]) == [e]
+    assert f"example {e}, iteration {panel.iteration.value}" in panel.triplets.detail_html.value
+    w = Wd.AdvantageDecay({"T-SPIN": tspin, "SPIN": spin})
+    w._slots["misalignment"].view.click({"curve": 2, "point": 0, "customdata": 7})  # second panel: SPIN
+    assert w.triplets.records is spin and w.triplets.example.value == 7
+    tabs = Wd.workshop_tabs(FakeSession(tspin), tspin)
+    tabs.children[3]._slots["weights"].view.click({"curve": 0, "point": 0, "customdata": 11})
+    assert tabs.selected_index == 1 and tabs.children[1].example.value == 11

@@ -401,10 +401,26 @@ def scores(tables: dict[str, tuple[pd.DataFrame, str]], marker_iteration: int | 
     traces = _run_lines(tables, "policy", "score", "π_%{x}: %{y:.3f}")
     layout = _base_layout("Task score per policy (π_0 = starting model)", height=320)
     layout["xaxis"] = _iteration_axis("policy π_t (iterations trained)")
-    layout["yaxis"] = {"title": {"text": score_axis_title(score_name)}, **({"rangemode": "tozero"} if score_name == "accuracy" else {})}
+    layout["yaxis"] = {"title": {"text": score_axis_title(score_name)}}
+    if score_name == "accuracy":  # a share: always its whole 0-1 range, never autoranged past it
+        layout["yaxis"]["range"] = list(ACCURACY_RANGE)
+    if not any(len(t) for t, _ in tables.values()):
+        _empty_state(layout, "no policy scored yet: press Prepare (scores π_0), then Whole step")
     if marker_iteration is not None:
         layout["shapes"] = [{"type": "line", "xref": "x", "yref": "y domain", "x0": marker_iteration + 1, "x1": marker_iteration + 1, "y0": 0, "y1": 1, "line": {"color": "#888", "dash": "dot"}}]
     return _figure(traces, layout)
+
+
+ACCURACY_RANGE = (-0.03, 1.03)
+
+
+def _empty_state(layout: dict, message: str) -> None:
+    """No data yet: a fixed 0-1 iteration axis and a sentence saying what to do, not a stray 0-4 axis."""
+    layout["xaxis"] = {**layout.get("xaxis", {}), "range": [0, 1], "dtick": 1}
+    layout.setdefault("annotations", []).append(
+        {"text": message, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "showarrow": False, "font": {"size": 13, "color": "#666"}}
+    )
+
 
 
 def misalignment(tables: dict[str, tuple[pd.DataFrame, str]], iteration: int | None = None) -> go.Figure:
@@ -585,8 +601,10 @@ def top_drivers(top: pd.DataFrame) -> go.Figure:
     """Stacked bars of w_cur and w_hist for the examples that drive the update most."""
     y = [f"#{int(e)}" for e in top["example_id"]]
     traces = [
-        dict(type="bar", y=y, x=top["weight_current"], orientation="h", name="current weight", marker={"color": ADVANTAGE_COLORS["current"]}),
-        dict(type="bar", y=y, x=top["weight_historical"], orientation="h", name="historical weight", marker={"color": ADVANTAGE_COLORS["historical"]}),
+        dict(type="bar", y=y, x=top["weight_current"], orientation="h", name="current weight", marker={"color": ADVANTAGE_COLORS["current"]},
+             customdata=top["example_id"].to_numpy()),
+        dict(type="bar", y=y, x=top["weight_historical"], orientation="h", name="historical weight", marker={"color": ADVANTAGE_COLORS["historical"]},
+             customdata=top["example_id"].to_numpy()),
     ]
     layout = _base_layout("Examples that drive the update most", height=360, barmode="stack")
     layout["xaxis"] = {"title": {"text": "gradient weight w_cur + w_hist"}}
@@ -675,18 +693,22 @@ _METRIC_AXES = {
 }
 
 
+_RUN_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+_RUN_SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "cross")
+
+
 def run_comparison(table: pd.DataFrame, metrics: list[str], runs: list[str] | None = None) -> go.Figure:
     """Several runs on common axes: one panel per metric (``analysis.comparison_table``)."""
     runs = runs if runs is not None else list(dict.fromkeys(table["run"]))
     methods = [table.loc[table["run"] == r, "method"].iloc[0] if (table["run"] == r).any() else "" for r in runs]
     colors = _run_colors(runs, methods)
     metrics = list(metrics) or ["score"]
-    layout = _base_layout("Run comparison", height=360)
+    layout = _base_layout("Runs on common axes: " + ", ".join(_METRIC_AXES.get(m, (m,))[0] for m in metrics[:3]), height=360)
     layout.update(_panels([m.replace("_", " ") for m in metrics], gap=0.12 if len(metrics) > 1 else 0.0))
     traces = []
     for i, metric in enumerate(metrics):
         xa, ya = _ax(i)
-        for run in runs:
+        for k, run in enumerate(runs):
             t = table[(table["run"] == run) & (table["metric"] == metric)].sort_values("x")
             traces.append(
                 dict(type="scatter", 
@@ -696,7 +718,10 @@ def run_comparison(table: pd.DataFrame, metrics: list[str], runs: list[str] | No
                     name=run,
                     legendgroup=run,
                     showlegend=i == 0,
-                    line={"color": colors[run], "width": 2},
+                    # runs that coincide stay visible: earlier runs wider and with larger markers
+                    # underneath, each run its own marker symbol and dash
+                    line={"color": colors[run], "width": max(1.5, 5 - 1.2 * k), "dash": _RUN_DASHES[k % len(_RUN_DASHES)]},
+                    marker={"symbol": _RUN_SYMBOLS[k % len(_RUN_SYMBOLS)], "size": max(6, 13 - 2 * k)},
                     hovertemplate="%{x}: %{y:.3f}<extra>" + run + "</extra>",
                     xaxis=xa,
                     yaxis=ya,
@@ -708,6 +733,9 @@ def run_comparison(table: pd.DataFrame, metrics: list[str], runs: list[str] | No
         layout[f"yaxis{sfx}"].update({"title": {"text": ytitle}})
         if "share" in metric:
             layout[f"yaxis{sfx}"]["tickformat"] = ".0%"
+        vals = table.loc[table["metric"] == metric, "value"].to_numpy(dtype=float)
+        if metric == "score" and len(vals) and np.nanmin(vals) >= 0 and np.nanmax(vals) <= 1:
+            layout[f"yaxis{sfx}"]["range"] = list(ACCURACY_RANGE)  # an accuracy never autoranges to -1
     return _figure(traces, layout)
 
 

@@ -9,5 +9,6 @@ from .alpha_beta import AlphaBetaPanel
 from .compare import RunComparison
 from .dashboard import Dashboard
 from .triplets import TripletBrowser
+from .workshop import workshop_tabs
 
-__all__ = ["AdvantageDecay", "AlphaBetaPanel", "Dashboard", "RunComparison", "TripletBrowser"]
+__all__ = ["AdvantageDecay", "AlphaBetaPanel", "Dashboard", "RunComparison", "TripletBrowser", "workshop_tabs"]

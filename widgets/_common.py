@@ -6,8 +6,9 @@
 - ``ErrorLog``: ipywidgets swallows exceptions raised in ``observe`` callbacks (they only reach the
   kernel log). Every callback here runs through ``ErrorLog.guard``, which shows the error in a
   visible banner and the traceback in an ``Output`` widget, and keeps it in ``errors`` for tests.
-- ``sync_figure``: copies a freshly built ``go.Figure`` into a displayed ``FigureWidget`` in one
-  batched message, so the figures module stays the single place that knows how a figure looks.
+- ``FigureSlot``: one ``PlotlyView`` (``plotly_view.py``: why not ``go.FigureWidget``) that is sent
+  the whole freshly built ``go.Figure`` on every change, so the figures module stays the single
+  place that knows how a figure looks and the browser never depends on partial updates.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Any
 import ipywidgets as W
 import numpy as np
 import plotly.graph_objects as go
-from traitlets import validate
+
+from .plotly_view import PlotlyView
 
 PHASES = ("prepare", "generate", "train", "evaluate", "step")
 
@@ -119,102 +121,46 @@ class ErrorLog:
         return wrapper
 
 
-class StickyFigureWidget(go.FigureWidget):
-    """``go.FigureWidget`` whose Python->JS edit messages are not reset to None after sending.
+class FigureSlot(W.VBox):
+    """A box holding one ``PlotlyView`` that ``show(fig)`` keeps up to date (whole figure each time).
 
-    plotly sends each edit as ``self._py2js_update = msg`` then ``self._py2js_update = None``, and
-    its JavaScript handler reads ``model.get("_py2js_update")`` when the change event runs, so if
-    both state updates land before the handler runs it reads None and drops the edit. Keeping the
-    last message (each carries a fresh edit id, so the next one still changes the value) closes
-    that window. Found by reading plotly's widget bundle while chasing Voila figures that did not
-    follow a slider; the failures seen there also came with "[anywidget] Failed to initialize
-    model" on busy machines with many FigureWidgets, which this does not fix.
-    """
-
-    @validate("_py2js_update", "_py2js_restyle", "_py2js_relayout", "_py2js_addTraces", "_py2js_deleteTraces", "_py2js_animate")
-    def _keep_last_message(self, proposal):
-        value = proposal["value"]
-        return getattr(self, proposal["trait"].name) if value is None else value
-
-
-class FigureSlot(W.Box):
-    """A box holding one ``FigureWidget`` that ``show(fig)`` keeps up to date.
-
-    Same trace/layout structure: the widget is updated in place (``sync_figure``). A different
-    structure (traces added or removed): a new ``FigureWidget`` is built from ``fig`` and swapped
-    in. Deleting and adding traces on a FigureWidget that has no view yet (still being built in
-    the constructor) left it blank in Voila ("[anywidget] Failed to initialize model"); a fresh
-    widget always starts from its full state.
+    ``figure`` is the ``go.Figure`` shown (None until the first ``show``); ``view`` the widget.
+    ``width``: a fixed pixel width; by default the figure fills its container and resizes with it
+    (two figures side by side sit in a wrapping row, ``figure_row``, so neither is cut off).
     """
 
     def __init__(self, fig: go.Figure | None = None, width: int | None = None, **kwargs):
+        kwargs.setdefault("layout", W.Layout(width="100%", min_width="0", align_items="stretch"))
         super().__init__(**kwargs)
-        self.width = width
-        self.figure = None  # built by the first show(): no placeholder model that later gets replaced
+        self.view = PlotlyView(width=int(width or 0))
+        self.children = (self.view,)
         if fig is not None:
             self.show(fig)
 
-    def _make(self, fig: go.Figure) -> go.FigureWidget:
-        if self.width:
-            fig.layout.width = self.width
-        return StickyFigureWidget(fig)
+    @property
+    def figure(self) -> go.Figure | None:
+        return self.view.fig
 
     def show(self, fig: go.Figure) -> None:
-        if self.width:
-            fig.layout.width = self.width
-        if self.figure is None or not sync_figure(self.figure, fig):
-            old, self.figure = self.figure, self._make(fig)
-            self.children = (self.figure,)
-            if old is not None:
-                # Voila renders every live widget model of the kernel; an orphaned FigureWidget
-                # that never had a view failed to initialise there
-                old.close()
+        self.view.show(fig)
+
+    def on_click(self, handler: Callable[[dict], None]) -> None:
+        self.view.on_click(handler)
 
 
-def _equal(a: Any, b: Any) -> bool:
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        try:
-            return np.array_equal(np.asarray(a), np.asarray(b))
-        except (TypeError, ValueError):
-            return False
-    try:
-        return bool(a == b)
-    except (TypeError, ValueError):
-        return False
+def figure_row(*slots: W.Widget, min_width: str = "380px") -> W.Box:
+    """Figures side by side that wrap onto the next line when the row is too narrow (no overflow)."""
+    for s in slots:
+        s.layout.flex = "1 1 0"
+        s.layout.min_width = min_width
+        s.layout.width = "auto"
+    return W.Box(list(slots), layout=W.Layout(display="flex", flex_flow="row wrap", width="100%", align_items="flex-start"))
 
 
-def sync_figure(widget: go.FigureWidget, fig: go.Figure) -> bool:
-    """Update ``widget`` in place to show ``fig``, sending only the properties that changed.
-
-    Works when the traces match (count, types, property names) and the layout has the same keys:
-    each changed top-level property is set in one batched message, so a slider move re-validates
-    and re-sends only what moved. Returns False, changing nothing, when the structure differs
-    (``FigureSlot`` then builds a new widget): deleting a property means sending null, which
-    plotly.js's ``cleanData`` does not always accept.
-    """
-    new_traces = [t.to_plotly_json() for t in fig.data]
-    old_traces = [t.to_plotly_json() for t in widget.data]
-    lay_old, lay_new = widget.layout.to_plotly_json(), fig.layout.to_plotly_json()
-
-    def keys(d: dict) -> set:
-        return set(d) - {"uid"}
-
-    same = (
-        len(old_traces) == len(new_traces)
-        and all(a.get("type") == b.get("type") and keys(a) == keys(b) for a, b in zip(old_traces, new_traces))
-        and set(lay_old) == set(lay_new)
-    )
-    if not same:
-        return False
-    with widget.batch_update():
-        for trace, cur, new in zip(widget.data, old_traces, new_traces):
-            for k in keys(new) - {"type"}:
-                if not _equal(cur.get(k), new[k]):
-                    trace[k] = new[k]
-        for k in lay_new:
-            if not _equal(lay_old[k], lay_new[k]):
-                widget.layout[k] = lay_new[k]
-    return True
+def tips(*pairs: tuple[W.Widget, str]) -> None:
+    """Hover text on controls (ipywidgets' ``tooltip``): what u, v, lam, a "push" mean, where they are set."""
+    for w, text in pairs:
+        w.tooltip = text
 
 
 def fmt(x: Any, spec: str = "+.2f") -> str:
@@ -272,11 +218,73 @@ class FigureSlots:
         self._slots[name] = slot
         return slot
 
+    def _export_bar(self, name: str, table: Callable[[], Any]):
+        """Export buttons for this view: ``table()`` as CSV, every figure shown as one standalone HTML."""
+        from .export import ExportBar
+
+        self.export = ExportBar(name, table=table, figures=lambda: [s.figure for s in self.__dict__.get("_slots", {}).values()])
+        return self.export
+
     def __getattr__(self, attr: str):
         slots = self.__dict__.get("_slots", {})
         if attr.endswith("_fig") and attr[:-4] in slots:
             return slots[attr[:-4]].figure  # None until the slot has shown a figure
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
+
+
+def example_id_of(point: dict) -> int | None:
+    """The example id behind a clicked point: its ``customdata`` (first entry), else a "#24" label."""
+    c = point.get("customdata")
+    if isinstance(c, (list, tuple)):
+        c = c[0] if c else None
+    for v in (c, point.get("y"), point.get("x")):
+        if v is c and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            return int(v)
+        if isinstance(v, str) and v.startswith("#") and v[1:].isdigit():
+            return int(v[1:])
+    return None
+
+
+class OpensTriplets:
+    """Linked views: a click on a point (or a table row) opens that triplet.
+
+    ``on_open_triplet(iteration, example_id)``, when set (the workshop tabs set it), decides where;
+    otherwise a ``TripletBrowser`` is built below the view on the first click.
+    """
+
+    on_open_triplet = None
+    triplets = None
+
+    def _link_clicks(self, *slot_names: str) -> None:
+        self.triplet_box = W.VBox()
+        for name in slot_names:
+            self._slots[name].on_click(self.errors.guard(lambda p, name=name: self._clicked(p, name), f"click in {name}"))
+
+    def _clicked(self, point: dict, where: str = "") -> None:
+        e = example_id_of(point)
+        t = self._click_iteration()
+        if e is not None and t is not None:
+            self.open_triplet(t, e, note=f"clicked in the {where} chart" if where else "")
+
+    def _click_iteration(self):
+        return self.iteration.value
+
+    def _click_records(self):
+        return self.records
+
+    def open_triplet(self, iteration: int, example_id: int, note: str = ""):
+        if self.on_open_triplet is not None:
+            return self.on_open_triplet(iteration, example_id)
+        from .triplets import TripletBrowser
+
+        records = self._click_records()
+        if self.triplets is None:
+            self.triplets = TripletBrowser(records, iteration=iteration)
+            self.triplet_box.children = [self.triplets]
+        elif self.triplets.records is not records:
+            self.triplets.set_records(records)
+        self.triplets.show(iteration, [example_id], note=note)
+        return self.triplets
 
 
 class FollowsIteration:

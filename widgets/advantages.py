@@ -22,10 +22,10 @@ import ipywidgets as W
 from tspin_kit import analysis as A
 from tspin_kit import figures as F
 
-from ._common import ErrorLog, FigureSlots, resolve_runs
+from ._common import ErrorLog, FigureSlots, OpensTriplets, figure_row, resolve_runs, tips
 
 
-class AdvantageDecay(FigureSlots, W.VBox):
+class AdvantageDecay(OpensTriplets, FigureSlots, W.VBox):
     """``runs``: one source, a list of sources or a ``{label: source}`` mapping."""
 
     def __init__(self, runs, **kwargs):
@@ -35,12 +35,17 @@ class AdvantageDecay(FigureSlots, W.VBox):
         self._quiet = False
         self.stage = W.ToggleButtons(options=[("at generation (π_t)", "before"), ("after training (π_t+1)", "after")], value="before", description="log-probs")
         self.iteration = W.Dropdown(options=[], description="iteration")
+        tips(
+            (self.stage, "advantages under log pi_t (when y' was generated) or log pi_t+1 (after training)"),
+            (self.iteration, "iteration of the reward-vs-likelihood misalignment scatter; click a point to open its triplet"),
+        )
         self._slot("decay")
-        self._slot("degenerate", width=560)
-        self._slot("margin", width=460)
-        self._slot("score", width=560)
-        self._slot("entropy", width=460)
+        self._slot("degenerate")
+        self._slot("margin")
+        self._slot("score")
+        self._slot("entropy")
         self._slot("misalignment")
+        self._link_clicks("misalignment")  # click a point: open that triplet
         g = self.errors.guard
         self.stage.observe(g(self._on_stage, "stage"), names=["value"])
         self.iteration.observe(g(self._on_iteration, "iteration"), names=["value"])
@@ -48,10 +53,12 @@ class AdvantageDecay(FigureSlots, W.VBox):
             W.HTML("<h3 style='margin:4px 0'>Advantage decay</h3>"),
             self.stage,
             self._slots["decay"],
-            W.HBox([self._slots["degenerate"], self._slots["margin"]]),
-            W.HBox([self._slots["score"], self._slots["entropy"]]),
+            figure_row(self._slots["degenerate"], self._slots["margin"]),
+            figure_row(self._slots["score"], self._slots["entropy"]),
             self.iteration,
             self._slots["misalignment"],
+            self.triplet_box,
+            self._export_bar("advantages", lambda: A.vanishing_summary(self._with_examples(), self.stage.value)),
             self.errors.box,
         ]
 
@@ -66,6 +73,17 @@ class AdvantageDecay(FigureSlots, W.VBox):
     def set_iteration(self, t: int) -> None:
         if t in self.iteration.options:
             self.iteration.value = t
+
+    def _clicked(self, point: dict, where: str = "") -> None:
+        # the misalignment chart has one panel (two traces: aligned, misaligned) per run shown
+        t = self.iteration.value
+        shown = [k for k, r in self._with_examples().items() if t in A.iterations_of(r.examples)]
+        k = int(point.get("curve") or 0) // 2
+        self._clicked_run = shown[k] if k < len(shown) else next(iter(self.runs))
+        super()._clicked(point, where)
+
+    def _click_records(self):
+        return self.runs[getattr(self, "_clicked_run", None) or next(iter(self.runs))]
 
     def _methods(self):
         return {k: A.run_settings(r)["method"] for k, r in self.runs.items()}

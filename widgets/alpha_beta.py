@@ -10,6 +10,7 @@ with its entropy. Moving a slider touches only cached tensors: no model runs.
 from __future__ import annotations
 
 import html
+import json
 
 import ipywidgets as W
 import numpy as np
@@ -17,14 +18,24 @@ import numpy as np
 from tspin_kit import analysis as A
 from tspin_kit import figures as F
 
-from ._common import CARD_STYLE, ErrorLog, FigureSlots, FollowsIteration, fmt, resolve_source
+from ._common import (
+    CARD_STYLE,
+    ErrorLog,
+    FigureSlots,
+    FollowsIteration,
+    OpensTriplets,
+    figure_row,
+    fmt,
+    resolve_source,
+    tips,
+)
 
 SCALE_GRID = np.geomspace(0.05, 5.0, 25)
 BETA_GRID = np.linspace(0.0, 1.0, 21)
 ENTROPY_ALPHAS = np.geomspace(0.05, 20.0, 60)
 
 
-class AlphaBetaPanel(FollowsIteration, FigureSlots, W.VBox):
+class AlphaBetaPanel(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
     """Interactive loss recomputation for one run. ``source``: session, run directory or records."""
 
     _redraw = "_on_data"  # the dashboard's iteration changes the cached tensors, not only the view
@@ -52,6 +63,15 @@ class AlphaBetaPanel(FollowsIteration, FigureSlots, W.VBox):
         self.example = W.Dropdown(options=[], description="prompt #")
         self.summary = W.HTML()
         self.help = W.HTML()
+        tips(
+            (self.iteration, "iteration t whose cached log-probs the loss is recomputed from"),
+            (self.kind, "loss to recompute: T-SPIN (reference-free, alpha), SPIN (lam, log-ratios to pi_t), T-SPIN_ref"),
+            (self.stage, "use log pi_t (the policy that generated y') or log pi_t+1 (after this iteration's training)"),
+            (self.alpha, "alpha: T-SPIN's entropy coefficient and reward scale, reward = alpha * log pi(z|x)"),
+            (self.beta, "beta: weight of the historical term l(alpha * v), v = log pi(y') - log pi(y0)"),
+            (self.lam, "lam: SPIN's reward scale, reward = lam * (log pi - log pi_ref)"),
+            (self.example, "prompt whose candidates (y, y', y0) the opponent softmax(c/alpha) is shown for"),
+        )
 
         self._quiet = False
         self._inputs = None
@@ -59,11 +79,12 @@ class AlphaBetaPanel(FollowsIteration, FigureSlots, W.VBox):
         self._candidates = None
         self.table = None  # the latest recompute_losses table
         self._slot("weights")
-        self._slot("landscape", width=520)
-        self._slot("drivers", width=460)
+        self._slot("landscape")
+        self._slot("drivers")
         self._slot("opponent")
         self._slot("entropy")
 
+        self._link_clicks("weights", "drivers")  # click a point or a bar: open that triplet
         g = self.errors.guard
         self.alpha.observe(g(self._on_settings, "alpha"), names=["value"])
         self.beta.observe(g(self._on_settings, "beta"), names=["value"])
@@ -81,11 +102,13 @@ class AlphaBetaPanel(FollowsIteration, FigureSlots, W.VBox):
             self.help,
             self.summary,
             self._slots["weights"],
-            W.HBox([self._slots["landscape"], self._slots["drivers"]]),
+            figure_row(self._slots["landscape"], self._slots["drivers"]),
             W.HTML("<h4 style='margin:4px 0'>Entropy view (Proposition 1)</h4>"),
             self.example,
             self._slots["opponent"],
             self._slots["entropy"],
+            self.triplet_box,
+            self._export_bar("alpha-beta", lambda: self.table),
             self.errors.box,
         ]
 
@@ -127,7 +150,7 @@ class AlphaBetaPanel(FollowsIteration, FigureSlots, W.VBox):
         if self._quiet:
             return
         self._load_candidates()
-        self._update_opponent()
+        self._on_settings()  # redraws the opponent and records the prompt in the summary's state
 
     def _load_candidates(self) -> None:
         e, t = self.example.value, self.iteration.value
@@ -151,7 +174,9 @@ class AlphaBetaPanel(FollowsIteration, FigureSlots, W.VBox):
         self._slots["drivers"].show(F.top_drivers(top))
         self._slots["landscape"].show(F.loss_landscape(self._landscape, kind=kind, scale=scale, beta=beta_used))
         self._update_opponent()
-        self.summary.value = _summary_html(summary, kind, alpha, beta_used, lam, top)
+        state = {"alpha": alpha, "beta": beta, "lam": lam, "kind": kind, "stage": self.stage.value, "iteration": self.iteration.value,
+                 "example": self.example.value}  # what the figures were computed from (browser tests)
+        self.summary.value = _summary_html(summary, kind, alpha, beta_used, lam, top, state)
 
     def _update_opponent(self) -> None:
         c = self._candidates
@@ -169,10 +194,10 @@ def _help(kind: str, s: dict, t) -> str:
     return f"<div style='{CARD_STYLE};opacity:0.85'>{html.escape(what)}. Run settings: α={s['alpha']:g}, β={s['beta']:g}, λ={s['lam']:g} ({html.escape(s['method'])}).{note}</div>"
 
 
-def _summary_html(s: dict, kind: str, alpha: float, beta: float, lam: float, top) -> str:
+def _summary_html(s: dict, kind: str, alpha: float, beta: float, lam: float, top, state: dict | None = None) -> str:
     ids = ", ".join(f"#{int(e)}" for e in top["example_id"].head(5))
     return (
-        f"<div id='tspin-loss-summary' style='{CARD_STYLE}' data-alpha='{alpha:.4f}' data-beta='{beta:.4f}' data-lam='{lam:.4f}' data-loss='{s['loss']:.6f}'>"
+        f"<div id='tspin-loss-summary' style='{CARD_STYLE}' data-alpha='{alpha:.4f}' data-beta='{beta:.4f}' data-lam='{lam:.4f}' data-state='{html.escape(json.dumps(state or {}))}' data-loss='{s['loss']:.6f}'>"
         f"<b>mean loss</b> {fmt(s['loss'], '.4f')} nats = current {fmt(s['loss_current'], '.4f')} + historical {fmt(s['loss_historical'], '.4f')}"
         f" &nbsp;|&nbsp; <b>mean weights</b> w_cur {fmt(s['weight_current'], '.3f')}, w_hist {fmt(s['weight_historical'], '.3f')}"
         f" &nbsp;|&nbsp; top {s['top_share']:.0%} of examples carry {fmt(s['top_drive_share'] * 100, '.1f')}% of the push"

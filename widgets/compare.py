@@ -7,7 +7,7 @@ import ipywidgets as W
 from tspin_kit import analysis as A
 from tspin_kit import figures as F
 
-from ._common import ErrorLog, FigureSlots, fmt, html_table, resolve_runs
+from ._common import ErrorLog, FigureSlots, fmt, html_table, resolve_runs, tips
 
 DEFAULT_METRICS = ("score", "current_advantage_mean", "historical_advantage_mean")
 
@@ -26,12 +26,16 @@ class RunComparison(FigureSlots, W.VBox):
             options=[(v, k) for k, v in A.COMPARISON_METRICS.items()], value=tuple(metrics), description="metrics", rows=len(A.COMPARISON_METRICS),
             layout=W.Layout(width="420px"),
         )
+        tips(
+            (self.run_select, "runs to draw (ctrl/shift-click for several)"),
+            (self.metric_select, "one panel per metric (ctrl/shift-click for several)"),
+        )
         self._slot("comparison")
         self.final_html = W.HTML()
         g = self.errors.guard
         self.run_select.observe(g(self._update, "runs"), names=["value"])
         self.metric_select.observe(g(self._update, "metrics"), names=["value"])
-        self.children = [W.HTML("<h3 style='margin:4px 0'>Run comparison</h3>"), W.HBox([self.run_select, self.metric_select]), self._slots["comparison"], self.final_html, self.errors.box]
+        self.children = [W.HTML("<h3 style='margin:4px 0'>Run comparison</h3>"), W.HBox([self.run_select, self.metric_select]), self._slots["comparison"], self.final_html, self._export_bar("comparison", lambda: self.table), self.errors.box]
         g(self._update, "initial view")()
 
     def _update(self, change=None) -> None:

@@ -28,7 +28,14 @@ from tspin_kit.alarms import Alarm, find_alarms
 from ._common import CARD_STYLE, ErrorLog, FigureSlots, fmt, resolve_source
 from .triplets import TripletBrowser
 
-BUTTONS = (("prepare", "Prepare", "play"), ("generate", "Generate y'", "magic"), ("train", "Train", "graduation-cap"), ("evaluate", "Evaluate", "check"), ("step", "Whole step", "forward"))
+# (phase, label, tooltip). No icons: Font Awesome would come from a CDN, which offline rooms lack.
+BUTTONS = (
+    ("prepare", "Prepare", "load the data and pi_0, score pi_0 and sample y0 once from it (first phase of a run)"),
+    ("generate", "Generate y'", "sample the synthetic responses y' from the current policy pi_t"),
+    ("train", "Train", "train pi_t -> pi_{t+1} on the triplets (y, y', y0)"),
+    ("evaluate", "Evaluate", "score pi_{t+1} on held-out problems and write this iteration's records"),
+    ("step", "Whole step", "generate + train + evaluate: one whole iteration (clicks while a step runs are queued)"),
+)
 
 
 class Dashboard(FigureSlots, W.VBox):
@@ -40,12 +47,17 @@ class Dashboard(FigureSlots, W.VBox):
         self.records, self.session = resolve_source(source)
         self.views = list(views)
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._queue: list[str] = []  # phases clicked while one runs: run in order, never dropped
+        self._running = False
         self._quiet = False
-        self.buttons = {name: W.Button(description=label, icon=icon, layout=W.Layout(width="130px")) for name, label, icon in BUTTONS}
-        self.progress = W.IntProgress(value=0, min=0, max=1, description="", layout=W.Layout(width="260px"))
+        self.buttons = {name: W.Button(description=label, tooltip=tip, layout=W.Layout(width="130px")) for name, label, tip in BUTTONS}
+        self.progress = W.IntProgress(value=0, min=0, max=1, description="", tooltip="progress of the running phase", layout=W.Layout(width="260px"))
         self.status = W.HTML()
         self.settings_html = W.HTML()
-        self.iteration = W.IntSlider(value=0, min=0, max=0, description="iteration", continuous_update=False)
+        self.iteration = W.IntSlider(value=0, min=0, max=0, description="iteration", continuous_update=False,
+                                     tooltip="revisit a finished iteration t (the policy pi_t that generated y')")
+        self.iteration_hint = W.HTML()
         self.iteration_html = W.HTML()
         self.alarms: list[Alarm] = []
         self.alarm_buttons: list[W.Button] = []
@@ -63,12 +75,13 @@ class Dashboard(FigureSlots, W.VBox):
             W.HTML("<h3 style='margin:4px 0'>Self-play dashboard</h3>"),
             self.settings_html,
             *controls,
-            self.iteration,
+            W.HBox([self.iteration, self.iteration_hint]),
             self.iteration_html,
             self.alarms_box,
             self._slots["decay"],
             self._slots["score"],
             self.triplet_box,
+            self._export_bar("dashboard", lambda: self.records.metrics),
             self.errors.box,
         ]
         g(self._refresh, "initial view")()
@@ -77,35 +90,65 @@ class Dashboard(FigureSlots, W.VBox):
     # -- running phases ------------------------------------------------------------------------
     @property
     def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._running
 
     def run_phase(self, name: str, background: bool = True) -> None:
         """Run ``session.<name>(progress=...)``; in a thread unless ``background=False``."""
         if self.session is None:
             raise RuntimeError("this dashboard shows a finished run: there is no session to drive")
-        if self.busy:
-            self._set_status(f"busy: {html.escape(name)} waits for the running phase", "busy")
-            return
+        with self._lock:
+            if self._running:  # a click while a phase runs: queued, run right after it (never dropped)
+                self._queue.append(name)
+                self._set_status(f"{html.escape(name)} queued: runs when the running phase ends ({len(self._queue)} waiting)", "busy")
+                return
+            self._running = True
         self.errors.clear()
         self._enable(False)
-        self.progress.value, self.progress.max = 0, 1
-        self._set_status(f"running {name}…", "running")
         if background:
-            self._thread = threading.Thread(target=self._work, args=(name,), name=f"tspin-{name}", daemon=True)
+            self._thread = threading.Thread(target=self._work_queue, args=(name,), name=f"tspin-{name}", daemon=True)
             self._thread.start()
         else:
-            self._work(name)
+            self._work_queue(name)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the running phase ends (tests, scripts); True if it ended."""
-        if self._thread is not None:
-            self._thread.join(timeout)
+        """Block until the running phase and every queued one end (tests, scripts); True if they did."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._running:
+            t = self._thread
+            if t is not None and t is not threading.current_thread():
+                t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            if self._running and (t is None or not t.is_alive()):
+                time.sleep(0.01)
         return not self.busy
 
-    def _work(self, name: str) -> None:
-        t0 = time.perf_counter()
+    def _work_queue(self, name: str) -> None:
+        """Run ``name``, then each phase queued meanwhile; the buttons come back only at the end."""
         try:
-            getattr(self.session, name)(progress=self._progress)
+            while True:
+                self._work(name)
+                with self._lock:  # the check and the release in one lock: a click cannot slip between
+                    if not self._queue:
+                        self._running = False
+                        break
+                    name = self._queue.pop(0)
+        except BaseException:
+            with self._lock:
+                self._running = False
+                self._queue.clear()
+            raise
+        finally:
+            self._enable(True)
+
+    def _work(self, name: str) -> None:
+        self.progress.value, self.progress.max = 0, 1
+        self._set_status(f"running {name}…", "running")
+        t0 = time.perf_counter()
+        from tspin_kit.progress import quiet
+        try:
+            with quiet():  # the widget shows progress; no bars from this thread in some other cell
+                getattr(self.session, name)(progress=self._progress)
         except Exception as e:  # noqa: BLE001 - shown to the user, never swallowed
             self.errors.report(e, f"{name} failed")
             self._set_status(f"{name} failed after {time.perf_counter() - t0:.1f} s (see the error below)", "error")
@@ -119,7 +162,6 @@ class Dashboard(FigureSlots, W.VBox):
                     v.set_records(self.records)
             except Exception as e:  # noqa: BLE001
                 self.errors.report(e, "refresh after " + name)
-            self._enable(True)
 
     def _progress(self, done: int, total: int, phase: str) -> None:
         self.progress.max = max(int(total), 1)
@@ -127,6 +169,8 @@ class Dashboard(FigureSlots, W.VBox):
         self._set_status(f"{html.escape(str(phase))}: {done}/{total}", "running")
 
     def _enable(self, on: bool) -> None:
+        if on and self._running:  # a queued phase still runs: the buttons stay off
+            on = False
         nxt = getattr(self.session, "next_phase", None) if self.session is not None else None
         for name, b in self.buttons.items():
             if not on:
@@ -156,9 +200,10 @@ class Dashboard(FigureSlots, W.VBox):
                 self.iteration.min, self.iteration.max = min(iters), max(iters)
                 if follow_last:
                     self.iteration.value = max(iters)
-                self.iteration.disabled = False
+                self.iteration.disabled = len(iters) < 2
             else:
                 self.iteration.disabled = True
+            self.iteration_hint.value = iteration_hint(iters, self.session is not None)
         finally:
             self._quiet = False
         self._enable(True)
@@ -176,7 +221,7 @@ class Dashboard(FigureSlots, W.VBox):
                 f"<span class='tspin-alarm' data-alarm='{a.name}' data-iteration='{a.iteration}' style='{CARD_STYLE};color:{color}'>"
                 f"<b>{a.severity}</b> · {html.escape(a.message)}</span>"
             )
-            b = W.Button(description=f"show {len(a.example_ids)} triplets", icon="search", layout=W.Layout(width="170px"),
+            b = W.Button(description=f"show {len(a.example_ids)} triplets", layout=W.Layout(width="170px"),
                          disabled=not a.example_ids, tooltip="open the triplet browser at this iteration, on these triplets")
             b.on_click(g(lambda _b, i=i: self.open_alarm(i), f"alarm {a.name}"))
             self.alarm_buttons.append(b)
@@ -212,6 +257,18 @@ class Dashboard(FigureSlots, W.VBox):
         if change is not None:
             for v in self.views:
                 v.set_iteration(t)
+
+
+def iteration_hint(iters: list, live: bool) -> str:
+    """Why the iteration slider cannot move yet (one or no finished iteration), and what to do."""
+    if len(iters) >= 2:
+        text = f"{len(iters)} finished iterations: move the slider to revisit one"
+    elif live:
+        have = f"only iteration {iters[0]} is finished" if iters else "no iteration is finished yet"
+        text = f"{have}: click <b>Whole step</b> to add one, then the slider moves"
+    else:
+        text = f"this run has {'one finished iteration' if iters else 'no finished iteration'}"
+    return f"<span id='tspin-iteration-hint' data-count='{len(iters)}' style='{CARD_STYLE};opacity:0.8'>{text}</span>"
 
 
 def settings_html(s: dict) -> str:

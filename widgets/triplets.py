@@ -19,7 +19,16 @@ import pandas as pd
 from tspin_kit import analysis as A
 from tspin_kit import figures as F
 
-from ._common import CARD_STYLE, ErrorLog, FigureSlots, FollowsIteration, fmt, html_table, resolve_source, text_cell
+from ._common import (
+    CARD_STYLE,
+    ErrorLog,
+    FigureSlots,
+    FollowsIteration,
+    fmt,
+    resolve_source,
+    tips,
+)
+from .table_view import TableView
 
 SORT_OPTIONS = [
     ("current advantage u", "current_advantage"),
@@ -28,7 +37,14 @@ SORT_OPTIONS = [
     ("loss", "loss"),
     ("example id", "example_id"),
 ]
-TRI = [("any", None), ("yes", True), ("no", False)]
+# Dropdown values are strings: ipywidgets 8 treats a value of None as "nothing selected" and shows a
+# blank box, so "any" is the string "any" and ``_tri`` maps it to None for ``analysis.triplet_table``.
+TRI = [("any", "any"), ("yes", "yes"), ("no", "no")]
+_TRI_VALUE = {"any": None, "yes": True, "no": False, "correct": True, "incorrect": False}
+
+
+def _tri(value):
+    return _TRI_VALUE.get(value, value)
 PAGE = 25
 
 
@@ -45,13 +61,48 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         self.stage = W.ToggleButtons(options=[("before training", "before"), ("after training", "after")], value="before", description="u, v at")
         self.current = W.FloatRangeSlider(description="u range", min=-1, max=1, value=(-1, 1), step=0.1, readout_format=".1f", continuous_update=False)
         self.historical = W.FloatRangeSlider(description="v range", min=-1, max=1, value=(-1, 1), step=0.1, readout_format=".1f", continuous_update=False)
-        self.correct = W.Dropdown(options=[("any", None), ("correct", True), ("incorrect", False)], value=None, description="y' is")
-        self.synthetic_equals_annotated = W.Dropdown(options=TRI, value=None, description="y' == y")
-        self.proto_equals_annotated = W.Dropdown(options=TRI, value=None, description="y0 == y")
+        self.correct = W.Dropdown(options=[("any", "any"), ("correct", "correct"), ("incorrect", "incorrect")], value="any", description="y' is",
+                                  tooltip="keep triplets whose synthetic response y' is correct / incorrect (task scorer)")
+        self.synthetic_equals_annotated = W.Dropdown(options=TRI, value="any", description="y' == y",
+                                                     tooltip="degenerate pair: y' equals the annotated y (u = 0 by construction)")
+        self.proto_equals_annotated = W.Dropdown(options=TRI, value="any", description="y0 == y",
+                                                 tooltip="y0 (sampled once from pi_0) equals y: T-SPIN masks the historical term there")
         self.sort_by = W.Dropdown(options=SORT_OPTIONS, value="current_advantage", description="sort by")
         self.descending = W.Checkbox(value=False, description="descending", indent=False)
+        tips(
+            (self.iteration, "iteration t: triplets whose y' was sampled from pi_t"),
+            (self.stage, "u and v under log pi_t (before this iteration's training) or log pi_t+1 (after)"),
+            (self.current, "keep triplets whose current advantage u = log pi(y) - log pi(y') is in this range (nats)"),
+            (self.historical, "keep triplets whose historical advantage v = log pi(y') - log pi(y0) is in this range (nats)"),
+            (self.sort_by, "column the table and the triplet list are sorted by"),
+            (self.descending, "largest first"),
+        )
         self.table_html = W.HTML()
-        self.example = W.Dropdown(options=[], description="triplet")
+        check = {True: "✓", False: "✗"}
+        self.grid = TableView(
+            {
+                "example_id": ("#", lambda v: str(int(v))),
+                "prompt": ("prompt x", str),
+                "annotated": ("y", str),
+                "synthetic": ("y'", str),
+                "proto": ("y0", str),
+                "current_advantage": ("u (nats)", fmt),
+                "historical_advantage": ("v (nats)", fmt),
+                "synthetic_correct": ("y' correct", lambda v: "–" if pd.isna(v) else check.get(bool(v), "–")),
+                "synthetic_equals_annotated": ("y'==y", lambda v: "=" if v else ""),
+                "proto_equals_annotated": ("y0==y", lambda v: "=" if v else ""),
+                "reward_margin": ("margin", lambda v: fmt(v, ".3f")),
+                "loss": ("loss", lambda v: fmt(v, ".3f")),
+            },
+            key="example_id",
+            search=("example_id", "prompt", "annotated", "synthetic", "proto"),
+            table_id="tspin-triplet-table",
+            placeholder="search x, y, y', y0 or #id",
+            page_size=PAGE,
+        )
+        self.grid.on_row_click(lambda key: self.errors.guard(self.open_example, "table row")(int(key)))
+        self.grid.observe(lambda ch: self.errors.guard(self._on_grid_sort, "sort")(ch), names=["sort_by", "descending"])
+        self.example = W.Dropdown(options=[], description="triplet", tooltip="the triplet shown in detail below (or click a table row or a point in a chart)")
         self.detail_html = W.HTML()
         self._slot("tokens")
         self.history_html = W.HTML()
@@ -60,7 +111,7 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         self.example_ids: tuple[int, ...] | None = None  # restrict the table to these examples (None: all)
         self._ids_note = ""
         self.ids_html = W.HTML()
-        self.show_all = W.Button(description="show all triplets", icon="times", layout=W.Layout(width="160px", display="none"))
+        self.show_all = W.Button(description="show all triplets", tooltip="drop the example-id filter", layout=W.Layout(width="160px", display="none"))
 
         g = self.errors.guard
         self.iteration.observe(g(self._on_iteration, "iteration"), names=["value"])
@@ -78,11 +129,13 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
             W.HBox([self.sort_by, self.descending]),
             W.HBox([self.ids_html, self.show_all]),
             self.table_html,
+            self.grid,
             self.example,
             self.detail_html,
             self._slots["tokens"],
             self.history_html,
             self._slots["history"],
+            self._export_bar("triplets", lambda: self.export_table()),
             self.errors.box,
         ]
         g(self._on_iteration, "initial view")()
@@ -102,9 +155,9 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         self._ids_note = note if self.example_ids is not None else ""
         self._quiet = True
         try:
-            self.correct.value = None
-            self.synthetic_equals_annotated.value = None
-            self.proto_equals_annotated.value = None
+            self.correct.value = "any"
+            self.synthetic_equals_annotated.value = "any"
+            self.proto_equals_annotated.value = "any"
             self.iteration.value = iteration
         finally:
             self._quiet = False
@@ -112,7 +165,43 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         shown = [v for _, v in self.example.options]
         first = next((e for e in (self.example_ids or ()) if e in shown), None)
         if first is not None:
-            self.example.value = first
+            self.open_example(first)
+
+    def open_example(self, example_id: int) -> None:
+        """Show triplet ``example_id`` of the current iteration in detail (a table row click; ``show``).
+
+        The triplet dropdown lists the first 500 rows of the table; a row further down (page 40 of a
+        50,000-row table) is added to it so the dropdown always names the triplet shown.
+        """
+        e = int(example_id)
+        values = [v for _, v in self.example.options]
+        if e not in values:
+            row = self.table[self.table["example_id"] == e] if self.table is not None else None
+            if row is None or row.empty:
+                raise KeyError(f"example {e} is not among the triplets of iteration {self.iteration.value} that match the filters")
+            self._quiet = True
+            try:
+                self.example.options = [(_option_label(next(row.itertuples())), e), *self.example.options]
+            finally:
+                self._quiet = False
+        if self.example.value == e:
+            self._on_example()
+        else:
+            self.example.value = e
+
+    def _on_grid_sort(self, change=None) -> None:
+        """A header click sorted the table: the sort controls follow when they offer that column."""
+        col, desc = self.grid.sort_by, self.grid.descending
+        if col in [v for _, v in SORT_OPTIONS] and (col, desc) != (self.sort_by.value, self.descending.value):
+            self._quiet = True
+            try:
+                self.sort_by.value, self.descending.value = col, desc
+            finally:
+                self._quiet = False
+
+    def export_table(self):
+        """The table as shown: the filtered triplets that match the search, in the table's order."""
+        return self.grid.matching()
 
     # -- callbacks -----------------------------------------------------------------------------
     def _on_iteration(self, change=None) -> None:
@@ -149,9 +238,9 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
             stage=self.stage.value,
             current=tuple(self.current.value),
             historical=tuple(self.historical.value),
-            correct=self.correct.value,
-            synthetic_equals_annotated=self.synthetic_equals_annotated.value,
-            proto_equals_annotated=self.proto_equals_annotated.value,
+            correct=_tri(self.correct.value),
+            synthetic_equals_annotated=_tri(self.synthetic_equals_annotated.value),
+            proto_equals_annotated=_tri(self.proto_equals_annotated.value),
             sort_by=self.sort_by.value,
             ascending=not self.descending.value,
         )
@@ -159,26 +248,19 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
             self.table = self.table[self.table["example_id"].isin(self.example_ids)]
         self._show_ids_filter()
         tab = self.table
-        check = {True: "✓", False: "✗"}
-        cols = {
-            "example_id": ("#", lambda v: str(int(v))),
-            "prompt": ("prompt x", text_cell),
-            "annotated": ("y", text_cell),
-            "synthetic": ("y'", text_cell),
-            "proto": ("y0", text_cell),
-            "current_advantage": ("u (nats)", fmt),
-            "historical_advantage": ("v (nats)", fmt),
-            "synthetic_correct": ("y' correct", lambda v: "–" if pd.isna(v) else check.get(bool(v), "–")),
-            "synthetic_equals_annotated": ("y'==y", lambda v: "=" if v else ""),
-            "proto_equals_annotated": ("y0==y", lambda v: "=" if v else ""),
-            "loss": ("loss", lambda v: fmt(v, ".3f")),
-        }
         n_all = int((self.records.examples["iteration"] == t).sum())
         self.table_html.value = (
-            f"<div style='{CARD_STYLE}'><b>{len(tab):,}</b> of {n_all:,} triplets match</div>"
-            + html_table(tab, cols, table_id="tspin-triplet-table", max_rows=PAGE)
+            f"<div id='tspin-triplet-count' data-count='{len(tab)}' style='{CARD_STYLE}'><b>{len(tab):,}</b> of {n_all:,} triplets match the filters"
+            " · click a column to sort, a row to open it</div>"
         )
-        options = [(f"#{int(r.example_id)}  u={r.current_advantage:+.2f}  v={r.historical_advantage:+.2f}  y'={str(r.synthetic)[:20]!r}", int(r.example_id)) for r in tab.head(500).itertuples()]
+        grid = self.grid
+        grid._busy = True  # one refresh below, not one per trait
+        try:
+            grid.sort_by, grid.descending = self.sort_by.value, self.descending.value
+        finally:
+            grid._busy = False
+        grid.set_data(tab)
+        options = [(_option_label(r), int(r.example_id)) for r in tab.head(500).itertuples()]
         keep = self.example.value if self.example.value in [v for _, v in options] else (options[0][1] if options else None)
         self._quiet = True
         try:
@@ -217,6 +299,10 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         self._slots["history"].show(F.synthetic_history(hist, e))
 
 
+def _option_label(r) -> str:
+    return f"#{int(r.example_id)}  u={r.current_advantage:+.2f}  v={r.historical_advantage:+.2f}  y'={str(r.synthetic)[:20]!r}"
+
+
 def _shade(logp: float) -> str:
     """Background for a token: more opaque = less likely (0 nats clear, <= -6 nats strongest)."""
     a = min(max(-logp / 6.0, 0.0), 1.0) * 0.7
@@ -242,7 +328,7 @@ def detail_html(detail: dict, shading, stage: str) -> str:
             f"<div style='color:{color};font-weight:bold'>{html.escape(F.ROLE_LABELS[role])}</div>"
             f"<div style='font-family:var(--jp-code-font-family,monospace);font-size:14px;margin:6px 0;line-height:1.8'>{spans}</div>"
             f"<div style='font-size:12px'>log π_t = {fmt(r['logp_before'])} · log π_t+1 = {fmt(r['logp_after'])} nats<br>"
-            f"{int(r['ntokens'])} tokens ({fmt(r['logp_per_token_after'], '.3f')} nats/token after) · reward {fmt(r['reward'], '.3f')}</div></div>"
+            f"{int(r['ntokens'])} token{'' if int(r['ntokens']) == 1 else 's'} ({fmt(r['logp_per_token_after'], '.3f')} nats/token after) · reward {fmt(r['reward'], '.3f')}</div></div>"
         )
     flags = ", ".join(k.replace("_", " ") for k in ("synthetic_equals_annotated", "proto_equals_annotated", "synthetic_equals_proto", "misaligned") if adv.get(k))
     summary = (

@@ -153,21 +153,32 @@ def lab_server(workspace):
         stop(proc)
 
 
-@pytest.fixture(scope="session")
-def voila_server(workspace):
+def _voila(workspace, notebook: str, template: str | None = None):
     port = free_port()
-    log = workspace["root"] / "voila.log"
+    env = dict(workspace["env"], JUPYTER_PATH=str(ROOT / "widgets" / "share")) if template else workspace["env"]
+    log = workspace["root"] / f"voila-{Path(notebook).stem}.log"
     cmd = [
         sys.executable, "-m", "voila", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
-        "--VoilaConfiguration.show_tracebacks=True", str(workspace["work"] / "dashboard_voila.ipynb"),
-    ]
+        "--VoilaConfiguration.show_tracebacks=True", str(workspace["work"] / notebook),
+    ] + ([f"--template={template}"] if template else [])
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, env=workspace["env"], stdout=fh, stderr=subprocess.STDOUT, cwd=workspace["work"])
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=workspace["work"])
     try:
         wait_port(port, 60, proc, log)  # not GET / : every GET runs the notebook
         yield {"url": f"http://127.0.0.1:{port}", "proc": proc, "log": log}
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="session")
+def voila_server(workspace):
+    yield from _voila(workspace, "dashboard_voila.ipynb")
+
+
+@pytest.fixture(scope="session")
+def triplets_server(workspace):
+    """Voila on a notebook that shows only ``TripletBrowser(run_dir)`` (300 triplets per iteration)."""
+    yield from _voila(workspace, "triplets_voila.ipynb", template="tspin")  # make dashboard's: no CDN
 
 
 @pytest.fixture(scope="session")
@@ -188,6 +199,7 @@ def page(browser, request):
     console: list[str] = []
     pg.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
     pg.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+    pg._tspin_console = console
     yield pg
     rep = getattr(request.node, "rep_call", None)
     failed = rep is None or rep.failed
@@ -200,3 +212,33 @@ def page(browser, request):
             console.append(f"screenshot failed: {e}")
         (ARTIFACTS / f"{name}.console.txt").write_text("\n".join(console))
     context.close()
+
+
+@pytest.fixture(scope="session")
+def workshop_server(workspace):
+    """Voila on the real ``notebooks/dashboard.ipynb`` (smoke settings, its finished run made first),
+    with the "tspin" template of ``make dashboard`` (no CDN links)."""
+    env = dict(workspace["env"], TSPIN_SMOKE="1", TSPIN_RUNS=str(workspace["root"] / "runs"), TSPIN_PROGRESS="0",
+               JUPYTER_PATH=str(ROOT / "widgets" / "share"))
+    nb = workspace["work"] / "dashboard.ipynb"
+    shutil.copy(ROOT / "notebooks" / "dashboard.ipynb", nb)
+    # the run exists before the page is opened (the first-render target is "after the run exists")
+    subprocess.run([sys.executable, "-c", "from tspin_kit import presets; presets.run_toy(presets.toy_config('tspin', smoke=True))"],
+                   env=env, cwd=workspace["work"], check=True, capture_output=True, timeout=300)
+    port = free_port()
+    log = workspace["root"] / "workshop_voila.log"
+    cmd = [sys.executable, "-m", "voila", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1", "--template=tspin",
+           "--VoilaConfiguration.show_tracebacks=True", str(nb)]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=workspace["work"])
+    try:
+        wait_port(port, 60, proc, log)
+        yield {"url": f"http://127.0.0.1:{port}", "proc": proc, "log": log}
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+def console(page):
+    """The page's console messages and page errors, collected by the ``page`` fixture."""
+    return page._tspin_console
