@@ -37,10 +37,22 @@ logging.disable(logging.WARNING)
 os.environ.setdefault("TSPIN_CACHE", str(Path(__file__).resolve().parent / ".cache"))
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info() -> dict:
+    """The machine line every benchmark prints first: CPU model, cores, threads, versions, load."""
     import torch
 
     info = {
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "torch_num_threads": torch.get_num_threads(),
@@ -48,12 +60,11 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "cuda": torch.cuda.is_available(),
     }
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:  # pragma: no cover
-        pass
+    for lib in ("transformers", "accelerate", "trl"):
+        try:
+            info[lib] = __import__(lib).__version__
+        except ImportError:  # pragma: no cover
+            pass
     try:
         info["loadavg_1m"] = os.getloadavg()[0]
     except OSError:  # pragma: no cover
@@ -72,6 +83,12 @@ def emit(result: dict, table: str) -> None:
     """First line: the JSON object. Then the table."""
     sys.stdout.write(json.dumps(result, default=_json_default) + "\n")
     sys.stdout.write(table.rstrip() + "\n")
+    if isinstance(result.get("machine"), dict):
+        sys.stdout.write(machine_line(result["machine"]) + "\n")
+    targets = result.get("targets") or []
+    if targets:
+        sys.stdout.write("targets: " + "; ".join(f"{t['target']}: {t['value']:.3g} -> {'met' if t['met'] else 'NOT met'}"
+                                               for t in targets) + "\n")
     sys.stdout.flush()
 
 
@@ -117,13 +134,19 @@ def _perturb(rng: random.Random, a: int, b: int, p_correct: float) -> str:
     return str(max(0, c + delta))
 
 
-def toy_world(num: int, *, task: str = "addition", seed: int = 0, p_synth: float = 0.65, p_proto: float = 0.6):
+def toy_world(num: int, *, task: str = "addition", seed: int = 0, p_synth: float = 0.65, p_proto: float = 0.6,
+              repeats: bool = True):
     """Realistic toy triplet data without sampling a model: (prompts, annotated, synthetic, proto) strings.
 
     y = the correct answer (tspin_kit.toy.make_world); y' and y0 = answers that are correct with the
     share the toy-world prototype measured for pi_0 (y' == y for 60-72%, y0 == y for 53-61%) and
     otherwise off by a few units, so lengths (3-4 characters + EOS) and padding match a real run.
+
+    ``repeats=False``: data with no repeated rows, as on chat data: y', y0 always wrong and y0 != y', so no
+    (prompt, response) row occurs twice and nothing can be forwarded once instead of twice.
     """
+    if not repeats:
+        p_synth = p_proto = 0.0
     from tspin_kit import toy
 
     train, _ = toy.make_world(task, num, 10, seed)
@@ -134,6 +157,8 @@ def toy_world(num: int, *, task: str = "addition", seed: int = 0, p_synth: float
     for r in train:
         a, b = (int(x) for x in r["prompt"].rstrip("=").split("+"))
         s, p = _perturb(rs, a, b, p_synth), _perturb(rp, a, b, p_proto)
+        while not repeats and (p == s or s == str(a + b) or p == str(a + b)):
+            s, p = _perturb(rs, a, b, p_synth), _perturb(rp, a, b, p_proto)
         if task == "scratchpad":
             s = r["response"].rsplit(";", 1)[0] + ";" + s
             p = r["response"].rsplit(";", 1)[0] + ";" + p
@@ -142,14 +167,14 @@ def toy_world(num: int, *, task: str = "addition", seed: int = 0, p_synth: float
     return prompts, annotated, synth, proto
 
 
-def toy_examples(tokenizer, num: int, *, task: str = "addition", seed: int = 0):
+def toy_examples(tokenizer, num: int, *, task: str = "addition", seed: int = 0, repeats: bool = True):
     """tspin_kit Examples with y, y', y0 token ids (each + EOS) and reference log-probs = 0 (filled later)."""
     import torch
 
     from tspin_kit.templates import encode_response
     from tspin_kit.training import build_examples
 
-    prompts, ann, syn, pro = toy_world(num, task=task, seed=seed)
+    prompts, ann, syn, pro = toy_world(num, task=task, seed=seed, repeats=repeats)
     ex = build_examples(tokenizer, prompts, ann)
     ex.synthetic_ids = [encode_response(tokenizer, s) for s in syn]
     ex.proto_ids = [encode_response(tokenizer, p) for p in pro]
@@ -185,6 +210,20 @@ def apply_threads(args) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+
+
+def repeated_share(ex) -> dict:
+    """Shares of repeated rows in Examples: y' == y and y0 == y (0 on data with no repeated rows)."""
+    n = len(ex.prompt_ids)
+    return {"synthetic_equals_annotated": sum(s == a for s, a in zip(ex.synthetic_ids, ex.annotated_ids)) / n,
+            "proto_equals_annotated": sum(p == a for p, a in zip(ex.proto_ids, ex.annotated_ids)) / n}
+
+
+def machine_line(info: dict) -> str:
+    """The machine in one human-readable line (also in the JSON as "machine")."""
+    libs = ", ".join(f"{k} {info[k]}" for k in ("torch", "transformers", "accelerate", "trl") if k in info)
+    return (f"machine: {info.get('cpu_model')}, {info.get('cpu_count')} cores, torch threads "
+            f"{info.get('torch_num_threads')}, load (1 min) {info.get('loadavg_1m', float('nan')):.2f}; {libs}")
 
 
 def target(name: str, value: float, op: str, threshold: float, unit: str = "") -> dict:

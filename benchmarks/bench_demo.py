@@ -1,15 +1,16 @@
-"""End-to-end wall time of ``tspin demo`` (pi_0 + SFT control + SPIN + T-SPIN + 4x-data SFT, one seed).
+"""End-to-end wall time of ``tspin demo`` (SFT control + SPIN + T-SPIN + 4x-data SFT from pi_0, one seed).
 
-Runs ``.venv/bin/tspin demo --out <fresh tmp dir>`` as a subprocess (so imports and start-up count):
+Runs ``.venv/bin/tspin demo --out <fresh tmp dir>`` as a subprocess (so imports and start-up count); the
+demo runs its four methods as parallel worker processes (one per core, threads split):
 
-- cold: a fresh, empty TSPIN_CACHE, so the cached initial policy pi_0 is trained first;
-- warm: a TSPIN_CACHE that already holds pi_0 (filled by the first cold run), fresh --out each time
-  (an existing --out would be resumed, not re-run).
+- cold: a fresh, empty TSPIN_CACHE. pi_0 ships with the package (tspin_kit/assets/pi0), so nothing is
+  trained first any more; cold adds only what a first run on a machine pays (empty caches);
+- warm: the same TSPIN_CACHE again, fresh --out each time (an existing --out would be resumed, not re-run).
 
 Wall = perf_counter around the subprocess; ``demo_reported_s`` is the "wall time" line the CLI prints
 (the comparison only, without interpreter start-up, imports and the report).
-Target: cold wall < 120 s on 2 cores (median). ``--quick`` runs ``--iterations 1`` once cold and once
-warm, and checks the same 120 s bound on that shorter job.
+Targets (2 cores, median): warm <= 60 s, cold <= 75 s. ``--quick`` runs ``--iterations 1`` once cold and
+once warm against the same bounds (a smoke test of the shorter job).
 """
 
 from __future__ import annotations
@@ -70,10 +71,10 @@ def main() -> None:
     ok = all(r["rc"] == 0 for r in cold + warm)
     cs = C.stats([r["wall_s"] for r in cold])
     ws = C.stats([r["wall_s"] for r in warm])
-    label = f"tspin demo --iterations {iterations}, cold wall (median)"
-    tgt = C.target(label, cs["median"], "<", 120.0, " s")
+    tgt = C.target(f"tspin demo --iterations {iterations}, cold wall (median)", cs["median"], "<=", 75.0, " s")
+    tgt_w = C.target(f"tspin demo --iterations {iterations}, warm wall (median)", ws["median"], "<=", 60.0, " s")
     if not ok:
-        tgt["met"] = False
+        tgt["met"] = tgt_w["met"] = False
     result = {"benchmark": "demo", "quick": args.quick, "machine": C.machine_info(),
               "settings": {"how": how, "iterations": iterations, "seeds": 1, "repeats": repeats, "all_rc_0": ok},
               "cold_wall_s": cs, "warm_wall_s": ws,
@@ -81,11 +82,12 @@ def main() -> None:
               "warm_demo_reported_s": C.stats([r["demo_reported_s"] for r in warm]),
               "pi0_cost_s": C.stats([c["wall_s"] - w["wall_s"] for c, w in zip(cold, warm)]),
               "errors": [r["stderr_tail"] for r in cold + warm if r["rc"]],
-              "targets": [tgt], **tgt}
+              "targets": [tgt, tgt_w], "met": tgt["met"] and tgt_w["met"]}
     rows = [["cold (fresh TSPIN_CACHE)", cs["median"], cs["min"], cs["max"], result["cold_demo_reported_s"]["median"]],
             ["warm (pi_0 cached)", ws["median"], ws["min"], ws["max"], result["warm_demo_reported_s"]["median"]]]
     table = C.fmt_table(["tspin demo", "median s", "min s", "max s", "CLI-reported s"], rows)
-    table += f"\n{how}, --iterations {iterations}, {repeats} repeats; target cold < 120 s: {'met' if tgt['met'] else 'NOT met'}"
+    table += (f"\n{how}, --iterations {iterations}, {repeats} repeats; cold <= 75 s: {'met' if tgt['met'] else 'NOT met'}, "
+              f"warm <= 60 s: {'met' if tgt_w['met'] else 'NOT met'}")
     if not ok:
         table += "\nsome runs failed: see errors in the JSON"
     C.emit(result, table)

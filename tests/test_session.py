@@ -156,7 +156,7 @@ def test_progress_callback_reports_each_phase(stepped_run):
         "sample y0",
         "generate it0",
         "train it0 (tspin)",
-        "score annotated after it0",
+        "score after it0",  # y, y', y0 scored in one call (each distinct row once)
     } <= names
     for done, total, _ in stepped_run.progress:
         assert 0 < done <= total

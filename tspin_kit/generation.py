@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .logprobs import collate, model_logps
+from .logprobs import collate, model_logps, pack_rows, packed_logps, supports_packing
 from .progress import bar as progress_bar
 
 logger = logging.getLogger(__name__)
@@ -108,22 +108,38 @@ def score_responses(model, prompt_ids: list[list[int]], response_ids: list[list[
                     batch_size: int = 256, desc: str = "score", progress: Progress = None) -> list[dict]:
     """Summed and per-token log pi(response | prompt) and the mean next-token entropy, per example.
 
-    ``response_ids`` already end with EOS where the response is finished.
+    ``response_ids`` already end with EOS where the response is finished. Each distinct (prompt, response)
+    is scored once and every distinct prompt is forwarded once (``logprobs.pack_rows``): pass y, y' and y0
+    of a policy in one call and the repeats (y' == y, y0 == y: about half the rows on the toy task) cost
+    nothing. ``batch_size`` counts distinct prompts per forward.
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    share = supports_packing(model)
+    distinct: dict = {}
+    inverse = [distinct.setdefault((tuple(p), tuple(r)), len(distinct)) for p, r in zip(prompt_ids, response_ids)]
+    by_prompt: dict = {}
+    for (p, r), j in distinct.items():
+        by_prompt.setdefault(p, []).append((j, r))
+    groups = list(by_prompt.items())  # chunks hold whole prompts, so a prompt is forwarded once
 
     def run(start, stop, k):
-        batch = collate(prompt_ids[start:stop], response_ids[start:stop], pad_id).to(device)
-        lp = model_logps(model, batch, with_entropy=True)
+        rows = [(p, j, r) for p, branches in groups[start:stop] for j, r in branches]
+        ps, rs = [list(p) for p, _, _ in rows], [list(r) for _, _, r in rows]
+        if share:
+            lp = packed_logps(model, pack_rows(ps, rs, pad_id).to(device), with_entropy=True)
+        else:
+            lp = model_logps(model, collate(ps, rs, pad_id).to(device), with_entropy=True)
         out = []
-        for i in range(stop - start):
+        for i, (_, j, _) in enumerate(rows):
             toks = lp.token_logps[i][lp.mask[i]].float().cpu().tolist()
-            out.append({"logp": float(lp.summed[i]), "token_logps": toks, "entropy": float(lp.entropy[i])})
+            out.append((j, {"logp": float(lp.summed[i]), "token_logps": toks, "entropy": float(lp.entropy[i])}))
         return out
 
     try:
-        return _sharded_map(len(prompt_ids), batch_size, run, desc=desc, progress=progress)
+        scored = dict(_sharded_map(len(groups), batch_size, run, desc=desc, progress=progress))
     finally:
         model.train(was_training)
+    # each input row gets its own dict (callers may change one without touching its repeats)
+    return [{**scored[j], "token_logps": list(scored[j]["token_logps"])} for j in inverse]

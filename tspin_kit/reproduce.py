@@ -31,7 +31,6 @@ import os
 import shlex
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +51,18 @@ ARMS: dict[str, dict] = {
     "sft_4x": {"label": "SFT 4x data", "method": "sft", "data_multiple": 4.0},
     "tspin_25": {"label": "T-SPIN 25% data", "method": "tspin", "data_multiple": 0.25},
 }
+# Settings outside the defaults that bear on a claim, run with the same seeds and reported as findings
+# (an estimate and interval against the arm named in "versus"; no verdict, since no paper claims them).
+# They are not used to pick defaults.
+FINDINGS: dict[str, dict] = {
+    "tspin_mask": {"label": "T-SPIN, y0 == y masked", "method": "tspin", "versus": "tspin",
+                   "overrides": {"mask_proto_equal_annotated": True},
+                   "why": "the historical term pushes y0 down; where y0 == y it pushes the annotated answer down"},
+    "spin_lam01": {"label": "SPIN, lam = 0.1 (paper)", "method": "spin", "versus": "spin",
+                   "overrides": {"lam": 0.1},
+                   "why": "docs/departures.md uses lam = 1 instead of the paper's 0.1"},
+}
+ALL_ARMS = {**ARMS, **FINDINGS}
 # Per-example columns the claims read, as (seeds, iterations, examples) arrays.
 PAIR_COLUMNS = ("misaligned", "synthetic_equals_annotated", "reward_margin", "current_advantage_before",
                 "current_advantage_after", "historical_advantage_before", "historical_advantage_after",
@@ -68,6 +79,7 @@ class ReproduceConfig:
     out_dir: str = "reproduce_output"
     runs_dir: str | None = None  # default: out_dir/runs
     arms: tuple[str, ...] = tuple(ARMS)
+    findings: tuple[str, ...] = tuple(FINDINGS)
     workers: int | None = None  # parallel runs; default: one per CPU core
     bootstrap: int = 2000
     quick: bool = False  # CI: 2 seeds x 2 iterations, fewer bootstrap draws
@@ -83,6 +95,9 @@ class ReproduceConfig:
             raise ConfigError("reproduce.arms: the continued-SFT control 'sft' must be present")
         if self.seeds < 1 or self.iterations < 1:
             raise ConfigError(f"reproduce: seeds = {self.seeds}, iterations = {self.iterations}: expected >= 1")
+        unknown = [f for f in self.findings if f not in FINDINGS]
+        if unknown:
+            raise ConfigError(f"reproduce.findings: unknown {unknown}; expected some of {', '.join(FINDINGS)}")
         if self.bootstrap < 100:
             raise ConfigError(f"reproduce.bootstrap = {self.bootstrap}: expected >= 100 draws")
 
@@ -95,8 +110,8 @@ def run_configs(rc: ReproduceConfig) -> dict[tuple[str, int], RunConfig]:
     out = {}
     base_n = rc.base.data.num_examples or 1000
     for seed in range(rc.seeds):
-        for arm in rc.arms:
-            spec = ARMS[arm]
+        for arm in (*rc.arms, *rc.findings):
+            spec = ALL_ARMS[arm]
             cfg = copy.deepcopy(rc.base)
             cfg.seed = seed
             cfg.iterations = rc.iterations
@@ -104,29 +119,15 @@ def run_configs(rc: ReproduceConfig) -> dict[tuple[str, int], RunConfig]:
             if rc.task == "scratchpad":
                 cfg.sampling.max_new_tokens = max(cfg.sampling.max_new_tokens, 32)
             cfg.method.name = spec["method"]
+            for k, v in spec.get("overrides", {}).items():
+                setattr(cfg.method, k, v)
             cfg.data.num_examples = int(round(base_n * spec.get("data_multiple", 1.0)))
+            if spec["method"] == "sft":
+                cfg.sft_records = arm == "sft"  # the control's u and v are read by the claims; 4x-data SFT's by nothing
             cfg.keep_weights = "last"
             cfg.run_dir = str(rc.runs_path / f"seed{seed}" / arm)
             out[(arm, seed)] = cfg
     return out
-
-
-def _run_one(cfg_dict: dict, label: str, threads: int) -> tuple[str, float]:
-    """Worker: one run, its own share of the CPU threads, no progress bars."""
-    import torch
-
-    os.environ["TSPIN_PROGRESS"] = "0"
-    torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.WARNING)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    from .session import SelfPlaySession
-
-    cfg = RunConfig.from_dict(cfg_dict)
-    t0 = time.perf_counter()
-    SelfPlaySession(cfg, label=label).run()
-    return cfg.run_dir, time.perf_counter() - t0
 
 
 def run_grid(rc: ReproduceConfig, *, echo=print) -> dict[tuple[str, int], float]:
@@ -136,23 +137,19 @@ def run_grid(rc: ReproduceConfig, *, echo=print) -> dict[tuple[str, int], float]
     workers = max(1, min(rc.workers or cores, len(configs)))
     threads = max(1, cores // workers)
     # longest first, so the last runs to finish are short ones (the 4x-data SFT costs about 4 runs)
-    order = sorted(configs, key=lambda k: -ARMS[k[0]].get("data_multiple", 1.0))
+    order = sorted(configs, key=lambda k: -ALL_ARMS[k[0]].get("data_multiple", 1.0))
     seconds: dict[tuple[str, int], float] = {}
-    echo(f"reproduce: {len(configs)} runs ({len(rc.arms)} arms x {rc.seeds} seeds x {rc.iterations} iterations), "
+    echo(f"reproduce: {len(configs)} runs ({len(rc.arms) + len(rc.findings)} arms x {rc.seeds} seeds x "
+         f"{rc.iterations} iterations), "
          f"{workers} worker(s) x {threads} thread(s)")
-    if workers == 1:
-        for n, key in enumerate(order, 1):
-            _, seconds[key] = _run_one(configs[key].to_dict(), ARMS[key[0]]["label"], threads)
-            echo(f"  [{n}/{len(order)}] {ARMS[key[0]]['label']}, seed {key[1]}: {seconds[key]:.0f} s")
-        return seconds
-    import multiprocessing as mp
+    from .compare import run_parallel
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_one, configs[k].to_dict(), ARMS[k[0]]["label"], threads): k for k in order}
-        for n, fut in enumerate(as_completed(futures), 1):
-            key = futures[fut]
-            _, seconds[key] = fut.result()
-            echo(f"  [{n}/{len(order)}] {ARMS[key[0]]['label']}, seed {key[1]}: {seconds[key]:.0f} s")
+    def done(n, total, key, secs):
+        seconds[key] = secs
+        echo(f"  [{n}/{total}] {ALL_ARMS[key[0]]['label']}, seed {key[1]}: {secs:.0f} s")
+
+    # the same parallel runner as `tspin demo`: spawned workers, threads split, one progress display
+    run_parallel([(k, configs[k], ALL_ARMS[k[0]]["label"]) for k in order], workers=workers, on_done=done)
     return seconds
 
 
@@ -199,7 +196,7 @@ def evaluate(scores: dict[str, np.ndarray], pairs: dict[str, dict[str, np.ndarra
     for arm, cube in scores.items():
         curves = np.array([C.curve(cube, r) for r in rs])
         lo, hi = np.quantile(curves[1:], [0.025, 0.975], axis=0)
-        table[arm] = {"label": ARMS[arm]["label"], "mean": curves[0].tolist(), "low": lo.tolist(), "high": hi.tolist(),
+        table[arm] = {"label": ALL_ARMS[arm]["label"], "mean": curves[0].tolist(), "low": lo.tolist(), "high": hi.tolist(),
                       "per_seed": cube.mean(axis=2).tolist(), "peak_iteration": C.peak_iteration(cube)}
 
     def final(arm):
@@ -303,13 +300,28 @@ def evaluate(scores: dict[str, np.ndarray], pairs: dict[str, dict[str, np.ndarra
         out_claims.append(C.Claim("f4", "T-SPIN's historical advantage v exceeds the same v in the SFT control "
                                   "(the historical term at work, not only drift away from pi_0)", e.verdict, [e]))
 
+    # findings: settings outside the defaults, each against its default arm and the SFT control
+    findings = []
+    for arm, spec in FINDINGS.items():
+        if arm not in have or spec["versus"] not in have:
+            continue
+        parts = []
+        for other in (spec["versus"], "sft"):
+            if other in have:
+                e, lo, hi = C.bootstrap(diff(final(arm), final(other)), rs)
+                parts.append({"name": f"{spec['label']} minus {ALL_ARMS[other]['label']}, last iteration",
+                              "estimate": e, "low": lo, "high": hi, "unit": "points"})
+        findings.append({"id": arm, "label": spec["label"], "why": spec["why"], "parts": parts,
+                         "final": table[arm]["mean"][-1], "peak": max(table[arm]["mean"][1:]),
+                         "peak_iteration": table[arm]["peak_iteration"]})
+
     # per-iteration vanishing table (point estimates)
     vanishing = {}
     ident = rs[0]
     for arm, p in pairs.items():
         ones = every(p)
         vanishing[arm] = {
-            "label": ARMS[arm]["label"],
+            "label": ALL_ARMS[arm]["label"],
             "degenerate_share": C.masked_curve(p["synthetic_equals_annotated"], ones, ident).tolist(),
             "u_before_all": C.masked_curve(p["current_advantage_before"], ones, ident).tolist(),
             "u_before_nondegenerate": C.masked_curve(p["current_advantage_before"], nondeg(p), ident).tolist(),
@@ -319,7 +331,7 @@ def evaluate(scores: dict[str, np.ndarray], pairs: dict[str, dict[str, np.ndarra
             "misaligned_share_nondegenerate": C.masked_curve(p["misaligned"], nondeg(p), ident).tolist(),
             "annotated_logp_after": C.masked_curve(p["annotated_logp_after"], ones, ident).tolist(),
         }
-    return {"scores": table, "claims": [c.to_dict() for c in out_claims], "vanishing": vanishing,
+    return {"scores": table, "claims": [c.to_dict() for c in out_claims], "findings": findings, "vanishing": vanishing,
             "bootstrap": {"draws": n_boot, "seed": seed, "resamples": "seeds, then test problems / training examples"}}
 
 
@@ -340,17 +352,17 @@ def analyse(rc: ReproduceConfig, seconds: dict | None = None) -> dict:
     configs = run_configs(rc)
     records = {key: load_run(cfg.run_dir) for key, cfg in configs.items()}
     scores, pairs = {}, {}
-    for arm in rc.arms:
+    for arm in (*rc.arms, *rc.findings):
         runs = [records[(arm, s)] for s in range(rc.seeds)]
         scores[arm] = score_cube(runs)
-        if ARMS[arm].get("data_multiple", 1.0) == 1.0:  # paired by example id with the other 1x arms
+        if ALL_ARMS[arm].get("data_multiple", 1.0) == 1.0:  # paired by example id with the other 1x arms
             pairs[arm] = {c: pair_cube(runs, c) for c in PAIR_COLUMNS}
     result = evaluate(scores, pairs, n_boot=rc.bootstrap)
     first = records[("sft", 0)]
     result["pi0"] = {"score": float(first.initial.get("score", float("nan"))), **first.initial.get("pi0", {})}
     result["alarms"] = _alarm_validation([records[k] for k in records], rc)
     result["settings"] = {"seeds": list(range(rc.seeds)), "iterations": rc.iterations, "task": rc.task,
-                          "arms": list(rc.arms), "quick": rc.quick, "bootstrap": rc.bootstrap,
+                          "arms": list(rc.arms), "findings": list(rc.findings), "quick": rc.quick, "bootstrap": rc.bootstrap,
                           "eval_size": int(scores["sft"].shape[2]), "base_config": first.manifest["config"]}
     if seconds:
         result["run_seconds"] = {f"{a}/seed{s}": v for (a, s), v in seconds.items()}
@@ -362,8 +374,8 @@ def _alarm_validation(records: list, rc: ReproduceConfig) -> dict | None:
         from .alarms import validate_alarms
     except ImportError:
         return None
-    table = validate_alarms(records)
-    return {"drop_points": 2.0, "table": json.loads(table.to_json(orient="records"))}
+    table = validate_alarms(records, drop_points=2.0, horizon=2)
+    return {"drop_points": 2.0, "horizon": 2, "table": json.loads(table.reset_index().to_json(orient="records"))}
 
 
 def reproduce(rc: ReproduceConfig, *, command: str | None = None, echo=print) -> dict:
@@ -372,19 +384,36 @@ def reproduce(rc: ReproduceConfig, *, command: str | None = None, echo=print) ->
 
     out = Path(rc.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    code = code_version()  # before the runs: the code they import
     t0 = time.perf_counter()
     seconds = run_grid(rc, echo=echo)
     wall = time.perf_counter() - t0
     result = analyse(rc, seconds)
     cores = os.cpu_count() or 1
-    workers = max(1, min(rc.workers or cores, rc.seeds * len(rc.arms)))
+    workers = max(1, min(rc.workers or cores, rc.seeds * (len(rc.arms) + len(rc.findings))))
     result = {"command": command or "tspin_kit.reproduce.reproduce(...)",
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "code": code,
               "machine": {**machine_info(), "threads": max(1, cores // workers), "workers": workers,
                           "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
               "wall_seconds": wall, **result}
     write_outputs(result, out)
     return result
+
+
+def code_version() -> dict:
+    """The commit the package was run from and whether its tree had uncommitted changes (None outside git)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "tspin_kit"], cwd=root,
+                               capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
 
 
 def write_outputs(result: dict, out: Path) -> None:
@@ -401,4 +430,4 @@ def command_line(argv: list[str] | None = None) -> str:
     return "tspin " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
 
-__all__ = ["ARMS", "ReproduceConfig", "reproduce", "run_configs", "run_grid", "analyse", "evaluate", "write_outputs"]
+__all__ = ["ARMS", "FINDINGS", "ReproduceConfig", "reproduce", "run_configs", "run_grid", "analyse", "evaluate", "write_outputs"]

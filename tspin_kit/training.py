@@ -12,6 +12,13 @@ Choices the papers leave open (recorded with each run through the config):
 - SPIN's reference pi_t is frozen for the whole iteration and is the policy at its start, so its
   log-probs are computed once before training (they are needed for the records anyway) instead of
   running a second model on every step.
+
+Work skipped because it cannot change a number (each tested equal to the full computation in
+tests/test_equality.py): an example's x is forwarded once with y, y', y0 as branches after it
+(`logprobs.PackedExamples`, built once per iteration), a response that repeats within the example
+(y' == y, y0 == y) once; examples whose gradient is exactly zero (`zero_gradient`: SPIN with y' == y,
+triplets whose terms are all constant) are not forwarded but still count in the batch mean. AdamW is
+torch's fused kernel where torch offers it.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import torch
 
 from . import losses as L
 from .config import MethodConfig, TrainConfig
-from .logprobs import collate, model_logps, rows_logps
+from .logprobs import PackedExamples, rows_logps, supports_packing
 from .progress import bar as progress_bar
 from .templates import encode_prompt, encode_response
 
@@ -89,7 +96,13 @@ class TrainResult:
 
 def make_optimizer(params, cfg: TrainConfig, lr: float):
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        # The fused kernel (one pass over all parameters; CPU and CUDA in torch >= 2.4) where torch offers it
+        # for these parameters' device and dtype, else the default implementation.
+        params = list(params)
+        try:
+            return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay, fused=True)
+        except (RuntimeError, TypeError, ValueError):
+            return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     # The T-SPIN paper trains with RMSprop and no weight decay.
     return torch.optim.RMSprop(params, lr=lr, weight_decay=cfg.weight_decay)
 
@@ -107,33 +120,103 @@ def lr_lambda(total_steps: int, cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
-def compute_loss(model, ex: Examples, idx: list[int], method: MethodConfig, *, beta: float, lam: float):
-    """The loss object of `method` on examples `idx`: one forward over the method's rows.
+def zero_gradient(method: MethodConfig, beta: float, annotated: list[int], synthetic: list[int], proto: list[int] | None,
+                  keep_historical: bool = True) -> bool:
+    """True when an example's loss cannot depend on the parameters, so its gradient is exactly zero.
+
+    The current term compares y with y': identical token ids give identical log-probs (one forwarded row), so
+    SPIN's and the current term's argument is a constant. A triplet is constant too when its historical term
+    is off (beta = 0, as at Iter0 and in the no-history ablation, or masked because y0 == y) or compares
+    y' with an identical y0. SFT has no such examples.
+    """
+    if method.name == "sft" or synthetic != annotated:
+        return False
+    if method.name == "spin":
+        return True
+    return beta == 0 or not keep_historical or proto == synthetic
+
+
+def compute_loss(model, ex: Examples, idx: list[int], method: MethodConfig, *, beta: float, lam: float,
+                 keep_one: bool = False, packed: PackedExamples | None = None, skip: list[bool] | None = None):
+    """The loss object of `method` on examples `idx`, from one forward over the rows that can move it.
 
     Row layout: [y] for SFT, [y; y'] for SPIN, [y; y'; y0] for the triplet methods, split back with
-    ``.chunk``. Repeated rows (y' == y, ...) are forwarded once (`rows_logps`).
+    ``.chunk``; repeated rows are forwarded once and the rows of one prompt share its forward
+    (`rows_logps`). Examples whose gradient is exactly zero (`zero_gradient`) are not forwarded: their
+    policy log-probs enter the loss function as the constant 0 (y' == y and, where it counts, y0 == y', so
+    the loss equals the full computation's), and they still count in the batch mean. ``keep_one`` forwards
+    at least one example (under DDP every process must take part in every backward). ``packed``: the
+    iteration's examples packed once (`training_pack`), so a step only indexes tensors; ``skip``: the
+    zero-gradient rule evaluated once per iteration for every example (`skipped_examples`).
+    When nothing is forwarded the loss is a constant: ``.losses`` then has no graph.
     """
-    prompts = [ex.prompt_ids[i] for i in idx]
-    ann = [ex.annotated_ids[i] for i in idx]
     config = getattr(model, "module", model).config  # DDP wraps the model; its config sits on .module
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     device = next(model.parameters()).device
     if method.name == "sft":
-        batch = collate(prompts, ann, pad).to(device)
-        lp = model_logps(model, batch)
-        return L.sft_loss(lp.summed, lp.mask.sum(-1).to(lp.summed.dtype))
-    syn = [ex.synthetic_ids[i] for i in idx]
+        if packed is not None:
+            return L.sft_loss(packed.logps(model, idx)[:, 0], packed.token_counts[idx, 0].to(device))
+        counts = torch.tensor([len(ex.annotated_ids[i]) for i in idx], dtype=torch.float32, device=device)
+        return L.sft_loss(rows_logps(model, [ex.prompt_ids[i] for i in idx], [ex.annotated_ids[i] for i in idx], pad),
+                          counts)
     t = torch.tensor(idx)
+    triplet = method.name != "spin"
+    if skip is None:
+        skip = skipped_examples(ex, method, beta)
+    live = [k for k, i in enumerate(idx) if not skip[i]]
+    if not live and keep_one:
+        live = [0]
+    B, n = len(idx), len(live)
+    if n:
+        kept = [idx[k] for k in live]
+        if packed is not None:
+            per_role = packed.logps(model, kept).unbind(-1)  # (n,) each: y, y'(, y0)
+        else:
+            roles = (ex.annotated_ids, ex.synthetic_ids, ex.proto_ids) if triplet else (ex.annotated_ids, ex.synthetic_ids)
+            rows = rows_logps(model, [ex.prompt_ids[i] for i in kept] * len(roles),
+                              [r[i] for r in roles for i in kept], pad)  # rows: [y; y'] or [y; y'; y0] of the live ones
+            per_role = rows.chunk(len(roles))
+        if n == B:
+            parts = list(per_role)
+        else:  # scatter back into (B,), zeros where an example was skipped (index_copy carries the gradient)
+            pos = torch.tensor(live, device=device)
+            parts = [part.new_zeros(B).index_copy(0, pos, part) for part in per_role]
+    else:
+        parts = [torch.zeros(B, device=device) for _ in range(3 if triplet else 2)]
     if method.name == "spin":
-        a, s = rows_logps(model, prompts * 2, ann + syn, pad).chunk(2)  # rows: [y; y']
+        a, s = parts
         return L.spin_loss(a, s, ex.ref_annotated[t].to(device), ex.ref_synthetic[t].to(device), lam=lam)
-    pro = [ex.proto_ids[i] for i in idx]
-    a, s, p = rows_logps(model, prompts * 3, ann + syn + pro, pad).chunk(3)  # rows: [y; y'; y0]
+    a, s, p = parts
     mask = ex.historical_mask[t].to(device) if ex.historical_mask is not None else None
     if method.name == "tspin_ref":
         return L.tspin_ref_loss(a, s, p, ex.ref_annotated[t].to(device), ex.ref_synthetic[t].to(device),
                                 ex.ref_proto[t].to(device), lam=lam, beta=beta, historical_mask=mask)
     return L.tspin_loss(a, s, p, alpha=method.alpha, beta=beta, historical_mask=mask)
+
+
+def skipped_examples(ex: Examples, method: MethodConfig, beta: float) -> list[bool]:
+    """`zero_gradient` for every example of ``ex`` (a list indexed by example)."""
+    if method.name == "sft":
+        return [False] * len(ex)
+    keep = ex.historical_mask.tolist() if ex.historical_mask is not None else [True] * len(ex)
+    proto = ex.proto_ids if method.name != "spin" else [None] * len(ex)
+    return [zero_gradient(method, beta, a, s, p, k)
+            for a, s, p, k in zip(ex.annotated_ids, ex.synthetic_ids, proto, keep)]
+
+
+def training_pack(model, ex: Examples, method: MethodConfig) -> PackedExamples | None:
+    """The iteration's examples packed once (y, y', y0 after one shared prompt), or None where the model takes no
+    4D mask (then every step packs its own rows, `rows_logps`)."""
+    if not supports_packing(model):
+        return None
+    config = getattr(model, "module", model).config
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    roles = [ex.annotated_ids]
+    if method.name != "sft":
+        roles.append(ex.synthetic_ids)
+        if method.name != "spin":
+            roles.append(ex.proto_ids)
+    return PackedExamples(ex.prompt_ids, roles, pad)
 
 
 def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainConfig, iteration: int, seed: int,
@@ -182,23 +265,37 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
 
     result = TrainResult(lr=lr)
     t0 = time.perf_counter()
+    packed = training_pack(model, ex, method)
+    skip = skipped_examples(ex, method, beta)
     label = desc or f"train it{iteration} ({method.name})"
     bar = progress_bar(total, label, main=local or state.is_main_process)
     for step, global_idx in enumerate(batches):
-        mine = np.array_split(np.asarray(global_idx), world)[rank]
-        micro = [m.tolist() for m in np.array_split(mine, train.grad_accum) if len(m)]
+        if world == 1 and train.grad_accum == 1:
+            micro = [global_idx]  # the common case, without the per-step numpy round trip
+        else:
+            mine = np.array_split(np.asarray(global_idx), world)[rank]
+            micro = [m.tolist() for m in np.array_split(mine, train.grad_accum) if len(m)]
         step_loss = torch.zeros((), device=next(model.parameters()).device)
+        stepped = False
         for j, idx in enumerate(micro):
             # Only the last micro-batch synchronises gradients across processes.
             sync = j == len(micro) - 1
             ctx = contextlib.nullcontext() if sync or world == 1 else accelerator.no_sync(ddp_model)
             with ctx:
-                out = compute_loss(ddp_model, ex, idx, method, beta=beta, lam=lam)
+                out = compute_loss(ddp_model, ex, idx, method, beta=beta, lam=lam, keep_one=distributed, packed=packed,
+                                   skip=skip)
                 # sum of this process's per-example losses / global batch; DDP averages over processes,
                 # so multiply back by world: the result is the global mean whatever the split.
                 loss = out.losses.sum() * world / len(global_idx)
-                backward(loss)
+                if loss.requires_grad:  # False when every example of the micro-batch had a zero gradient
+                    backward(loss)
+                    stepped = True
             step_loss += loss.detach() / world
+        if not stepped:
+            # every example of the step had a zero gradient: the full computation would hand the optimiser
+            # zero gradients (AdamW still moves on its momentum and decay), so do exactly that
+            for p in params:
+                p.grad = torch.zeros_like(p)
         if train.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
         opt.step()
