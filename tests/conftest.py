@@ -119,7 +119,7 @@ def normalise_records(df):
     out = df.copy()
     for c in out.columns:
         if out[c].dtype == object and len(out) and isinstance(out[c].iloc[0], (list, np.ndarray)):
-            out[c] = [list(map(float, x)) for x in out[c]]
+            out[c] = [list(x) if len(x) and isinstance(x[0], str) else list(map(float, x)) for x in out[c]]
     return out
 
 

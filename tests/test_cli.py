@@ -152,7 +152,7 @@ def test_prompt_longer_than_max_length_names_the_row(tmp_path, caplog, stepped_r
     assert (
         "model.max_length" in caplog.text
         and "prompt is 6 tokens" in caplog.text
-        and "row 0 (prompt '" in caplog.text
+        and "data.source 'toy:addition', row 0, field 'prompt'" in caplog.text
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 import yaml
@@ -169,3 +170,98 @@ def test_config_diff_lists_dotted_keys():
     assert config_diff(a, b) == ["method.beta: 0.1 != 0.2", "train.lr: 2e-05 != 0.0001"]
     assert config_diff(a, a) == []
     assert config_diff({"x": 1}, {}) == ["x: 1 != None"]
+
+
+# --------------------------------------------------------------------------- issue 12: overrides, rough edges
+
+
+def test_overrides_are_dotted_yaml_values(tmp_path):
+    from tspin_kit.config import parse_overrides
+
+    assert parse_overrides(["method.beta=0.2", "train.lr=1e-5", "train.lr_schedule=[5e-7, 1e-7]", "cpu=true",
+                            "run_dir=null", "method.name=spin"]) == {
+        "method": {"beta": 0.2, "name": "spin"}, "train": {"lr": "1e-5", "lr_schedule": ["5e-7", "1e-7"]},  # YAML's reading
+        "cpu": True, "run_dir": None}
+    path = tmp_path / "c.yaml"
+    path.write_text("method: {name: tspin, beta: 0.1}\ntrain: {lr: 2.0e-5}\n")
+    cfg = RunConfig.from_yaml(path, ["method.beta=0.2", "train.lr=1e-5"])
+    assert cfg.method.beta == 0.2 and cfg.train.lr == 1e-5 and cfg.method.name == "tspin"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("method.betta=0.2", "with overrides method.betta=0.2: method: unknown field(s) betta; expected some of alpha"),
+    ("method.beta=-1", "method.beta = -1: expected a number >= 0"),
+    ("train.lr=fast", "train.lr = 'fast': expected a number"),
+    ("trian.lr=1e-5", "run: unknown field(s) trian"),
+    ("method.beta", "override 'method.beta': expected KEY=VALUE"),
+    ("method..beta=1", "expected KEY=VALUE with a dotted key"),
+])
+def test_override_errors_match_the_yaml_messages(tmp_path, override, message):
+    path = tmp_path / "c.yaml"
+    path.write_text("iterations: 1\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        RunConfig.from_yaml(path, [override])
+
+
+def test_lr_schedule_without_a_dot_is_read_as_numbers(tmp_path):
+    # PyYAML reads 5e-7 as the string '5e-7'; scalars already accepted it, lists failed with
+    # "train: '>' not supported between instances of 'str' and 'int'".
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {lr: 5e-7, lr_schedule: [5e-7, 1e-7]}\nmethod: {beta_schedule: [0, 1e-1]}\n")
+    cfg = RunConfig.from_yaml(path)
+    assert cfg.train.lr_schedule == [5e-7, 1e-7] and cfg.method.beta_schedule == [0, 0.1]
+    path.write_text("train: {lr_schedule: [5e-7, fast]}\n")
+    with pytest.raises(ConfigError, match=re.escape("train.lr_schedule[1] = 'fast': expected a number")):
+        RunConfig.from_yaml(path)
+
+
+def test_unknown_toy_world_is_a_config_error():
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict({"data": {"source": "toy:foo"}}, source="f.yaml")
+    assert str(err.value) == ("f.yaml: data.source = 'toy:foo': expected 'toy:addition' or 'toy:scratchpad' "
+                              "(or a file, folder or hub id)")
+
+
+def test_spin_and_sft_have_no_beta():
+    assert MethodConfig(name="spin").beta_at(3) == 0.0 and MethodConfig(name="sft").beta_at(3) == 0.0
+    assert MethodConfig(name="tspin").beta_at(3) == 0.1
+
+
+def test_defaults_listing_loads_back_into_the_defaults():
+    from tspin_kit.config import defaults_yaml
+
+    text = defaults_yaml()
+    assert RunConfig.from_dict(yaml.safe_load(text)) == RunConfig()
+    for f in dataclasses.fields(RunConfig):  # every field is listed with its help
+        assert f"{f.name}:" in text
+    assert "beta: 0.1" in text and "# T-SPIN weight of the historical advantage" in text
+
+
+def test_report_to_accepts_known_trackers_only():
+    assert RunConfig.from_dict({"report_to": "trackio,tensorboard"}).report_to == ["trackio", "tensorboard"]
+    with pytest.raises(ConfigError, match=re.escape("run.report_to = ['mlflow']: expected None or a list of trackio")):
+        RunConfig.from_dict({"report_to": ["mlflow"]})
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path, monkeypatch):
+    (tmp_path / "proj" / "data").mkdir(parents=True)
+    (tmp_path / "proj" / "data" / "pairs.jsonl").write_text('{"prompt": "a", "response": "b"}\n')
+    cfg_path = tmp_path / "proj" / "run.yaml"
+    cfg_path.write_text("data: {source: data/pairs.jsonl}\n")
+    monkeypatch.chdir(tmp_path)  # another folder: the path is still found
+    cfg = RunConfig.from_yaml("proj/run.yaml")
+    assert cfg.data.source == str((tmp_path / "proj" / "data" / "pairs.jsonl").resolve())
+    # an override is relative to where the command runs
+    monkeypatch.chdir(tmp_path / "proj" / "data")
+    assert RunConfig.from_yaml(cfg_path, ["data.source=pairs.jsonl"]).data.source == cfg.data.source
+
+
+def test_too_few_rows_names_the_fields_not_their_sum(tmp_path):
+    path = tmp_path / "user.jsonl"
+    path.write_text("".join(f'{{"prompt": "p{i}", "response": "r{i}"}}\n' for i in range(1200)))
+    with pytest.raises(ConfigError) as err:
+        DataSettings(source=str(path)).load()
+    assert str(err.value) == (f"file '{path}' has 1200 rows, fewer than data.num_examples (1000) + data.eval_size "
+                              "(500) = 1500; set data.num_examples to at most 700 (or null: every row not held out)")
+    train, held = DataSettings(source=str(path), num_examples=None).load()
+    assert len(train) == 700 and len(held) == 500 and sorted(list(train["row"]) + list(held["row"])) == list(range(1200))

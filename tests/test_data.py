@@ -528,8 +528,42 @@ def test_folder_that_is_not_a_saved_dataset(tmp_path):
 def test_malformed_json_file(tmp_path):
     path = tmp_path / "broken.json"
     path.write_text('{"prompt": "p", "response": ')
-    with pytest.raises(DataError, match=re.escape(f"file '{path}': could not read it as json")):
+    with pytest.raises(DataError, match=re.escape(f"file '{path}', line 1: not valid JSON")):
         load_annotated(str(path))
+
+
+# Issue 12, item 5: malformed files name their line; binary files say so (were: "An error occurred while
+# generating the dataset" with no line, and "The document is empty").
+def test_malformed_jsonl_line_is_named(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    lines = [json.dumps({"prompt": f"p{i}", "response": f"r{i}"}) for i in range(9)]
+    lines[6] = '{"prompt": "p6", "response": r6}'
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as err:
+        load_annotated(str(path))
+    assert str(err.value) == f"file '{path}', line 7: not valid JSON (Expecting value, column 30)"
+
+
+@pytest.mark.parametrize("name", ["pairs.jsonl", "pairs.json", "pairs.csv"])
+def test_binary_file_is_named_as_binary(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    with pytest.raises(DataError, match=re.escape(f"file '{path}', line 1: not UTF-8 text (byte 0x89 at offset 0)")):
+        load_annotated(str(path))
+
+
+def test_too_few_rows_reports_the_bad_row_first(tmp_path):
+    rows = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(6)]
+    rows[4]["response"] = "  "
+    path = write_jsonl(tmp_path / "small.jsonl", rows)
+    with pytest.raises(DataError, match=re.escape(f"file '{path}', row 4, column 'response': the text is empty")):
+        load_annotated(DataConfig(source=str(path), num_examples=50))
+
+
+def test_row_ids_name_the_source_row(tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(10)])
+    ds = load_annotated(DataConfig(source=str(path), num_examples=4, seed=3), row_ids=True)
+    assert [int(r[1:]) for r in ds["prompt"]] == ds["row"]
 
 
 def test_empty_file(tmp_path):

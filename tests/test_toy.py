@@ -166,3 +166,20 @@ def test_nudge_changes_the_init_by_a_rounding_sized_amount():
     assert not torch.equal(wa, wb)
     assert torch.allclose(wa, wb, rtol=1e-3, atol=1e-4)
     del tok
+
+
+@pytest.mark.slow
+def test_retraining_pi0_here_lands_within_a_few_points_of_the_shipped_one():
+    """The recipe is robust: `tspin pi0` on this machine (whatever it is) retrains the shipped pi_0's
+    recipe from scratch and lands within 3 points of the shipped score."""
+    import re
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "tspin_kit.cli", "-q", "pi0", "--task", "addition"],
+                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
+                                                                             "TSPIN_PROGRESS": "0"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = re.search(r"this retraining is ([+-][0-9.]+) points away", proc.stdout)
+    assert m, proc.stdout
+    assert abs(float(m.group(1))) <= 3.0, proc.stdout

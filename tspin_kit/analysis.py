@@ -527,11 +527,12 @@ def triplet_detail(examples: pd.DataFrame, iteration: int, example_id: int) -> d
 def _split_tokens(text: str, n: int, tokens: Any = None) -> tuple[list[str], str]:
     """Token strings for ``n`` per-token log-probs of ``text`` (the last one is EOS).
 
-    The record schema keeps per-token log-probs but not token strings. Use explicit tokens when a
-    ``*_tokens`` column exists; else characters (the toy tokenizer is character-level) or words
-    when their count + EOS matches; else unlabelled positions.
+    Runs record the text of every token in ``{role}_tokens`` (any tokenizer: BPE, SentencePiece,
+    characters); use it when its length matches. Records without it (runs made before it existed)
+    fall back to characters (the toy tokenizer is character-level) or words when their count + EOS
+    matches; else unlabelled positions.
     """
-    if tokens is not None and len(tokens) == n:
+    if tokens is not None and not isinstance(tokens, (str, float)) and len(tokens) == n:
         return [str(t) for t in tokens], "tokens"
     if len(text) + 1 == n:
         return list(text) + ["⟨eos⟩"], "characters"

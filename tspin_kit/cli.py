@@ -1,6 +1,8 @@
 """`tspin`: a thin command line over the same dataclass configs the Python API uses.
 
-    tspin run --config FILE.yaml       run (or continue) one method
+    tspin run --config FILE.yaml [KEY=VALUE ...] [--print-config]   run (or continue) one method
+    tspin config [--show-defaults | --config FILE.yaml KEY=VALUE ...]  fields and defaults, or a merged config
+    tspin export RUN_DIR run.zip [--weights]   pack a run so it travels
     tspin resume RUN_DIR               continue a killed run from its last completed phase
     tspin report RUN_DIR [RUN_DIR...]  write a self-contained HTML report
     tspin demo [--seeds 2] [--iterations 10]   the main job on the embedded toy world
@@ -27,19 +29,54 @@ def _out(text: str) -> None:
     sys.stdout.flush()
 
 
-def cmd_run(args) -> int:
+def _load_config(args):
+    """The config file with the command line's dotted overrides (and --run-dir / --report-to) applied."""
     from .config import RunConfig
+
+    overrides = list(args.overrides or [])
+    if getattr(args, "run_dir", None):
+        overrides.append(f"run_dir={args.run_dir}")
+    if getattr(args, "report_to", None):
+        overrides.append(f"report_to={args.report_to}")
+    return RunConfig.from_yaml(args.config, overrides)
+
+
+def cmd_run(args) -> int:
     from .session import SelfPlaySession
 
-    cfg = RunConfig.from_yaml(args.config)
-    if args.run_dir:
-        cfg.run_dir = args.run_dir
+    cfg = _load_config(args)
     if not cfg.run_dir:
         cfg.run_dir = str(Path("runs") / Path(args.config).stem)
+    if args.print_config:
+        _out(cfg.to_yaml().rstrip())
+        return 0
     rec = SelfPlaySession(cfg).run()
     _out(rec.metrics[["iteration", "score_before", "score_after", "current_advantage_after_mean",
                       "historical_advantage_after_mean"]].to_string(index=False))
     _out(f"run directory: {cfg.run_dir}")
+    return 0
+
+
+def cmd_config(args) -> int:
+    """Print every field with its default and help, or a config file with overrides merged."""
+    from .config import RunConfig, defaults_yaml
+
+    if args.config:
+        _out(_load_config(args).to_yaml().rstrip())
+    elif args.overrides:
+        from .config import parse_overrides
+
+        _out(RunConfig.from_dict(parse_overrides(args.overrides), source="overrides").to_yaml().rstrip())
+    else:
+        _out(defaults_yaml().rstrip())
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .store import export_run
+
+    path = export_run(args.run_dir, args.out, weights=args.weights)
+    _out(f"exported: {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
@@ -85,7 +122,8 @@ def cmd_demo(args) -> int:
     base.data.source = f"toy:{args.task}"
     if args.task == "scratchpad":
         base.sampling.max_new_tokens = 32
-    cc = C.ComparisonConfig(base=base, seeds=tuple(range(args.seeds)), out_dir=args.out)
+    cc = C.ComparisonConfig(base=base, seeds=tuple(range(args.seeds)), out_dir=args.out,
+                            workers=getattr(args, "workers", None))
     t0 = time.perf_counter()
     records = C.run_comparison(cc, fresh=args.fresh)
     seconds = time.perf_counter() - t0
@@ -169,6 +207,13 @@ def cmd_render_results(args) -> int:
     return 0
 
 
+def log_level(quiet: bool) -> int:
+    """INFO on the main process; under torchrun/accelerate the other ranks log warnings only, so every
+    INFO line appears once, not once per process."""
+    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+    return logging.WARNING if quiet or rank not in ("", "0") else logging.INFO
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tspin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors in the log")
@@ -176,7 +221,20 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run one method from a YAML config")
     r.add_argument("--config", required=True, help="YAML file with sections model/data/method/train/sampling")
     r.add_argument("--run-dir", help="override the config's run_dir")
+    r.add_argument("--report-to", help="trackers, comma-separated: trackio, tensorboard, wandb (same as report_to=...)")
+    r.add_argument("--print-config", action="store_true", help="print the merged config as YAML and exit")
+    r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. method.beta=0.2 train.lr=1e-5")
     r.set_defaults(fn=cmd_run)
+    r = sub.add_parser("config", help="list every config field with its default and help, or print a merged config")
+    r.add_argument("--show-defaults", action="store_true", help="every field, its default and help (the default action)")
+    r.add_argument("--config", help="a YAML file to merge the overrides into and print")
+    r.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    r.set_defaults(fn=cmd_config)
+    r = sub.add_parser("export", help="pack a run (records, manifest, report; weights with --weights) into a zip")
+    r.add_argument("run_dir", help="a run folder, zip or fsspec URL")
+    r.add_argument("out", help="the .zip to write")
+    r.add_argument("--weights", action="store_true", help="include weights/ (large for full fine-tuning)")
+    r.set_defaults(fn=cmd_export)
     r = sub.add_parser("resume", help="continue a run directory from its last completed phase")
     r.add_argument("run_dir")
     r.set_defaults(fn=cmd_resume)
@@ -191,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--task", choices=["addition", "scratchpad"], default="addition")
     r.add_argument("--out", default="demo_output")
     r.add_argument("--fresh", action="store_true", help="delete earlier runs in --out first (else they are resumed)")
+    r.add_argument("--workers", type=int, help="runs side by side as processes (default: one per CPU core; 1: in this process)")
     r.set_defaults(fn=cmd_demo)
     r = sub.add_parser("reproduce", help="the papers' claims on the toy world: methods x seeds x iterations, verdicts")
     r.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
@@ -225,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+    logging.basicConfig(level=log_level(args.quiet),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from .config import ConfigError
     from .data import DataError

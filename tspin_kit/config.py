@@ -19,6 +19,7 @@ from .data import DataConfig, DataError
 METHODS = ("sft", "spin", "tspin", "tspin_no_history", "tspin_ref")
 OPTIMIZERS = ("adamw", "rmsprop")
 SCHEDULES = ("constant", "linear")
+TRACKERS = ("trackio", "tensorboard", "wandb")
 
 
 class ConfigError(ValueError):
@@ -68,7 +69,34 @@ class DataSettings(DataConfig):
     def __post_init__(self):
         super().__post_init__()
         _check(bool(self.source), "data", "source", "a non-empty string", self.source)
+        if isinstance(self.source, str) and self.source.startswith("toy:"):
+            from .toy import TASKS
+
+            _check(self.source[4:] in TASKS, "data", "source", " or ".join(f"'toy:{t}'" for t in TASKS)
+                   + " (or a file, folder or hub id)", self.source)
         _check(isinstance(self.eval_size, int) and self.eval_size >= 1, "data", "eval_size", "an integer >= 1", self.eval_size)
+
+    def load(self):
+        """(train, held_out) ``datasets.Dataset``s with a ``row`` column (the row of the source), as the
+        session uses them. Too few rows is reported in this config's own terms."""
+        from .data import DataCountError, load_annotated, split_train_eval, subsample
+
+        try:
+            ds = load_annotated(self.loader_config(), row_ids=True)
+        except DataCountError as e:
+            room = e.available - self.eval_size
+            hint = (f"set data.num_examples to at most {room} (or null: every row not held out)" if room >= 1
+                    else f"lower data.eval_size below {e.available}")
+            raise ConfigError(
+                f"{e.origin} has {e.available} rows, fewer than data.num_examples ({self.num_examples}) + "
+                f"data.eval_size ({self.eval_size}) = {e.requested}; {hint}") from None
+        if self.eval_size >= len(ds):
+            from .data import describe_source
+
+            raise ConfigError(f"{describe_source(self.source)} has {len(ds)} rows: data.eval_size ({self.eval_size}) "
+                              f"leaves none to train on; lower data.eval_size below {len(ds)}")
+        train, held_out = split_train_eval(ds, self.eval_size, seed=self.seed)
+        return subsample(train, num_examples=self.num_examples, fraction=self.fraction, seed=self.seed), held_out
 
     def loader_config(self) -> DataConfig:
         """What `tspin_kit.data.load_annotated` needs. With a count, read only num_examples + eval_size rows
@@ -104,7 +132,7 @@ class MethodConfig:
 
     def beta_at(self, iteration: int) -> float:
         """beta for iteration t: 0 for the no-history ablation and at t = 0 (y' and y0 both come from pi_0)."""
-        if self.name == "tspin_no_history":
+        if self.name in ("tspin_no_history", "spin", "sft"):  # no historical term: nothing for beta to weigh
             return 0.0
         if self.beta_schedule is not None:
             return float(self.beta_schedule[min(iteration, len(self.beta_schedule) - 1)])
@@ -182,6 +210,8 @@ class RunConfig:
     run_dir: str | None = field(default=None, metadata={"help": "where records and weights go; None keeps the run in memory"})
     keep_weights: str = field(default="all", metadata={"help": "'all' saves every pi_t, 'last' only the latest"})
     cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is present"})
+    sft_records: bool = field(default=True, metadata={"help": "SFT runs: also sample y' and y0 and score them every iteration, for records only (the control's u, v, degenerate shares); off skips that work"})
+    report_to: list[str] | None = field(default=None, metadata={"help": "experiment trackers to log to: any of trackio, tensorboard, wandb (optional extras); None logs only to run_dir"})
 
     def __post_init__(self):
         for name, cls in _SECTIONS.items():
@@ -192,6 +222,10 @@ class RunConfig:
                 raise ConfigError(f"{name}: expected a mapping of {cls.__name__} fields, got {type(value).__name__} {value!r}")
         _check(isinstance(self.iterations, int) and self.iterations >= 1, "run", "iterations", "an integer >= 1", self.iterations)
         _check(self.keep_weights in ("all", "last"), "run", "keep_weights", "'all' or 'last'", self.keep_weights)
+        if isinstance(self.report_to, str):  # `report_to: tensorboard` or `report_to=trackio,tensorboard`
+            self.report_to = [t.strip() for t in self.report_to.split(",") if t.strip()]
+        _check(self.report_to is None or (isinstance(self.report_to, list) and all(t in TRACKERS for t in self.report_to)),
+               "run", "report_to", f"None or a list of {', '.join(TRACKERS)}", self.report_to)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -206,7 +240,13 @@ class RunConfig:
             raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "RunConfig":
+    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "RunConfig":
+        """Read a YAML file, then apply dotted ``KEY=VALUE`` overrides (``method.beta=0.2``).
+
+        Local paths in ``data.source`` and ``model.name_or_path`` are made absolute: those written in the
+        file against the file's folder, those given as overrides against the working directory, so a
+        run resumed from elsewhere finds the same files (the manifest records the absolute path).
+        """
         import yaml
 
         path = Path(path)
@@ -216,7 +256,16 @@ class RunConfig:
             d = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML ({e})") from None
-        return cls.from_dict(d, source=str(path))
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections, got {type(d).__name__}")
+        _resolve_paths(d, path.resolve().parent)
+        source = str(path)
+        if overrides:
+            over = parse_overrides(overrides)
+            _resolve_paths(over, Path.cwd())
+            d = merge_dicts(d, over)
+            source = f"{path} with overrides {' '.join(overrides)}"
+        return cls.from_dict(d, source=source)
 
     def to_yaml(self) -> str:
         import yaml
@@ -248,10 +297,12 @@ def _from_dict(cls, d: dict, section: str):
             v = _from_dict(sub, v, k)
         elif isinstance(v, str) and types[k].startswith("float"):
             # PyYAML reads `2e-5` (no dot) as a string; accept it as the number it spells.
-            try:
-                v = float(v)
-            except ValueError:
-                raise ConfigError(f"{section}.{k} = {v!r}: expected a number") from None
+            v = _as_float(v, f"{section}.{k}")
+        elif isinstance(v, list) and types[k].startswith("list[float]"):
+            v = [_as_float(x, f"{section}.{k}[{i}]") if isinstance(x, str) else x for i, x in enumerate(v)]
+            bad = next((i for i, x in enumerate(v) if isinstance(x, bool) or not isinstance(x, (int, float))), None)
+            if bad is not None:
+                raise ConfigError(f"{section}.{k}[{bad}] = {v[bad]!r}: expected a number")
         kwargs[k] = v
     try:
         return cls(**kwargs)
@@ -259,6 +310,84 @@ def _from_dict(cls, d: dict, section: str):
         raise ConfigError(f"{section}: {e}") from None
     except TypeError as e:  # wrong types that dataclass comparisons trip on
         raise ConfigError(f"{section}: {e}") from None
+
+
+def parse_overrides(items) -> dict:
+    """``["method.beta=0.2", "train.lr=1e-5"]`` -> ``{"method": {"beta": 0.2}, "train": {"lr": 1e-5}}``.
+
+    Each value is read as YAML (``0.2``, ``true``, ``null``, ``[1.0e-5, 5.0e-6]``, text), so an override
+    means what the same line would mean in the file; validation happens once, on the merged config.
+    """
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE with a dotted key, e.g. method.beta=0.2")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({e})") from None
+        node = out
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {item!r}: {p} was already given a value")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
+
+def merge_dicts(base: dict, over: dict) -> dict:
+    """``over`` merged into a copy of ``base``, section by section."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _resolve_paths(d: dict, base: Path) -> None:
+    """Make relative local paths in data.source / model.name_or_path absolute against ``base`` (in place)."""
+    for section, key in (("data", "source"), ("model", "name_or_path")):
+        sec = d.get(section)
+        if not isinstance(sec, dict) or not isinstance(sec.get(key), str):
+            continue
+        value = sec[key]
+        if value == "toy" or value.startswith("toy:") or Path(value).expanduser().is_absolute():
+            continue
+        for root in (base, Path.cwd()):  # the file's folder first; a path that exists only from cwd still works
+            if (root / value).exists():
+                sec[key] = str((root / value).resolve())
+                break
+
+
+def defaults_yaml() -> str:
+    """Every config field with its default and help, as YAML that loads back into ``RunConfig()``."""
+    import yaml
+
+    def line(indent: str, f, value) -> str:
+        text = yaml.safe_dump({f.name: value}, default_flow_style=True, width=10**6).strip()[1:-1]
+        return f"{indent}{text:<40} # {f.metadata.get('help', '')}".rstrip()
+
+    cfg = RunConfig()
+    out = []
+    for f in fields(RunConfig):
+        value = getattr(cfg, f.name)
+        if f.name in _SECTIONS:
+            out.append(f"{f.name}:")
+            out += [line("  ", g, getattr(value, g.name)) for g in fields(value)]
+        else:
+            out.append(line("", f, value))
+    return "\n".join(out) + "\n"
+
+
+def _as_float(v: str, key: str) -> float:
+    try:
+        return float(v)
+    except ValueError:
+        raise ConfigError(f"{key} = {v!r}: expected a number") from None
 
 
 def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:

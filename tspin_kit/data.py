@@ -56,7 +56,9 @@ __all__ = [
     "ULTRACHAT_ID",
     "ULTRACHAT_SPLITS",
     "DataConfig",
+    "DataCountError",
     "DataError",
+    "describe_source",
     "load_annotated",
     "load_ultrachat",
     "split_train_eval",
@@ -136,10 +138,19 @@ class DataConfig:
             raise DataError(f"seed must be an int, got {self.seed!r}")
 
 
+class DataCountError(DataError):
+    """The source has fewer rows than asked for (raised after its rows were validated)."""
+
+    def __init__(self, message: str, *, origin: str, requested: int, available: int):
+        super().__init__(message)
+        self.origin, self.requested, self.available = origin, requested, available
+
+
 def load_annotated(
     config_or_source: DataConfig | str | os.PathLike | None = None,
     *,
     records: Sequence[Mapping[str, Any]] | datasets.Dataset | None = None,
+    row_ids: bool = False,
 ) -> datasets.Dataset:
     """Load, subsample and validate annotated pairs; return columns ``prompt``, ``response``.
 
@@ -160,7 +171,19 @@ def load_annotated(
             "load_annotated takes a DataConfig, a source string or None, "
             f"got {type(config_or_source).__name__}"
         )
-    return _load(config, records, force_messages=False)
+    return _load(config, records, force_messages=False, row_ids=row_ids)
+
+
+def describe_source(source: str | os.PathLike | None) -> str:
+    """How errors name a source: ``file '/abs/x.jsonl'``, ``folder '...'`` or ``hub dataset 'id'``."""
+    if source is None:
+        return "records"
+    path = Path(os.fspath(source)).expanduser()
+    if path.is_dir():
+        return f"folder '{path}'"
+    if path.exists() or _looks_like_path(os.fspath(source)):
+        return f"file '{path}'"
+    return f"hub dataset '{source}'"
 
 
 def load_ultrachat(
@@ -245,6 +268,7 @@ def _load(
     records: Sequence[Mapping[str, Any]] | datasets.Dataset | None,
     *,
     force_messages: bool,
+    row_ids: bool = False,
 ) -> datasets.Dataset:
     if records is not None and config.source is not None:
         raise DataError(
@@ -270,8 +294,11 @@ def _load(
     columns = _column_names(raw, origin)
     mode = _pick_mode(columns, config, origin, force_messages)
 
-    indices = _sample_indices(n, config.num_examples, config.fraction, config.seed, origin)
-    row_ids = range(n) if indices is None else indices
+    too_few = config.num_examples is not None and config.num_examples > n
+    # Too few rows for the count asked: check every row first, so a bad row in a small file is what the
+    # user hears about, then report the count.
+    indices = None if too_few else _sample_indices(n, config.num_examples, config.fraction, config.seed, origin)
+    source_rows = range(n) if indices is None else indices
 
     prompts: list[str] = []
     responses: list[str] = []
@@ -281,7 +308,7 @@ def _load(
         [config.messages_column] if mode == "messages"
         else [config.prompt_column, config.response_column]
     ) + ([_KEPT_EXTRA_COLUMN] if keep_answer else [])
-    for row_id, row in zip(row_ids, _iter_rows(raw, indices, needed), strict=True):
+    for row_id, row in zip(source_rows, _iter_rows(raw, indices, needed), strict=True):
         if mode == "messages":
             prompt, response = _first_exchange(row.get(config.messages_column), config,
                                                origin, row_id)
@@ -295,11 +322,16 @@ def _load(
         if keep_answer:
             answers.append(row.get(_KEPT_EXTRA_COLUMN))
 
+    if too_few:
+        raise DataCountError(f"{origin}: num_examples={config.num_examples} but the data has only {n} rows",
+                             origin=origin, requested=int(config.num_examples), available=n)
     # Python str lists always become plain `string` columns (the CSV/JSON readers would give
     # `large_string`); `answer` keeps whatever type the source had.
     data: dict[str, list[Any]] = {"prompt": prompts, "response": responses}
     if keep_answer:
         data[_KEPT_EXTRA_COLUMN] = answers
+    if row_ids:  # 0-based row of the source, so later checks (prompt length) can name it
+        data["row"] = list(source_rows)
     return datasets.Dataset.from_dict(data)
 
 
@@ -349,7 +381,50 @@ def _read_file(path: Path) -> datasets.Dataset:
     # raises StopIteration); report them all as this file being unreadable.
     except (OSError, ValueError, StopIteration, pa.ArrowException,
             datasets.exceptions.DatasetGenerationError) as err:
+        if builder in ("json", "csv"):  # find the line at fault (only on failure: the check reads the file)
+            _check_text_file(path, builder)
         raise DataError(f"file '{path}': could not read it as {builder}: {err}") from err
+
+
+def _check_text_file(path: Path, builder: str) -> None:
+    """Name the line of the first problem in a JSON/JSONL/CSV file (the `datasets` builders do not)."""
+    import json
+
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"file '{path}', line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
+            f"is this really a {path.suffix} file?") from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise DataError(f"file '{path}', line {line}: a NUL byte; this is a binary file, not {path.suffix} text")
+    if builder != "json":
+        return
+    stripped = text.lstrip()
+    if stripped.startswith("["):  # one JSON document (an array of rows)
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"file '{path}', line {err.lineno}: not valid JSON ({err.msg}, column {err.colno})") from None
+        return
+    if stripped.startswith("{") and path.suffix.lower() == ".json":
+        try:  # a single JSON object (e.g. {"data": [...]}) is left to the builder
+            json.loads(text)
+            return
+        except json.JSONDecodeError:
+            pass  # JSON lines in a .json file
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"file '{path}', line {lineno}: not valid JSON ({err.msg}, column {err.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"file '{path}', line {lineno}: expected a JSON object per line, got {type(row).__name__}")
 
 
 def _parquet_num_rows(path: Path) -> int | None:

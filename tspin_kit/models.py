@@ -52,13 +52,51 @@ def load_pretrained(cfg: ModelConfig):
 
 
 def max_length_of(model, tokenizer, cfg: ModelConfig) -> int:
+    """The longest prompt allowed: ``model.max_length``, else the model's own limit."""
     if cfg.max_length is not None:
         return cfg.max_length
-    limit = getattr(model.config, "max_position_embeddings", None) or 2048
+    return position_limit(model.config, tokenizer) or 2048
+
+
+def position_limit(model_config, tokenizer=None) -> int | None:
+    """Positions the model can take in one sequence (learned position tables index out of range past it),
+    capped by the tokenizer's ``model_max_length``; None when neither says."""
+    limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
     tok_limit = getattr(tokenizer, "model_max_length", None)
     if tok_limit and tok_limit < 10**8:
-        limit = min(limit, tok_limit)
-    return int(limit)
+        limit = min(limit, tok_limit) if limit else tok_limit
+    return int(limit) if limit else None
+
+
+def check_length_budget(prompt_ids: list[list[int]], response_ids: list[list[int]], rows: list[dict], *,
+                        origin: str, prompt_limit: int, positions: int | None, max_new_tokens: int,
+                        prompt_field: str = "prompt", response_field: str = "response") -> None:
+    """Every sequence a run will build fits the model, checked before anything is trained or sampled.
+
+    A prompt must be shorter than ``prompt_limit`` (``model.max_length``); prompt + ``max_new_tokens`` + EOS
+    (a sampled y' scored with its EOS) and prompt + y (with EOS) must fit in ``positions``. ``rows[i]["row"]``
+    is the row of the source, so the message names the file's row, not the row after the split.
+    """
+    from .data import DataError
+
+    for i, (p, y) in enumerate(zip(prompt_ids, response_ids)):
+        row = rows[i].get("row", i)
+        where = f"{origin}, row {row}, field {prompt_field!r}"
+        if len(p) >= prompt_limit:
+            raise DataError(f"{where}: the prompt is {len(p)} tokens after the template, but the model takes at "
+                            f"most {prompt_limit - 1} (model.max_length = {prompt_limit}); shorten or drop this row")
+        if positions is None:
+            continue
+        if len(p) + max_new_tokens + 1 > positions:
+            raise DataError(
+                f"{where}: the prompt is {len(p)} tokens after the template; with sampling.max_new_tokens = "
+                f"{max_new_tokens} and EOS that is {len(p) + max_new_tokens + 1} positions, but the model has "
+                f"{positions}; shorten this prompt or lower sampling.max_new_tokens to {positions - len(p) - 1}")
+        if len(p) + len(y) > positions:
+            raise DataError(
+                f"{origin}, row {row}, field {response_field!r}: prompt ({len(p)} tokens) + response with EOS "
+                f"({len(y)} tokens) = {len(p) + len(y)} positions, but the model has {positions}; shorten or drop "
+                f"this row")
 
 
 def apply_lora(model, cfg: ModelConfig):

@@ -32,6 +32,7 @@ from . import toy
 from .config import RunConfig, config_diff
 from .generation import derive_seed, sample_responses, score_responses
 from .store import RunDirError, RunRecords, RunStore, load_run, read_json, read_parquet, write_json, write_parquet
+from .templates import PLAIN_TEMPLATE, token_strings
 from .training import Examples, build_examples, train_iteration
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class SelfPlaySession:
         self.model = self.tokenizer = None
         self.accelerator = None
         self.pi0_info: dict = {}
+        self._token_text: dict[int, str] = {}  # token id -> its text (templates.token_strings)
 
     # ------------------------------------------------------------------ bookkeeping
     @property
@@ -118,6 +120,12 @@ class SelfPlaySession:
         self._barrier()
 
     @property
+    def _self_play_records(self) -> bool:
+        """Whether this run samples y' and y0. SFT's loss reads neither: an SFT run makes them only for its
+        records (the control's u, v and degenerate shares), when `RunConfig.sft_records` asks."""
+        return self.config.method.name != "sft" or self.config.sft_records
+
+    @property
     def _main(self) -> bool:
         return self.accelerator is None or self.accelerator.is_main_process
 
@@ -130,6 +138,8 @@ class SelfPlaySession:
         """Load data and pi_0, score pi_0, sample the proto-synthetic y0 once."""
         self._expect("prepare")
         t0 = time.perf_counter()
+        if self.store and self._main:
+            self.store.check_usable()  # never write into an unrelated non-empty folder
         self._load_world()
         cfg = self.config
         if self.store and self._main:
@@ -140,16 +150,17 @@ class SelfPlaySession:
         else:
             score, per_problem = self._task_score(progress)
             self.initial = {"score": score, "score_name": self.score_name, "pi0": self.pi0_info}
-            proto = self._sample(derive_seed(cfg.seed, "proto"), "sample y0", progress)
+            proto = self._sample(derive_seed(cfg.seed, "proto"), "sample y0", progress) if self._self_play_records else None
             self.proto_ids = proto
             if self.store and self._main:
-                write_parquet(self.store.root / "proto.parquet", pd.DataFrame(
-                    {"example_id": range(len(proto)), "proto_ids": proto, "proto": self._decode_all(proto)}))
+                if proto is not None:
+                    write_parquet(self.store.root / "proto.parquet", pd.DataFrame(
+                        {"example_id": range(len(proto)), "proto_ids": proto, "proto": self._decode_all(proto)}))
                 if self._weights_are_local():
                     self.store.policy_dir(0).parent.mkdir(parents=True, exist_ok=True)
                     from .store import save_weights
 
-                    save_weights(self.model, self.store.policy_dir(0))
+                    save_weights(self.model, self.store.policy_dir(0), self.tokenizer)
                 self.initial["seconds"] = time.perf_counter() - t0
                 write_json(self.store.root / "initial.json", self.initial)
                 write_parquet(self.store.root / "heldout.parquet", _heldout_frame(-1, per_problem))
@@ -174,24 +185,27 @@ class SelfPlaySession:
                 self.train_rows = self.train_rows[: max(1, int(round(cfg.data.fraction * len(self.train_rows))))]
             pi0_rows = train[: cfg.model.toy_sft_examples]
         else:
-            from .data import load_annotated, split_train_eval, subsample
-
-            d = cfg.data
-            ds = load_annotated(d.loader_config())
-            train_ds, eval_ds = split_train_eval(ds, d.eval_size, seed=d.seed)
-            train_ds = subsample(train_ds, num_examples=d.num_examples, fraction=d.fraction, seed=d.seed)
+            train_ds, eval_ds = cfg.data.load()  # rows carry "row", their row in the source file
             self.train_rows = [dict(r) for r in train_ds]
             held_out = [dict(r) for r in eval_ds]
-            pi0_rows = self.train_rows
+            pi0_rows = [{k: v for k, v in r.items() if k != "row"} for r in self.train_rows]
         self.held_out = held_out
+        # The toy tokenizer's chat template is a bare concatenation made for `a+b=` prompts; on a user's own
+        # text it would run prompt and response together, so `auto` takes the plain template there.
+        toy_on_text = cfg.model.name_or_path == "toy" and self.task is None and cfg.model.prompt_template == "auto"
+        self.template_mode = "plain" if toy_on_text else cfg.model.prompt_template
+        if toy_on_text:
+            logger.info("toy model on your own data: prompts use the plain template %r", PLAIN_TEMPLATE)
         if cfg.model.name_or_path == "toy":
+            # Check every prompt's length budget before pi_0 is trained (the toy tokenizer is built in code).
+            self._build_examples(toy.build_tokenizer(), {"max_position_embeddings": toy.ToyModelSize().max_position_embeddings})
             # The main process makes (or finds) the cached pi_0; the others then load it.
             self.pi0_info = {}
             with self.accelerator.main_process_first():
                 self.model, self.tokenizer = toy.initial_policy(
                     self.task or "text", pi0_rows,
                     toy.InitialPolicySettings(epochs=cfg.model.toy_sft_epochs, seed=cfg.model.toy_pi0_seed),
-                    cpu=self.accelerator.device.type == "cpu", info=self.pi0_info)
+                    cpu=self.accelerator.device.type == "cpu", info=self.pi0_info, template=self.template_mode)
         else:
             from .models import load_pretrained
 
@@ -205,12 +219,36 @@ class SelfPlaySession:
             self.model = apply_lora(self.model, cfg.model)
         self.model.to(self.accelerator.device)
         self.max_length = max_length_of(self.model, self.tokenizer, cfg.model)
-        self.examples = build_examples(self.tokenizer, [r["prompt"] for r in self.train_rows],
-                                       [r["response"] for r in self.train_rows], cfg.model.prompt_template, self.max_length)
-        self.held_out_prompt_ids = build_examples(self.tokenizer, [r["prompt"] for r in held_out],
-                                                  [r["response"] for r in held_out], cfg.model.prompt_template,
-                                                  self.max_length)
+        self._build_examples(self.tokenizer, self.model.config)
         self.score_name = "accuracy" if self.task in toy.TASKS else "heldout_token_logp"
+        if self.task is None and not self.template["separator"]:
+            logger.warning("the prompt template puts nothing between a prompt and its response (%r): the model "
+                           "cannot tell where the prompt ends", self.template["text"])
+
+    def _build_examples(self, tokenizer, model_config) -> None:
+        """Token ids of every row, and the whole length budget (prompt + max_new_tokens + EOS, prompt + y)
+        checked up front: a long row is a one-line error naming the file, its row and field, never an
+        IndexError halfway through sampling."""
+        from types import SimpleNamespace
+
+        from .data import describe_source
+        from .models import check_length_budget, position_limit
+        from .templates import describe_template
+
+        cfg = self.config
+        if isinstance(model_config, dict):
+            model_config = SimpleNamespace(**model_config)
+        positions = position_limit(model_config, tokenizer)
+        prompt_limit = cfg.model.max_length or positions or 2048
+        origin = f"data.source {cfg.data.source!r}" if self.task is not None else describe_source(cfg.data.source)
+        self.template = {**describe_template(tokenizer, self.template_mode), "requested": cfg.model.prompt_template}
+        for name, rows in (("examples", self.train_rows), ("held_out_prompt_ids", self.held_out)):
+            ex = build_examples(tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows],
+                                self.template_mode, None)
+            check_length_budget(ex.prompt_ids, ex.annotated_ids, rows, origin=origin, prompt_limit=prompt_limit,
+                                positions=positions, max_new_tokens=cfg.sampling.max_new_tokens,
+                                prompt_field=cfg.data.prompt_column, response_field=cfg.data.response_column)
+            setattr(self, name, ex)
 
     def _weights_are_local(self) -> bool:
         # A toy pi_0 or a LoRA adapter is small and not re-creatable from a hub id: keep it in the run.
@@ -223,26 +261,33 @@ class SelfPlaySession:
                "sampling": cfg.to_dict()["sampling"], "phases": ["prepare", "generate", "train", "evaluate"],
                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "score_name": self.score_name,
                "num_examples": len(self.train_rows), "eval_size": len(self.held_out),
-               "machine": toy.machine_info(), "pi0": self.pi0_info}
-        if self.store.exists():
+               "machine": toy.machine_info(), "pi0": self.pi0_info, "template": self.template}
+        if self.store.exists() and self.store.is_done("prepare"):
             old = read_json(self.store.manifest_path)
             # run_dir is where the run lives, not how it runs: a moved run, or one resumed through a relative
             # path, is the same run.
-            diff = [d for d in config_diff(old.get("config", {}), new["config"]) if not d.startswith("run_dir:")]
+            # report_to says where to echo the records, not what they are.
+            # a run made before `sft_records` existed made the SFT records: the same as the default, True
+            diff = [d for d in config_diff({"sft_records": True, **old.get("config", {})}, new["config"])
+                    if not d.startswith(("run_dir:", "report_to:"))]
             if diff:
                 raise RunDirError(
                     f"{self.store.root}: this run directory was made with a different config ({'; '.join(diff[:5])}); "
                     f"use a new run_dir, or `tspin resume {self.store.root}` to continue it as it was")
             return
+        # A run that never finished prepare has no records yet: its manifest is rewritten, so a corrected
+        # config can use the same run_dir.
         write_json(self.store.manifest_path, new)
 
     def _load_prepared(self) -> None:
         st = self.store
         self.initial = read_json(st.root / "initial.json")
-        proto = read_parquet(st.root / "proto.parquet")
-        if len(proto) != len(self.train_rows):
-            raise RunDirError(f"{st.root / 'proto.parquet'}: {len(proto)} rows, expected {len(self.train_rows)}")
-        self.proto_ids = [list(map(int, x)) for x in proto["proto_ids"]]
+        self.proto_ids = None
+        if self._self_play_records:
+            proto = read_parquet(st.root / "proto.parquet")
+            if len(proto) != len(self.train_rows):
+                raise RunDirError(f"{st.root / 'proto.parquet'}: {len(proto)} rows, expected {len(self.train_rows)}")
+            self.proto_ids = [list(map(int, x)) for x in proto["proto_ids"]]
         state = st.read_state()["done"]
         self._done |= set(state)
         if (st.root / "heldout.parquet").is_file():
@@ -290,6 +335,17 @@ class SelfPlaySession:
                                pad_id=self.tokenizer.pad_token_id, batch_size=self.config.sampling.batch_size,
                                desc=desc, progress=progress)
 
+    def _score_roles(self, ids: dict[str, list[list[int]]], desc: str, progress: Progress) -> dict[str, list[dict]]:
+        """Score several roles of the training prompts under the current policy in one call, so that each distinct
+        (prompt, response) is forwarded once and each prompt once (y' == y and y0 == y repeat about half of the
+        rows on the toy task)."""
+        if not ids:
+            return {}
+        n = len(self.examples.prompt_ids)
+        flat = [r for role in ids for r in ids[role]]
+        scored = self._score(flat, desc, progress, prompt_ids=self.examples.prompt_ids * len(ids))
+        return {role: scored[k * n:(k + 1) * n] for k, role in enumerate(ids)}
+
     def _task_score(self, progress: Progress) -> tuple[float, list[float]]:
         """The task score and its per-problem values (1/0 per problem, or per-token log-lik), kept so that
         intervals can resample test problems."""
@@ -309,22 +365,25 @@ class SelfPlaySession:
         self._expect("generate")
         t, cfg = self.iteration, self.config
         t0 = time.perf_counter()
-        syn = self._sample(derive_seed(cfg.seed, t, "synthetic"), f"generate it{t}", progress)
-        df = pd.DataFrame({"example_id": range(len(syn)), "synthetic_ids": syn})
-        scored = self._score(self._with_eos(syn), f"score synthetic it{t}", progress)
-        df["synthetic_logp_before"] = [s["logp"] for s in scored]
-        df["synthetic_token_logps_before"] = [s["token_logps"] for s in scored]
-        df["synthetic_entropy_before"] = [s["entropy"] for s in scored]
+        df = pd.DataFrame({"example_id": range(len(self.examples))})
+        ids = {"annotated": self.examples.annotated_ids}
+        if self._self_play_records:  # else an SFT run without y'/y0 records: only y, which its loss reads
+            syn = self._sample(derive_seed(cfg.seed, t, "synthetic"), f"generate it{t}", progress)
+            df["synthetic_ids"] = syn
+            ids.update(synthetic=self._with_eos(syn), proto=self._with_eos(self.proto_ids))
         prev = self._frames[-1] if self._frames else None
-        for role, ids in (("annotated", self.examples.annotated_ids), ("proto", self._with_eos(self.proto_ids))):
-            if prev is not None:
-                # y and y0 do not change, and evaluate(t-1) already scored them under pi_t ("after").
+        # y and y0 do not change, and evaluate(t-1) already scored them under pi_t ("after"); the rest in one call
+        scored = self._score_roles({r: x for r, x in ids.items() if prev is None or r == "synthetic"},
+                                   f"score it{t}", progress)
+        for role in ids:
+            if role in scored:
+                df[f"{role}_logp_before"] = [s["logp"] for s in scored[role]]
+                df[f"{role}_token_logps_before"] = [s["token_logps"] for s in scored[role]]
+            else:
                 df[f"{role}_logp_before"] = prev[f"{role}_logp_after"].to_numpy()
                 df[f"{role}_token_logps_before"] = prev[f"{role}_token_logps_after"].to_numpy()
-                continue
-            scored = self._score(ids, f"score {role} it{t}", progress)
-            df[f"{role}_logp_before"] = [s["logp"] for s in scored]
-            df[f"{role}_token_logps_before"] = [s["token_logps"] for s in scored]
+        if "synthetic" in scored:
+            df["synthetic_entropy_before"] = [s["entropy"] for s in scored["synthetic"]]
         self._generated = df
         self._gen_seconds = time.perf_counter() - t0
         if self.store and self._main:
@@ -370,9 +429,10 @@ class SelfPlaySession:
         if self.store and self._main:
             from .store import save_weights
 
-            save_weights(self.model, self.store.policy_dir(t + 1))
+            save_weights(self.model, self.store.policy_dir(t + 1), self.tokenizer)
             write_json(self.store.iter_dir(t) / "train.json", info)
         self._mark("train", t)
+        self._report("steps", t, info["step_losses"])
         if self.store and self._main and cfg.keep_weights == "last" and t > 0:
             shutil.rmtree(self.store.policy_dir(t), ignore_errors=True)
         return info
@@ -384,30 +444,43 @@ class SelfPlaySession:
         t, cfg, g = self.iteration, self.config, self._generated
         t0 = time.perf_counter()
         score_after, per_problem = self._task_score(progress)
-        syn_ids = [list(map(int, x)) for x in g["synthetic_ids"]]
+        # an SFT run without y'/y0 records (`sft_records` off) has y only: their columns hold NaN / None
+        syn_ids = [list(map(int, x)) for x in g["synthetic_ids"]] if "synthetic_ids" in g else None
         rec = pd.DataFrame({
             "iteration": t,
-            "example_id": np.arange(len(syn_ids)),
+            "example_id": np.arange(len(self.examples)),
             "prompt": [r["prompt"] for r in self.train_rows],
             "annotated": [r["response"] for r in self.train_rows],
-            "synthetic": self._decode_all(syn_ids),
-            "proto": self._decode_all(self.proto_ids),
+            "synthetic": self._decode_all(syn_ids) if syn_ids is not None else None,
+            "proto": self._decode_all(self.proto_ids) if syn_ids is not None else None,
         })
-        ids = {"annotated": self.examples.annotated_ids, "synthetic": self._with_eos(syn_ids),
-               "proto": self._with_eos(self.proto_ids)}
+        ids = {"annotated": self.examples.annotated_ids}
+        if syn_ids is not None:
+            ids.update(synthetic=self._with_eos(syn_ids), proto=self._with_eos(self.proto_ids))
+        scored = self._score_roles(ids, f"score after it{t}", progress)
         for role in ROLES:
-            scored = self._score(ids[role], f"score {role} after it{t}", progress)
+            if role not in ids:
+                for c in ("logp_before", "logp_after", "ntokens", "token_logps_before", "token_logps_after", "tokens"):
+                    rec[f"{role}_{c}"] = np.nan
+                continue
             rec[f"{role}_logp_before"] = g[f"{role}_logp_before"].to_numpy()
-            rec[f"{role}_logp_after"] = [s["logp"] for s in scored]
+            rec[f"{role}_logp_after"] = [s["logp"] for s in scored[role]]
             rec[f"{role}_ntokens"] = [len(x) for x in ids[role]]
             rec[f"{role}_token_logps_before"] = g[f"{role}_token_logps_before"].to_numpy()
-            rec[f"{role}_token_logps_after"] = [s["token_logps"] for s in scored]
-        rec["synthetic_token_entropy"] = g["synthetic_entropy_before"].to_numpy()
-        rec["synthetic_equals_annotated"] = [s == a for s, a in zip(ids["synthetic"], ids["annotated"])]
-        rec["proto_equals_annotated"] = [p == a for p, a in zip(ids["proto"], ids["annotated"])]
-        rec["synthetic_equals_proto"] = [s == p for s, p in zip(ids["synthetic"], ids["proto"])]
+            rec[f"{role}_token_logps_after"] = [s["token_logps"] for s in scored[role]]
+            # the text of each token, so per-token shading works on BPE tokenizers too (analysis.token_shading)
+            rec[f"{role}_tokens"] = [token_strings(self.tokenizer, x, self._token_text) for x in ids[role]]
+        if syn_ids is not None:
+            rec["synthetic_token_entropy"] = g["synthetic_entropy_before"].to_numpy()
+            rec["synthetic_equals_annotated"] = [s == a for s, a in zip(ids["synthetic"], ids["annotated"])]
+            rec["proto_equals_annotated"] = [p == a for p, a in zip(ids["proto"], ids["annotated"])]
+            rec["synthetic_equals_proto"] = [s == p for s, p in zip(ids["synthetic"], ids["proto"])]
+        else:
+            for c in ("synthetic_token_entropy", "synthetic_equals_annotated", "proto_equals_annotated",
+                      "synthetic_equals_proto"):
+                rec[c] = np.nan
         self._add_method_columns(rec, t)
-        if self.score_name == "accuracy":
+        if self.score_name == "accuracy" and syn_ids is not None:
             answers = [r["answer"] for r in self.train_rows]
             rec["synthetic_correct"] = [toy.is_correct(self.task, s, a) for s, a in zip(rec["synthetic"], answers)]
             rec["proto_correct"] = [toy.is_correct(self.task, s, a) for s, a in zip(rec["proto"], answers)]
@@ -443,6 +516,7 @@ class SelfPlaySession:
         self._heldout.append(_heldout_frame(t, per_problem))
         self._metrics.append(m)
         self._mark("evaluate", t)
+        self._report("iteration", t, m, rec)
         self.iteration += 1
         self._generated = None
         logger.info("%s it%d: %s %.4f -> %.4f (u after %.3f, v after %.3f)", self.label, t, self.score_name,
@@ -503,7 +577,39 @@ class SelfPlaySession:
             self.prepare(progress)
         while self.next_phase != "done":
             self.step(progress)
+        self.close_trackers()
         return self.records()
+
+    # ------------------------------------------------------------------ trackers (report_to)
+    def _report(self, kind: str, t: int, *payload) -> None:
+        """Echo what a phase recorded to the trackers of `report_to` (main process only; see trackers.py)."""
+        if not self.config.report_to or not self._main:
+            return
+        from . import trackers as T
+
+        if getattr(self, "_trackers", None) is None:
+            self._trackers = T.make_trackers(self.config.report_to, run_dir=self.config.run_dir, label=self.label,
+                                             config=self.config.to_dict())
+            self._steps_logged = None
+        if kind == "steps":
+            if self._steps_logged is None:  # optimiser steps of earlier iterations (also after a resume)
+                self._steps_logged = sum(len(read_json(self.store.iter_dir(i) / "train.json")["step_losses"])
+                                         for i in range(t)) if self.store else 0
+            for tr in self._trackers:
+                tr.log_steps(self._steps_logged, list(payload[0]))
+            self._steps_logged += len(payload[0])
+        else:
+            metrics, rec = payload
+            tables = T.triplet_tables(rec)
+            numbers = {**T.numeric_metrics(metrics), **T.alarm_metrics(self.records(), t, self.label)}
+            for tr in self._trackers:
+                tr.log_iteration(t, numbers, tables)
+
+    def close_trackers(self) -> None:
+        """Finish the trackers' runs (run() does this at its end; call it after stepping by hand)."""
+        for tr in getattr(self, "_trackers", None) or []:
+            tr.close()
+        self._trackers = None
 
     def records(self) -> RunRecords:
         manifest = {"config": self.config.to_dict(), "label": self.label, "score_name": getattr(self, "score_name", None)}

@@ -17,6 +17,7 @@ import io
 import json
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,12 +84,19 @@ def read_parquet(path: Path) -> pd.DataFrame:
         raise RunDirError(f"{path}: unreadable Parquet ({type(e).__name__}: {e})") from None
 
 
-def save_weights(model, folder: Path) -> None:
-    """safetensors via save_pretrained (adapter only for a peft model), swapped in atomically."""
+def save_weights(model, folder: Path, tokenizer=None) -> None:
+    """safetensors via save_pretrained (adapter only for a peft model), swapped in atomically.
+
+    With ``tokenizer`` its files go into the same folder, so a saved policy loads with
+    ``AutoModelForCausalLM.from_pretrained`` + ``AutoTokenizer.from_pretrained`` as it is (an evaluation
+    harness takes the folder directly).
+    """
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
     old = folder.with_name(f".{folder.name}.old{os.getpid()}")
     if folder.exists():
         os.replace(folder, old)
@@ -146,6 +154,19 @@ class RunStore:
     def exists(self) -> bool:
         return self.manifest_path.is_file()
 
+    def check_usable(self) -> None:
+        """A new run may only go into a missing folder, an empty one, or a run directory of tspin_kit:
+        never into an unrelated folder that already holds files."""
+        if not self.root.exists() or self.exists():
+            return
+        if not self.root.is_dir():
+            raise RunDirError(f"{self.root}: exists and is not a folder; choose a new run_dir")
+        found = sorted(p.name for p in self.root.iterdir() if not p.name.startswith("."))
+        if found:
+            raise RunDirError(
+                f"{self.root}: not empty ({', '.join(found[:3])}{' ...' if len(found) > 3 else ''}) and not a "
+                f"tspin run directory (no manifest.json); choose a new or empty run_dir")
+
     # state
     def read_state(self) -> dict:
         if not self.state_path.exists():
@@ -189,29 +210,147 @@ class RunRecords:
         return self.examples[self.examples["iteration"] == t]
 
 
+class _RunFiles:
+    """Read-only access to the files of one run, wherever it lies: a folder, a zip, or an fsspec URL.
+
+    ``rel`` paths use ``/`` (``iterations/iter_000/metrics.json``). A zip may hold the run at its root or
+    in one top-level folder (what ``export_run`` writes).
+    """
+
+    def __init__(self, source: str | Path):
+        self.source = str(source)
+        self.local: Path | None = None
+        self._zip = self._fs = None
+        self._prefix = ""
+        if "://" in self.source and not self.source.startswith("file://"):
+            self._open_url(self.source)
+        else:
+            path = Path(self.source.removeprefix("file://")).expanduser()
+            if path.is_dir():
+                self.local = path
+            elif path.is_file() and zipfile.is_zipfile(path):
+                self._open_zip(zipfile.ZipFile(path))
+            elif path.is_file():
+                raise RunDirError(f"{path}: not a run directory, nor a zip of one")
+            else:
+                raise RunDirError(f"{path}: no such run directory")
+
+    def _open_url(self, url: str) -> None:
+        try:
+            import fsspec
+        except ImportError:  # pragma: no cover - a dependency of datasets
+            raise RunDirError(f"{url}: reading a URL needs fsspec (pip install fsspec)") from None
+        try:
+            fs, path = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as e:  # e.g. s3:// without s3fs installed
+            raise RunDirError(f"{url}: cannot open this URL ({e}); install the fsspec filesystem for it") from None
+        if fs.isfile(path) and path.endswith(".zip"):
+            with fs.open(path, "rb") as f:
+                self._open_zip(zipfile.ZipFile(io.BytesIO(f.read())))
+            return
+        if not fs.isdir(path):
+            raise RunDirError(f"{url}: no such run directory")
+        self._fs, self._prefix = fs, path.rstrip("/") + "/"
+
+    def _open_zip(self, zf: zipfile.ZipFile) -> None:
+        names = [n for n in zf.namelist() if n == "manifest.json" or n.endswith("/manifest.json")]
+        if not names:
+            raise RunDirError(f"{self.source}: a zip without manifest.json (not an exported run)")
+        self._zip, self._prefix = zf, min(names, key=len)[: -len("manifest.json")]
+
+    def describe(self, rel: str) -> str:
+        return f"{self.source}/{rel}" if self.local is None else str(self.local / rel)
+
+    def exists(self, rel: str) -> bool:
+        if self.local is not None:
+            return (self.local / rel).is_file()
+        if self._zip is not None:
+            try:
+                self._zip.getinfo(self._prefix + rel)
+                return True
+            except KeyError:
+                return False
+        return self._fs.isfile(self._prefix + rel)
+
+    def read_bytes(self, rel: str) -> bytes:
+        if not self.exists(rel):
+            raise RunDirError(f"{self.describe(rel)}: missing (expected a file written by tspin_kit)")
+        if self.local is not None:
+            return (self.local / rel).read_bytes()
+        if self._zip is not None:
+            return self._zip.read(self._prefix + rel)
+        return self._fs.cat_file(self._prefix + rel)
+
+    def json(self, rel: str):
+        if self.local is not None:
+            return read_json(self.local / rel)
+        try:
+            return json.loads(self.read_bytes(rel))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunDirError(f"{self.describe(rel)}: corrupt JSON ({e})") from None
+
+    def parquet(self, rel: str) -> pd.DataFrame:
+        if self.local is not None:
+            return read_parquet(self.local / rel)
+        try:
+            return pd.read_parquet(io.BytesIO(self.read_bytes(rel)))
+        except RunDirError:
+            raise
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise RunDirError(f"{self.describe(rel)}: unreadable Parquet ({type(e).__name__}: {e})") from None
+
+
 def load_run(run_dir: str | Path) -> RunRecords:
-    """Read a run directory's manifest, per-example records and per-iteration metrics."""
-    root = Path(run_dir)
-    if not root.is_dir():
-        raise RunDirError(f"{root}: no such run directory")
-    store = RunStore(root)
-    manifest = read_json(store.manifest_path)
-    if "config" not in manifest:
-        raise RunDirError(f"{store.manifest_path}: corrupt (no 'config' key)")
+    """Read a run's manifest, per-example records and per-iteration metrics.
+
+    ``run_dir`` is a run folder, a ``.zip`` of one (``tspin export``), or an fsspec URL of either
+    (``memory://runs/a``, ``s3://bucket/run.zip``, ``hf://datasets/me/runs/a`` where that filesystem is
+    installed). ``RunRecords.run_dir`` is the folder for a local run and None otherwise (no weights to load).
+    """
+    files = _RunFiles(run_dir)
+    manifest = files.json("manifest.json")
+    if not isinstance(manifest, dict) or "config" not in manifest:
+        raise RunDirError(f"{files.describe('manifest.json')}: corrupt (no 'config' key)")
     frames, rows = [], []
-    held = [read_parquet(root / "heldout.parquet")] if (root / "heldout.parquet").is_file() else []
+    held = [files.parquet("heldout.parquet")] if files.exists("heldout.parquet") else []
     t = 0
-    while (store.iter_dir(t) / "metrics.json").is_file():
-        frames.append(read_parquet(store.iter_dir(t) / "examples.parquet"))
-        rows.append(read_json(store.iter_dir(t) / "metrics.json"))
-        if (store.iter_dir(t) / "heldout.parquet").is_file():  # runs made before 0.2 have none
-            held.append(read_parquet(store.iter_dir(t) / "heldout.parquet"))
+    while files.exists(f"iterations/iter_{t:03d}/metrics.json"):
+        it = f"iterations/iter_{t:03d}/"
+        frames.append(files.parquet(it + "examples.parquet"))
+        rows.append(files.json(it + "metrics.json"))
+        if files.exists(it + "heldout.parquet"):  # runs made before 0.2 have none
+            held.append(files.parquet(it + "heldout.parquet"))
         t += 1
     examples = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     metrics = pd.DataFrame(rows)
-    initial = read_json(root / "initial.json") if (root / "initial.json").is_file() else {}
+    initial = files.json("initial.json") if files.exists("initial.json") else {}
     heldout = pd.concat(held, ignore_index=True) if held else pd.DataFrame()
-    return RunRecords(root, manifest, examples, metrics, initial, heldout)
+    return RunRecords(files.local, manifest, examples, metrics, initial, heldout)
+
+
+def export_run(run_dir: str | Path, out: str | Path, *, weights: bool = False) -> Path:
+    """Pack a run into one zip: manifest, state, records, per-iteration files and any report (``*.html``);
+    ``weights/`` only when asked. The zip holds one top-level folder named after the run and opens with
+    :func:`load_run` (and so in every widget)."""
+    root = Path(run_dir)
+    if not RunStore(root).exists():
+        raise RunDirError(f"{root}: not a run directory (no manifest.json)")
+    out = Path(out)
+    if out.suffix != ".zip":
+        raise RunDirError(f"{out}: the export is a zip; give a name ending in .zip")
+    name = root.resolve().name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")  # streamed to disk (weights can be large), then renamed
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(root.rglob("*")):
+            rel = p.relative_to(root)
+            if not p.is_file() or any(part.startswith(".") for part in rel.parts):  # temporaries of atomic writes
+                continue
+            if rel.parts[0] == "weights" and not weights:
+                continue
+            zf.write(p, f"{name}/{rel.as_posix()}")
+    os.replace(tmp, out)
+    return out
 
 
 def write_text(path: str | Path, text: str) -> None:

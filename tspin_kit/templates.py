@@ -10,6 +10,10 @@ template printed in the T-SPIN paper.
 
 from __future__ import annotations
 
+import logging
+
+logger = logging.getLogger(__name__)
+
 PLAIN_TEMPLATE = "### Instruction: {prompt}\n\n### Response: "
 
 
@@ -45,3 +49,41 @@ def encode_response(tokenizer, response: str) -> list[int]:
     """Response tokens followed by EOS (the model must learn to stop; SPIN appends EOS too)."""
     ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
     return ids + [tokenizer.eos_token_id]
+
+
+def describe_template(tokenizer, mode: str = "auto") -> dict:
+    """What a run records about its template: the mode asked for, the one used, and the text around a
+    prompt (``{prompt}`` marks where it goes). ``auto`` falling back to plain is logged, not silent."""
+    chat = uses_chat_template(tokenizer, mode)
+    if mode == "auto" and not chat:
+        logger.warning("the tokenizer has no chat template: prompts use the plain template %r "
+                       "(set model.prompt_template: plain to say so)", PLAIN_TEMPLATE)
+    text = render_prompt(tokenizer, "{prompt}", mode)
+    return {"requested": mode, "used": "chat" if chat else "plain", "text": text,
+            "separator": not text.endswith("{prompt}")}
+
+
+def token_strings(tokenizer, ids: list[int], cache: dict | None = None) -> list[str]:
+    """The text of each token of ``ids``, for per-token displays on any tokenizer (BPE, SentencePiece,
+    characters). Byte-level BPE's ``Ġword`` becomes `` word``, SentencePiece's ``▁word`` becomes `` word``;
+    special tokens keep their name (``<eos>``). A byte split across tokens shows as U+FFFD. ``cache`` (a
+    dict kept by the caller) memoises per token id, so a run pays once per vocabulary entry it meets."""
+    cache = {} if cache is None else cache
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    out = []
+    for i in ids:
+        i = int(i)
+        s = cache.get(i)
+        if s is None:
+            tok = tokenizer.convert_ids_to_tokens(i)
+            if tok is None:
+                s = ""
+            elif i in special:
+                s = tok
+            else:
+                s = tokenizer.convert_tokens_to_string([tok])
+                if tok.startswith("\u2581") and not s.startswith(" "):  # SentencePiece drops a leading space
+                    s = " " + s
+            cache[i] = s
+        out.append(s)
+    return out

@@ -5,7 +5,8 @@
 - a tiny Llama (hidden 128, 2 layers, ~330k parameters, tied embeddings) with random init;
 - verifiable tasks with exact-match scoring: ``addition`` (``49+97=`` -> ``146``) and ``scratchpad``
   (``49+97=`` -> ``9+7+0=16,4+9+1=14;146``, a GSM8K-like worked answer scored on its final number);
-- the initial policy pi_0: a short SFT on the annotated pairs, cached on disk by its settings.
+- the initial policy pi_0: a short SFT on the annotated pairs; the default worlds' pi_0 ship with the
+  package (checked by SHA-256), others are cached on disk by their settings and the machine.
 
 Any ASCII text works with the tokenizer, so the same tiny model can be pointed at a user's own
 (prompt, response) data; characters outside printable ASCII become ``<unk>``.
@@ -187,7 +188,7 @@ def machine_info() -> dict:
 
 def train_initial_policy(task: str, train: list[dict], settings: InitialPolicySettings | None = None,
                          size: ToyModelSize | None = None, *, cpu: bool = True, perturb: float = 0.0,
-                         perturb_seed: int = 0):
+                         perturb_seed: int = 0, template: str = "auto"):
     """pi_0 from scratch: SFT of a random tiny Llama on `train` (no cache). Returns (model, tokenizer).
 
     `perturb` multiplies every initial weight by (1 + perturb * N(0, 1)): a rounding-sized nudge (1e-6)
@@ -204,7 +205,7 @@ def train_initial_policy(task: str, train: list[dict], settings: InitialPolicySe
         with torch.no_grad():
             for p in model.parameters():
                 p.mul_(1 + perturb * torch.randn(p.shape, generator=gen))
-    examples = build_examples(tokenizer, [r["prompt"] for r in train], [r["response"] for r in train])
+    examples = build_examples(tokenizer, [r["prompt"] for r in train], [r["response"] for r in train], template)
     train_iteration(
         model,
         examples,
@@ -321,18 +322,21 @@ def ship_policy(task: str, model, score: float, *, command: str, folder: Path | 
     return path
 
 
-def _cache_key(task: str, train: list[dict], settings: InitialPolicySettings, size: ToyModelSize) -> str:
+def _cache_key(task: str, train: list[dict], settings: InitialPolicySettings, size: ToyModelSize,
+               template: str = "auto") -> str:
     # Everything that shapes the weights, including what makes float results differ between machines:
     # a pi_0 trained elsewhere, or under another torch/transformers, is not reused as if it were the same.
     m = machine_info()
     src = json.dumps({"task": task, "rows": _rows_digest(train), "settings": asdict(settings), "size": asdict(size),
+                      "template": template,
                       "machine": {k: m[k] for k in ("cpu", "machine", "system", "threads", "torch", "transformers")},
                       "v": 3}, sort_keys=True)
     return hashlib.sha256(src.encode()).hexdigest()[:16]
 
 
 def initial_policy(task: str, train: list[dict], settings: InitialPolicySettings | None = None,
-                   size: ToyModelSize | None = None, *, cpu: bool = True, info: dict | None = None):
+                   size: ToyModelSize | None = None, *, cpu: bool = True, info: dict | None = None,
+                   template: str = "auto"):
     """pi_0 for a toy world: the shipped one for the default worlds, else SFT from random init, cached.
 
     `info`, when given, is filled with where pi_0 came from (``source``: shipped/cache/trained, the file or
@@ -343,14 +347,14 @@ def initial_policy(task: str, train: list[dict], settings: InitialPolicySettings
     settings = settings or InitialPolicySettings()
     size = size or ToyModelSize()
     info = info if info is not None else {}
-    shipped = shipped_policy(task, train, settings, size)
+    shipped = shipped_policy(task, train, settings, size) if template == "auto" else None
     if shipped is not None:
         meta = shipped_info(task)
         info.update({"source": "shipped", "file": meta["file"], "sha256": meta["sha256"],
                      "shipped_score": meta["score"], "made_on": meta["made"]["machine"]})
         logger.info("pi_0: the shipped initial policy for %s (sha256 %s...)", task, meta["sha256"][:12])
         return shipped
-    folder = cache_dir() / "pi0" / f"{task}-{len(train)}-{_cache_key(task, train, settings, size)}"
+    folder = cache_dir() / "pi0" / f"{task}-{len(train)}-{_cache_key(task, train, settings, size, template)}"
     info.update({"source": "cache", "folder": str(folder)})
     if (folder / "config.json").is_file():
         logger.info("pi_0: loading cached initial policy from %s", folder)
@@ -358,7 +362,7 @@ def initial_policy(task: str, train: list[dict], settings: InitialPolicySettings
 
     logger.info("pi_0: SFT of a random tiny Llama on %d pairs, %d epochs (cached afterwards)", len(train), settings.epochs)
     info["source"] = "trained"
-    model, tokenizer = train_initial_policy(task, train, settings, size, cpu=cpu)
+    model, tokenizer = train_initial_policy(task, train, settings, size, cpu=cpu, template=template)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
