@@ -24,7 +24,10 @@ def _ci(e: dict, fmt="{:+.1f}") -> str:
 def provenance(result: dict) -> str:
     m = result["machine"]
     load = m.get("loadavg_1m")
-    return (f"`{result['command']}` on {result['date']}: {m['cpu']}, {m['cores']} cores, {m['workers']} worker(s) x "
+    code = result.get("code") or {}
+    at = (f" at commit {code['commit'][:10]}" + (" (tspin_kit had uncommitted changes)" if code.get("dirty") else "")
+          if code.get("commit") else "")
+    return (f"`{result['command']}`{at} on {result['date']}: {m['cpu']}, {m['cores']} cores, {m['workers']} worker(s) x "
             f"{m['threads']} thread(s), torch {m['torch']}, transformers {m['transformers']}; "
             f"wall {result['wall_seconds'] / 60:.1f} min" + (f" (1-min load at the end {load:.1f})" if load else "") + ".")
 
@@ -111,6 +114,18 @@ def alarm_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def findings_table(result: dict) -> str:
+    rows = result.get("findings") or []
+    if not rows:
+        return "No findings in this result."
+    lines = ["| setting | why it was run | last iteration (peak) | difference, 95% interval |", "|---|---|---|---|"]
+    for f in rows:
+        diffs = "; ".join(f"{p['name']}: {_ci(p)} points" for p in f["parts"])
+        lines.append(f"| {f['label']} | {f['why']} | {_f(f['final'])} ({_f(f['peak'])} at Iter{f['peak_iteration']}) "
+                     f"| {diffs} |")
+    return "\n".join(lines)
+
+
 def render_markdown(result: dict) -> str:
     every = 1 if len(next(iter(result["scores"].values()))["mean"]) <= 11 else 2
     return "\n\n".join([
@@ -124,6 +139,8 @@ def render_markdown(result: dict) -> str:
         "**not reproduced** when it rules out an effect of the stated margin (1 point for accuracy and shares, "
         "0 for the trends of (f)); **inconclusive** otherwise. Peaks in (a) are chosen on one half of the test "
         "problems and measured on the other, so noise alone cannot make one.",
+        "## Findings: settings outside the defaults (same seeds; no verdict, no paper claims them)",
+        findings_table(result),
         "## Accuracy after each iteration (mean over seeds)",
         score_table(result, every=every),
         "## What vanishes (mean over seeds; per iteration)",
@@ -141,6 +158,8 @@ def render_section(result: dict) -> str:
         claims_table(result),
         "Accuracy (mean over seeds; last column: the final iteration's 95% interval):",
         score_table(result, every=3),
+        "Findings (settings outside the defaults, same seeds, no verdict):",
+        findings_table(result),
         "Every number, the per-iteration tables and the alarm validation: [docs/reproduce/claims.md]"
         "(docs/reproduce/claims.md), [reproduce.json](docs/reproduce/reproduce.json), "
         "[reproduce.html](docs/reproduce/reproduce.html).",
