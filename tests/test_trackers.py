@@ -49,6 +49,15 @@ def tracked(tmp_path_factory, stepped_run):
     mp.undo()
 
 
+def step_terms(run_dir) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for t in range(2):
+        info = json.loads((run_dir / "iterations" / f"iter_{t:03d}" / "train.json").read_text())
+        for k, v in info["step_terms"].items():
+            out.setdefault(k, []).extend(v)
+    return out
+
+
 def step_losses(run_dir) -> list[float]:
     out = []
     for t in range(2):
@@ -77,6 +86,13 @@ def test_tensorboard_values_equal_the_records(tracked):
         assert got == want, name
     losses = [e.value for e in ea.Scalars("train/loss")]
     assert losses == pytest.approx(step_losses(root / "run"), rel=1e-6)
+    terms = step_terms(root / "run")
+    assert set(terms) == {"current_term", "historical_term", "current_weight", "historical_weight"}  # T-SPIN
+    for name, values in terms.items():
+        assert [e.value for e in ea.Scalars(f"train/{name}")] == pytest.approx(values, rel=1e-6), name
+    # the loss of T-SPIN is its current plus its historical term, step by step
+    assert [c + h for c, h in zip(terms["current_term"], terms["historical_term"])] == pytest.approx(losses, rel=1e-5)
+    assert all(0.0 <= w <= 1.0 for w in terms["current_weight"])
     text = ea.Tensors("triplets/current_advantage/text_summary")[-1].tensor_proto.string_val[0].decode()
     it1 = rec.iteration(1)
     best = it1.loc[it1["current_advantage_after"].idxmax()]

@@ -423,7 +423,8 @@ class SelfPlaySession:
         res = train_iteration(self.model, examples, method=cfg.method, train=cfg.train, iteration=t, seed=cfg.seed,
                               accelerator=self.accelerator, progress=progress)
         self._prev_generated = self._generated
-        info = {"step_losses": res.step_losses, "seconds": res.seconds, "steps": res.steps, "lr": res.lr,
+        info = {"step_losses": res.step_losses, "step_terms": res.step_terms, "seconds": res.seconds, "steps": res.steps,
+                "lr": res.lr,
                 "beta": cfg.method.beta_at(t), "lam": cfg.method.lam_at(t), "num_train_examples": len(examples)}
         self._train_info = info
         if self.store and self._main:
@@ -432,7 +433,7 @@ class SelfPlaySession:
             save_weights(self.model, self.store.policy_dir(t + 1), self.tokenizer)
             write_json(self.store.iter_dir(t) / "train.json", info)
         self._mark("train", t)
-        self._report("steps", t, info["step_losses"])
+        self._report("steps", t, info["step_losses"], info["step_terms"])
         if self.store and self._main and cfg.keep_weights == "last" and t > 0:
             shutil.rmtree(self.store.policy_dir(t), ignore_errors=True)
         return info
@@ -596,7 +597,7 @@ class SelfPlaySession:
                 self._steps_logged = sum(len(read_json(self.store.iter_dir(i) / "train.json")["step_losses"])
                                          for i in range(t)) if self.store else 0
             for tr in self._trackers:
-                tr.log_steps(self._steps_logged, list(payload[0]))
+                tr.log_steps(self._steps_logged, list(payload[0]), dict(payload[1]))
             self._steps_logged += len(payload[0])
         else:
             metrics, rec = payload

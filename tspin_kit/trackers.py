@@ -2,7 +2,9 @@
 
 The run directory stays the record; a tracker gets a copy of what the session already computed:
 
-- per optimiser step (global step = steps of all earlier iterations + this one's): ``train/loss``;
+- per optimiser step (global step = steps of all earlier iterations + this one's): ``train/loss`` and
+  the batch means of the method's loss terms and gradient weights (``train/current_term``,
+  ``train/historical_term``, ``train/current_weight``, ``train/historical_weight``, where it has them);
 - per iteration (step = iteration t): every numeric metric of ``metrics.json`` under ``iteration/``
   (scores, advantage means and quantiles, degenerate and misalignment shares, entropy, timings);
 - per iteration: the instability alarms (``iteration/alarm_<name>``: 0 quiet, 1 warning, 2 critical);
@@ -56,6 +58,15 @@ def triplet_tables(examples: pd.DataFrame, k: int = TOP_K) -> dict[str, pd.DataF
     return out
 
 
+def step_rows(losses: list[float], terms: dict[str, list[float]] | None = None) -> list[dict[str, float]]:
+    """One dict per optimiser step: ``train/loss`` and ``train/<term>`` for each recorded loss term."""
+    rows = [{"train/loss": float(x)} for x in losses]
+    for name, values in (terms or {}).items():
+        for row, v in zip(rows, values):
+            row[f"train/{name}"] = float(v)
+    return rows
+
+
 SEVERITY_LEVEL = {"warning": 1.0, "critical": 2.0}
 
 
@@ -74,7 +85,7 @@ def alarm_metrics(records, iteration: int, label: str | None = None) -> dict[str
 class Tracker:
     name = "base"
 
-    def log_steps(self, first_step: int, losses: list[float]) -> None: ...
+    def log_steps(self, first_step: int, losses: list[float], terms: dict[str, list[float]] | None = None) -> None: ...
     def log_iteration(self, iteration: int, metrics: dict[str, float], tables: dict[str, pd.DataFrame]) -> None: ...
     def close(self) -> None: ...
 
@@ -99,9 +110,10 @@ class TensorBoardTracker(Tracker):
         self.writer = SummaryWriter(log_dir=str(log_dir))
         self.writer.add_text("config", "```\n" + _yaml(config) + "\n```", 0)
 
-    def log_steps(self, first_step, losses):
-        for i, x in enumerate(losses):
-            self.writer.add_scalar("train/loss", x, first_step + i)
+    def log_steps(self, first_step, losses, terms=None):
+        for i, row in enumerate(step_rows(losses, terms)):
+            for k, v in row.items():
+                self.writer.add_scalar(k, v, first_step + i)
 
     def log_iteration(self, iteration, metrics, tables):
         for k, v in metrics.items():
@@ -121,9 +133,9 @@ class TrackioTracker(Tracker):
         self.trackio = _need("trackio", "trackio")
         self.run = self.trackio.init(project=project, name=run_name, config=config, embed=False)
 
-    def log_steps(self, first_step, losses):
-        for i, x in enumerate(losses):
-            self.run.log({"train/loss": x}, step=first_step + i)
+    def log_steps(self, first_step, losses, terms=None):
+        for i, row in enumerate(step_rows(losses, terms)):
+            self.run.log(row, step=first_step + i)
 
     def log_iteration(self, iteration, metrics, tables):
         # trackio keeps one step axis per run: iteration rows go at step = iteration, under their own keys
@@ -151,9 +163,9 @@ class WandbTracker(Tracker):
         self.run.define_metric("iteration/*", step_metric="iteration/iteration")
         self.run.define_metric("triplets/*", step_metric="iteration/iteration")
 
-    def log_steps(self, first_step, losses):
-        for i, x in enumerate(losses):
-            self.run.log({"train/step": first_step + i, "train/loss": x})
+    def log_steps(self, first_step, losses, terms=None):
+        for i, row in enumerate(step_rows(losses, terms)):
+            self.run.log({"train/step": first_step + i, **row})
 
     def log_iteration(self, iteration, metrics, tables):
         row = {"iteration/iteration": iteration, **{f"iteration/{k}": v for k, v in metrics.items()}}

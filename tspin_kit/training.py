@@ -88,10 +88,16 @@ def build_examples(tokenizer, prompts: list[str], responses: list[str], template
 @dataclass
 class TrainResult:
     step_losses: list[float] = field(default_factory=list)
+    # per optimiser step, the global-batch mean of each loss term and gradient weight the method's output
+    # has (T-SPIN: current_term, historical_term, current_weight, historical_weight; SPIN: current_weight)
+    step_terms: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
     steps: int = 0
     lr: float = 0.0
     tokens: int = 0
+
+
+STEP_TERMS = ("current_term", "historical_term", "current_weight", "historical_weight")
 
 
 def make_optimizer(params, cfg: TrainConfig, lr: float):
@@ -276,6 +282,8 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
             mine = np.array_split(np.asarray(global_idx), world)[rank]
             micro = [m.tolist() for m in np.array_split(mine, train.grad_accum) if len(m)]
         step_loss = torch.zeros((), device=next(model.parameters()).device)
+        step_terms = torch.zeros(len(STEP_TERMS), device=step_loss.device)
+        term_names: list[str] = []
         stepped = False
         for j, idx in enumerate(micro):
             # Only the last micro-batch synchronises gradients across processes.
@@ -291,6 +299,10 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
                     backward(loss)
                     stepped = True
             step_loss += loss.detach() / world
+            term_names = [n for n in STEP_TERMS if getattr(out, n, None) is not None]
+            for k, n in enumerate(STEP_TERMS):
+                if n in term_names:  # same scaling as the loss: the global-batch mean after the reduce
+                    step_terms[k] += getattr(out, n).detach().sum() / len(global_idx)
         if not stepped:
             # every example of the step had a zero gradient: the full computation would hand the optimiser
             # zero gradients (AdamW still moves on its momentum and decay), so do exactly that
@@ -303,6 +315,11 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
         opt.zero_grad(set_to_none=True)
         step_total = accelerator.reduce(step_loss, reduction="sum") if world > 1 else step_loss
         result.step_losses.append(float(step_total))
+        if term_names:
+            totals = accelerator.reduce(step_terms, reduction="sum") if world > 1 else step_terms
+            for k, n in enumerate(STEP_TERMS):
+                if n in term_names:
+                    result.step_terms.setdefault(n, []).append(float(totals[k]))
         bar.update(1)
         if progress is not None:
             progress(step + 1, total, label)
