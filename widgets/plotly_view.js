@@ -168,3 +168,6 @@ export default {
     };
   },
 };
+
+// for tests (tests/browser/test_contrast.py): the dark-theme colour fix, evaluated on its own
+export { readable, contrast, rgba };

@@ -80,6 +80,7 @@ class TableView(anywidget.AnyWidget):
     def set_data(self, df: pd.DataFrame, keep_page: bool = False) -> None:
         self.df = df.reset_index(drop=True)
         self._order, self._haystack, self._mask = {}, None, None
+        self._build_index()  # when the data is set, not on the first search (a keystroke)
         numeric = {
             c: pd.api.types.is_numeric_dtype(self.df[c])
             and not pd.api.types.is_bool_dtype(self.df[c])
@@ -107,6 +108,18 @@ class TableView(anywidget.AnyWidget):
                 ).index.to_numpy()
         return self._order[k]
 
+    def _build_index(self) -> None:
+        """The lower-cased search text of every row (its search columns joined by a separator no
+        one types, so a word cannot match across two columns)."""
+        cols = [self.df[c] for c in self.search_columns if c in self.df]
+        if not cols:
+            self._haystack = np.full(len(self.df), "", dtype=object)
+            return
+        hay = cols[0].astype(str)
+        for c in cols[1:]:
+            hay = hay.str.cat(c.astype(str), sep="\x1f")
+        self._haystack = hay.str.lower().to_numpy(dtype=object)
+
     def search_mask(self, query: str) -> np.ndarray | None:
         """Rows whose search columns contain every word of ``query`` (case-insensitive); None: all."""
         words = query.lower().split()
@@ -115,14 +128,7 @@ class TableView(anywidget.AnyWidget):
         if self._mask is not None and self._mask[0] == query:
             return self._mask[1]
         if self._haystack is None:
-            cols = [self.df[c].tolist() for c in self.search_columns if c in self.df]
-            sep = "\x1f"  # never typed: a word cannot match across two columns
-            hay = (
-                [sep.join(map(str, vals)).lower() for vals in zip(*cols)]
-                if cols
-                else [""] * len(self.df)
-            )
-            self._haystack = np.asarray(hay, dtype=object)
+            self._build_index()
         hay = pd.Series(self._haystack, copy=False)
         mask = np.ones(len(hay), dtype=bool)
         for w in words:

@@ -203,6 +203,33 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         """The table as shown: the filtered triplets that match the search, in the table's order."""
         return self.grid.matching()
 
+    # -- per-iteration / per-example row caches ------------------------------------------------
+    def _index(self):
+        """Row positions of each iteration and each example of ``records.examples`` (built once per
+        records object: an iteration switch used to scan all T x N rows several times, once per
+        boolean filter in the table, the count, the detail, the shading and the history)."""
+        ex = self.records.examples
+        cached = getattr(self, "_index_cache", None)
+        if cached is None or cached[0] is not ex:
+            by_iter = ex.groupby("iteration", sort=False).indices
+            by_example = ex.groupby("example_id", sort=False).indices
+            cached = (ex, by_iter, by_example, {})
+            self._index_cache = cached
+        return cached
+
+    def _part(self, t):
+        """The rows of iteration ``t`` (cached; the same frame object for the same records)."""
+        ex, by_iter, _, parts = self._index()
+        if t not in parts:
+            idx = by_iter.get(t)
+            parts[t] = ex.iloc[idx] if idx is not None else ex.iloc[:0]
+        return parts[t]
+
+    def _rows_of_example(self, e):
+        ex, _, by_example, _ = self._index()
+        idx = by_example.get(e)
+        return ex.iloc[idx] if idx is not None else ex.iloc[:0]
+
     # -- callbacks -----------------------------------------------------------------------------
     def _on_iteration(self, change=None) -> None:
         """New iteration or stage: reset the advantage ranges to the data's, then refilter."""
@@ -212,7 +239,7 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         if t is None:
             self.table_html.value = f"<div style='{CARD_STYLE}'>No finished iteration yet.</div>"
             return
-        part = self.records.examples[self.records.examples["iteration"] == t]
+        part = self._part(t)
         self._quiet = True
         try:
             for w, col in ((self.current, "current_advantage"), (self.historical, "historical_advantage")):
@@ -232,8 +259,9 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         if self._quiet or self.iteration.value is None:
             return
         t = self.iteration.value
+        part = self._part(t)
         self.table = A.triplet_table(
-            self.records.examples,
+            part,
             t,
             stage=self.stage.value,
             current=tuple(self.current.value),
@@ -248,7 +276,7 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
             self.table = self.table[self.table["example_id"].isin(self.example_ids)]
         self._show_ids_filter()
         tab = self.table
-        n_all = int((self.records.examples["iteration"] == t).sum())
+        n_all = len(part)
         self.table_html.value = (
             f"<div id='tspin-triplet-count' data-count='{len(tab)}' style='{CARD_STYLE}'><b>{len(tab):,}</b> of {n_all:,} triplets match the filters"
             " · click a column to sort, a row to open it</div>"
@@ -289,12 +317,12 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         if e is None or t is None:
             self.detail_html.value = f"<div style='{CARD_STYLE}'>No triplet matches the filters.</div>"
             return
-        ex = self.records.examples
+        ex = self._part(t)  # this iteration's rows only: the lookups below scan 1/T of the run
         detail = A.triplet_detail(ex, t, e)
         shading = A.token_shading(ex, t, e, stage=self.stage.value)
         self.detail_html.value = detail_html(detail, shading, self.stage.value)
         self._slots["tokens"].show(F.token_logps(shading, f"Per-token log-probs of example {e}, iteration {t} ({self.stage.value} training)"))
-        hist = A.synthetic_history(ex, e)
+        hist = A.synthetic_history(self._rows_of_example(e), e)
         self.history_html.value = history_html(hist, detail["roles"].iloc[0]["text"])
         self._slots["history"].show(F.synthetic_history(hist, e))
 

@@ -42,7 +42,8 @@ CHROMIUM_ARGS = [
 ]
 OVERRIDES = {
     "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
-    "@jupyterlab/notebook-extension:tracker": {"autoStartDefaultKernel": True},
+    # windowingMode "none": every cell stays in the DOM (the notebook tests read figures far down)
+    "@jupyterlab/notebook-extension:tracker": {"autoStartDefaultKernel": True, "windowingMode": "none"},
 }
 
 
@@ -134,23 +135,28 @@ def workspace(tmp_path_factory):
     return {"root": root, "work": work, "run_dir": run_dir, "env": env, "app_settings": settings}
 
 
-@pytest.fixture(scope="session")
-def lab_server(workspace):
+def lab(workspace, root_dir: Path, env: dict, name: str = "lab"):
+    """A JupyterLab server on ``root_dir`` (generator: yields its url/token, stops it by PID)."""
     port, token = free_port(), uuid.uuid4().hex
-    log = workspace["root"] / "lab.log"
+    log = workspace["root"] / f"{name}.log"
     cmd = [
         sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-        "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={workspace['work']}",
+        "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly",
         f"--LabApp.app_settings_dir={workspace['app_settings']}",
     ]
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, env=workspace["env"], stdout=fh, stderr=subprocess.STDOUT, cwd=workspace["work"])
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=root_dir)
     try:
         wait_http(f"http://127.0.0.1:{port}/api/status?token={token}", 60, proc, log)
         yield {"url": f"http://127.0.0.1:{port}", "token": token, "proc": proc, "log": log}
     finally:
         stop(proc)
+
+
+@pytest.fixture(scope="session")
+def lab_server(workspace):
+    yield from lab(workspace, workspace["work"], workspace["env"])
 
 
 def _voila(workspace, notebook: str, template: str | None = None):

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-FIGURES_JS = """() => Array.from(document.querySelectorAll('.tspin-plot')).filter(gd => gd._fullLayout && gd._fullData).map(gd => {
+FIGURES_JS = """(root) => Array.from((root || document).querySelectorAll('.tspin-plot')).filter(gd => gd._fullLayout && gd._fullData).map(gd => {
   const L = gd._fullLayout;
   const axes = {};
   for (const k of Object.keys(L)) if (/^[xy]axis\\d*$/.test(k) && L[k] && L[k].type) axes[k] = L[k].type;
@@ -32,8 +32,9 @@ FIGURES_JS = """() => Array.from(document.querySelectorAll('.tspin-plot')).filte
 })"""
 
 
-def page_figures(page, visible_only: bool = True) -> list[dict]:
-    figs = page.evaluate(FIGURES_JS)
+def page_figures(page, visible_only: bool = True, within=None) -> list[dict]:
+    """The drawn figures of the page, or only those inside the Playwright locator ``within``."""
+    figs = within.evaluate(FIGURES_JS) if within is not None else page.evaluate(FIGURES_JS)
     return [f for f in figs if f["visible"]] if visible_only else figs
 
 
@@ -83,16 +84,18 @@ def match(drawn: dict, fig) -> None:
             assert drawn["axes"].get("yaxis") == "category", f"{title}: bars lost their category axis"
 
 
-def expect_figures(page, expected, timeout: float = 30.0) -> list[dict]:
+def expect_figures(page, expected, timeout: float = 30.0, within=None) -> list[dict]:
     """Wait until, for every expected figure, a drawn figure with its title matches it in full.
 
     ``expected``: a list of figures, or a callable returning one (re-read on every poll, so a state
     that is still settling, e.g. several key presses in flight, is compared at its final value).
+    ``within``: a locator (e.g. one notebook cell) whose figures alone are compared; two widgets of
+    one kind in a notebook draw figures with the same titles.
     """
     deadline = time.monotonic() + timeout
     last = None
     while True:
-        drawn = page_figures(page)
+        drawn = page_figures(page, within=within)
         try:
             figs = expected() if callable(expected) else expected
             by_title = {d["title"]: d for d in drawn}
