@@ -265,3 +265,41 @@ def test_too_few_rows_names_the_fields_not_their_sum(tmp_path):
                               "(500) = 1500; set data.num_examples to at most 700 (or null: every row not held out)")
     train, held = DataSettings(source=str(path), num_examples=None).load()
     assert len(train) == 700 and len(held) == 500 and sorted(list(train["row"]) + list(held["row"])) == list(range(1200))
+
+
+# ----------------------------------------------------------------------------- sampling.backend
+
+
+def test_sampling_backend_defaults_to_hf_and_rejects_unknown_names():
+    assert RunConfig().sampling.backend == "hf"
+    assert RunConfig.from_dict({"sampling": {"backend": "hf"}}).sampling.backend == "hf"
+    with pytest.raises(ConfigError, match=r"sampling.backend = 'tgi': expected 'hf' or 'vllm'"):
+        RunConfig.from_dict({"sampling": {"backend": "tgi"}})
+
+
+def test_sampling_backend_vllm_without_the_extra_fails_at_config_time_with_the_install_hint(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict({"sampling": {"backend": "vllm"}})
+    assert "sampling.backend = 'vllm'" in str(err.value)
+    assert "pip install 'tspin-kit[vllm]'" in str(err.value)
+
+
+def test_sampling_backend_vllm_with_vllm_installed_is_refused_until_the_path_is_built(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    with pytest.raises(ConfigError, match="not built yet"):
+        RunConfig.from_dict({"sampling": {"backend": "vllm"}})
+
+
+def test_pyproject_has_the_vllm_extra():
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.startswith("vllm") for req in extras["vllm"])
+    assert "vllm" not in " ".join(extras["dev"])  # never pulled in by dev (it pins its own torch)

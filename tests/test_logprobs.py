@@ -182,3 +182,158 @@ def test_rows_logps_forwards_each_distinct_row_once_with_the_same_values_and_gra
         # Llama's RMSNorm computes in float32 even in a float64 model, and the padded widths differ
         # (3 rows vs 6), so sums reassociate: equal to float32 precision, not bitwise.
         torch.testing.assert_close(p.grad, g_full, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- lean log-probs on a real model
+# The model's log-probs are computed without its full (rows x length x vocab) logits: the head projects the
+# response positions' hidden states in chunks (checkpointed under autograd). Each path is tested against the
+# naive expression on the model's own full logits, in values and in gradients, with chunks small enough that
+# every path takes several of them.
+
+from tspin_kit import logprobs as LP
+from tspin_kit import toy
+
+TOK = toy.build_tokenizer()
+PAD = TOK.pad_token_id
+PROMPTS = [[TOK.bos_token_id, 20, 21], [TOK.bos_token_id, 22], [TOK.bos_token_id, 20, 21]]
+RESPONSES = [[22, 23, 24, 2], [25, 2], [30] * 7 + [2]]  # rows 0 and 2 share their prompt (a packed pair)
+
+
+def tiny_llama(seed: int = 5, dtype=torch.float32):
+    size = toy.ToyModelSize(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    return toy.build_model(TOK, size, seed=seed).to(dtype)
+
+
+def naive_model_logps(model, batch):
+    """gather(log_softmax(full logits)) at the next token, masked, per token (N, T-1) and summed (N,)."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    lp = torch.log_softmax(logits[:, :-1].double(), -1).gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)
+    lp = lp * batch.loss_mask[:, 1:]
+    return lp.sum(-1), lp, logits
+
+
+def param_grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def check_values_and_grads(model, lean_fn, weights, tol=1e-5):
+    """lean_fn(model) -> SequenceLogps of the rows of collate(PROMPTS, RESPONSES): equal to the naive gather."""
+    batch = collate(PROMPTS, RESPONSES, PAD)
+    model.zero_grad()
+    want, want_tok, _ = naive_model_logps(model, batch)
+    (want * weights).sum().backward()
+    want_grads = param_grads(model)
+    model.zero_grad()
+    got = lean_fn(model)
+    (got.summed.double() * weights).sum().backward()
+    torch.testing.assert_close(got.summed.double(), want, atol=tol, rtol=tol)
+    for i in range(len(RESPONSES)):
+        torch.testing.assert_close(got.token_logps[i][got.mask[i]].double(), want_tok[i][batch.loss_mask[i, 1:].bool()],
+                                   atol=tol, rtol=tol)
+    got_grads = param_grads(model)
+    assert got_grads.keys() == want_grads.keys()
+    for name, g in want_grads.items():
+        torch.testing.assert_close(got_grads[name], g, atol=tol, rtol=tol, msg=name)
+    return got
+
+
+@pytest.mark.parametrize("chunk", [None, 7, 1])  # one chunk; several (checkpointed); one position per chunk
+def test_model_logps_lean_equals_naive_gather_values_and_grads(monkeypatch, chunk):
+    model = tiny_llama()
+    vocab = model.config.vocab_size
+    monkeypatch.setattr(LP, "CHUNK_ELEMENTS", chunk * vocab if chunk else LP.CHUNK_ELEMENTS)
+    weights = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    got = check_values_and_grads(model, lambda m: model_logps(m, collate(PROMPTS, RESPONSES, PAD)), weights)
+    assert got.mask.shape == (3, max(len(p) + len(r) for p, r in zip(PROMPTS, RESPONSES)) - 1)
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_packed_rows_lean_equal_naive_gather_values_and_grads(monkeypatch, chunk):
+    model = tiny_llama()
+    monkeypatch.setattr(LP, "CHUNK_ELEMENTS", chunk * model.config.vocab_size if chunk else LP.CHUNK_ELEMENTS)
+    weights = torch.tensor([0.3, 1.0, -1.5], dtype=torch.float64)
+    packed = LP.pack_rows(PROMPTS, RESPONSES, PAD)
+    assert packed.input_ids.shape[0] == 2  # rows 0 and 2 share one packed sequence
+    check_values_and_grads(model, lambda m: LP.packed_logps(m, packed), weights)
+
+
+def test_packed_examples_lean_equal_naive_gather(monkeypatch):
+    model = tiny_llama()
+    monkeypatch.setattr(LP, "CHUNK_ELEMENTS", 2 * model.config.vocab_size)
+    prompts = [[TOK.bos_token_id, 20, 21], [TOK.bos_token_id, 22]]
+    roles = [[[22, 23, 2], [25, 2]], [[22, 23, 2], [26, 27, 2]], [[30, 2], [25, 2]]]  # y, y', y0; repeats share
+    packed = LP.PackedExamples(prompts, roles, PAD)
+    got = packed.logps(model, [0, 1])  # (2, 3)
+    weights = torch.tensor([[1.0, -1.0, 0.5], [2.0, 0.25, -3.0]], dtype=torch.float64)
+    (got.double() * weights).sum().backward()
+    got_grads = param_grads(model)
+    model.zero_grad()
+    flat_p = [prompts[i] for _ in roles for i in range(2)]
+    flat_r = [r[i] for r in roles for i in range(2)]
+    want, _, _ = naive_model_logps(model, collate(flat_p, flat_r, PAD))
+    (want.view(3, 2).T * weights).sum().backward()
+    torch.testing.assert_close(got.double(), want.view(3, 2).T, atol=1e-5, rtol=1e-5)
+    for name, g in param_grads(model).items():
+        torch.testing.assert_close(got_grads[name], g, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_lean_entropy_and_no_grad_scoring_equal_full_logits(monkeypatch):
+    model = tiny_llama()
+    monkeypatch.setattr(LP, "CHUNK_ELEMENTS", 2 * model.config.vocab_size)
+    batch = collate(PROMPTS, RESPONSES, PAD)
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        full = sequence_logps(logits, batch.input_ids, batch.loss_mask, with_entropy=True, chunk_elements=10**9)
+        lean = model_logps(model, batch, with_entropy=True)
+    torch.testing.assert_close(lean.summed, full.summed, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lean.entropy, full.entropy, atol=1e-5, rtol=1e-5)
+
+
+def test_lean_path_never_builds_full_logits():
+    """The model's head is asked for one position per row; the rest goes through it in response-sized chunks."""
+    model = tiny_llama()
+    shapes = []
+    handle = model.lm_head.register_forward_hook(lambda mod, args, out: shapes.append(tuple(out.shape)))
+    batch = collate(PROMPTS, RESPONSES, PAD)
+    model_logps(model, batch)
+    handle.remove()
+    n_response = int(batch.loss_mask[:, 1:].sum())
+    vocab = model.config.vocab_size
+    assert shapes[0] == (3, 1, vocab)  # inside the model's forward: the last position only
+    assert sum(s[0] for s in shapes[1:] if len(s) == 2) == n_response  # response positions only, once each
+    assert all(len(s) != 3 or s[1] == 1 for s in shapes)
+
+
+def test_a_head_that_is_not_a_plain_projection_falls_back_to_the_models_logits():
+    """A model that rescales its logits after the head (as logit soft-capping does) fails the run-time check
+    and is scored from its own logits: still equal to the naive gather, values and gradients."""
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.config = inner.config
+
+        def get_output_embeddings(self):
+            return self.inner.lm_head
+
+        def forward(self, **kw):
+            out = self.inner(**kw)
+            out.logits = out.logits * 0.5 + 1.0
+            return out
+
+    model = Scaled(tiny_llama())
+    weights = torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)
+    check_values_and_grads(model, lambda m: model_logps(m, collate(PROMPTS, RESPONSES, PAD)), weights)
+    assert model in LP._NOT_PLAIN_HEAD
+
+
+def test_sequence_logps_chunks_keep_the_logits_dtype():
+    """Given bf16 logits, only one chunk at a time is upcast: the result equals the float32 computation."""
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(3, 6, 50, generator=g).to(torch.bfloat16)
+    ids = torch.randint(0, 50, (3, 6), generator=g)
+    mask = torch.ones(3, 6)
+    got = sequence_logps(logits, ids, mask, chunk_elements=100)  # 2 positions per chunk
+    torch.testing.assert_close(got.summed.double(), naive_summed(logits.float(), ids, mask)[0], atol=1e-5, rtol=1e-5)
+    assert logits.dtype == torch.bfloat16 and got.summed.dtype == torch.float32

@@ -196,3 +196,26 @@ def test_notebook_executes_in_smoke_mode(path: Path, smoke_workspace):
     if path.stem.startswith("ex") and not path.stem.endswith("_solution"):
         outputs = json.dumps([c.get("outputs", []) for c in nb.cells if c.cell_type == "code"]).lower()
         assert "not done yet" in outputs, f"{path.name}: with the blank in place the check should say 'not done yet'"
+
+
+@pytest.mark.timeout(NOTEBOOK_TIMEOUT)
+def test_real_model_notebook_in_full_mode_without_a_gpu_stops_in_its_first_cell(tmp_path):
+    """05_real_model in full mode on a machine without a GPU (this one, or any with CUDA hidden) stops in its
+    first code cell with a message that names the missing GPU and the smoke switch, before any download."""
+    from nbclient.exceptions import CellExecutionError
+
+    path = NOTEBOOK_DIR / "05_real_model.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    nb.cells = nb.cells[:first_code + 2]  # the first code cell and the next cell: execution must stop at the first
+    env = dict(os.environ)
+    env.update({"TSPIN_SMOKE": "0", "CUDA_VISIBLE_DEVICES": "", "TSPIN_PROGRESS": "0", "HF_HUB_OFFLINE": "1",
+                "TSPIN_RUNS": str(tmp_path / "runs"), "TSPIN_CACHE": str(tmp_path / "cache"),
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+    client = _client(nb, tmp_path / path.name)
+    with pytest.raises(CellExecutionError) as err:
+        client.execute(env=env)
+    message = str(err.value)
+    assert "Full mode needs a GPU" in message and "TSPIN_SMOKE=1" in message and "SMOKE = True" in message
+    executed = [c for c in nb.cells if c.cell_type == "code" and c.get("execution_count")]
+    assert len(executed) == 1  # nothing after the first code cell ran

@@ -20,6 +20,7 @@ METHODS = ("sft", "spin", "tspin", "tspin_no_history", "tspin_ref")
 OPTIMIZERS = ("adamw", "rmsprop")
 SCHEDULES = ("constant", "linear")
 TRACKERS = ("trackio", "tensorboard", "wandb")
+SAMPLING_BACKENDS = ("hf", "vllm")
 
 
 class ConfigError(ValueError):
@@ -29,6 +30,19 @@ class ConfigError(ValueError):
 def _check(cond: bool, section: str, name: str, expected: str, value: Any) -> None:
     if not cond:
         raise ConfigError(f"{section}.{name} = {value!r}: expected {expected}")
+
+
+def _check_vllm() -> None:
+    """``sampling.backend: vllm`` is refused here, before anything loads: without the extra, with the install
+    hint; with it, because the vLLM generation path is not built yet (issue 11, item 4): a run that asked for
+    vLLM must not quietly sample with transformers."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("sampling.backend = 'vllm': vllm is not installed; install the extra with "
+                          "`pip install 'tspin-kit[vllm]'` (GPU machines only) or use sampling.backend: hf")
+    raise ConfigError("sampling.backend = 'vllm': vllm is installed, but tspin-kit's vLLM generation path is not "
+                      "built yet; use sampling.backend: hf")
 
 
 @dataclass
@@ -188,9 +202,13 @@ class SamplingConfig:
     top_k: int = field(default=0, metadata={"help": "0 disables top-k"})
     max_new_tokens: int = field(default=16, metadata={"help": "longest sampled response"})
     batch_size: int = field(default=250, metadata={"help": "prompts per generate() call (also the seeding chunk)"})
+    backend: str = field(default="hf", metadata={"help": "'hf' (transformers generate) or 'vllm' (needs the vllm extra; not built yet)"})
 
     def __post_init__(self):
         s = "sampling"
+        _check(self.backend in SAMPLING_BACKENDS, s, "backend", " or ".join(map(repr, SAMPLING_BACKENDS)), self.backend)
+        if self.backend == "vllm":
+            _check_vllm()
         _check(self.temperature >= 0, s, "temperature", "a number >= 0", self.temperature)
         _check(0 < self.top_p <= 1, s, "top_p", "0 < top_p <= 1", self.top_p)
         _check(self.top_k >= 0, s, "top_k", "an integer >= 0", self.top_k)

@@ -4,14 +4,27 @@ Everything that turns a model into log pi(z|x) lives here, and the next-token sh
 rows :func:`sequence_logps`; for rows that share their prompt, :func:`pack_rows` / :class:`PackedExamples`
 (x forwarded once, y, y', y0 as branches after it under a 4D mask, each repeated response once), tested
 equal to the padded rows in values and gradients.
+
+Memory: no (rows x length x vocab) log-softmax is ever built. The model is run up to its last hidden state
+(:func:`final_hidden`: the output-embedding layer is asked for one position only), and the vocabulary
+projection, logsumexp and gather happen for response positions only, in chunks of about
+``CHUNK_ELEMENTS`` logits (:func:`_token_logps`); with gradients on, each chunk is recomputed in the
+backward (activation checkpointing) instead of being kept. Tested equal to ``gather(log_softmax(logits))``
+in values and gradients (tests/test_logprobs.py). Models whose head is not a plain projection of the last
+hidden state (logit soft-capping, a logit scale) fall back to the model's own logits, still chunked.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils.checkpoint import checkpoint
+
+# Logits held at once per chunk (2**23 float32 = 32 MiB): at a 150k vocabulary, 55 response positions.
+CHUNK_ELEMENTS = 2**23
 
 
 @dataclass
@@ -23,28 +36,135 @@ class SequenceLogps:
 
 
 def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor,
-                   *, with_entropy: bool = False) -> SequenceLogps:
+                   *, with_entropy: bool = False, chunk_elements: int | None = None) -> SequenceLogps:
     """log pi(response | prompt), summed over response tokens (no length normalisation, as in SPIN's code).
 
     logits: (N, T, V) from the model on input_ids (N, T); loss_mask (N, T) is True on response tokens.
     Position t of the logits predicts token t+1, so logits drop their last position and ids/mask their first.
-    Equals ``log_softmax(logits).gather(-1, ids)`` (tested), computed as ``logit - logsumexp`` to avoid
-    materialising a second (N, T, V) tensor.
+    Equals ``log_softmax(logits).gather(-1, ids)`` (tested), computed as ``logit - logsumexp`` over chunks of
+    response positions: the logits keep their dtype, only a chunk at a time is upcast to float32.
     """
-    # Upcast half precision to float32, but never downcast float64 (that would break the equality above).
-    logits = logits[:, :-1, :].to(torch.promote_types(logits.dtype, torch.float32))  # (N, T-1, V)
-    targets = input_ids[:, 1:]  # (N, T-1)
     mask = loss_mask[:, 1:].bool()  # (N, T-1)
-    lse = torch.logsumexp(logits, dim=-1)  # (N, T-1)
-    picked = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1)  # (N, T-1)
-    token_logps = (picked - lse) * mask
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            probs = torch.softmax(logits, dim=-1)
-            ent = lse - (probs * logits).sum(-1)  # H = logsumexp - E_p[logit]
-            entropy = (ent * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    return SequenceLogps(summed=token_logps.sum(-1), token_logps=token_logps, mask=mask, entropy=entropy)
+    rows, pos = mask.nonzero(as_tuple=True)  # (M,) each: the logits at (row, pos) predict token pos+1
+    targets = input_ids[:, 1:][mask]  # (M,)
+    return _scatter(mask, *_full_logits_logps(logits, rows, pos, targets, with_entropy, chunk_elements))
+
+
+def _full_logits_logps(logits, rows, pos, targets, with_entropy, chunk_elements):
+    """Per-token log-probs (M,) (and entropies) read from materialised logits (N, L, V) at (rows, pos)."""
+    n, length, vocab = logits.shape
+    flat = logits.reshape(n * length, vocab)  # a view: logits come contiguous from the model
+    return _token_logps(flat.__getitem__, rows * length + pos, targets, vocab,
+                        with_entropy=with_entropy, chunk_elements=chunk_elements)
+
+
+def _piece(to_logits, inputs, targets, with_entropy: bool):
+    """log-softmax at ``targets`` for one chunk; the chunk's logits are the only (m, V) tensors alive."""
+    logits = to_logits(inputs)  # (m, V) in the model's dtype
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # upcast a chunk, never float64 down
+    lse = torch.logsumexp(logits, dim=-1)  # (m,)
+    logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # (m,)
+    if not with_entropy:
+        return logps, logps.new_zeros(0)
+    with torch.no_grad():
+        entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # H = logsumexp - E_p[logit]
+    return logps, entropy
+
+
+def _token_logps(to_logits, inputs, targets, vocab: int, *, with_entropy: bool = False,
+                 chunk_elements: int | None = None):
+    """log-softmax(to_logits(inputs))[targets] row by row, ``chunk_elements // vocab`` rows per chunk.
+
+    inputs (M, ...) are sliced along their first dimension (hidden states (M, H), or flat row indices);
+    returns logps (M,) and entropy (M,) (None unless ``with_entropy``). With gradients on and more than one
+    chunk, each chunk is checkpointed: the backward recomputes its logits rather than keeping them.
+    """
+    m = targets.shape[0]
+    if m == 0:  # no response token anywhere: an empty result, still on the graph
+        logps, entropy = _piece(to_logits, inputs, targets, with_entropy)
+        return logps, (entropy if with_entropy else None)
+    rows = max(1, (chunk_elements or CHUNK_ELEMENTS) // max(vocab, 1))
+    recompute = torch.is_grad_enabled() and m > rows
+    logps, entropy = [], []
+    for s in range(0, m, rows):
+        x, t = inputs[s:s + rows], targets[s:s + rows]
+        if recompute:
+            lp, ent = checkpoint(_piece, to_logits, x, t, with_entropy, use_reentrant=False)
+        else:
+            lp, ent = _piece(to_logits, x, t, with_entropy)
+        logps.append(lp)
+        entropy.append(ent)
+    logps = logps[0] if len(logps) == 1 else torch.cat(logps)
+    return logps, (torch.cat(entropy) if with_entropy else None)
+
+
+def _scatter(mask: torch.Tensor, logps: torch.Tensor, entropy: torch.Tensor | None) -> SequenceLogps:
+    """Per-token values (M,) at the True entries of ``mask`` (..., T) back into SequenceLogps (0 elsewhere)."""
+    token_logps = logps.new_zeros(mask.shape).masked_scatter(mask, logps)  # differentiable in logps
+    mean_entropy = None
+    if entropy is not None:
+        per_token = entropy.new_zeros(mask.shape).masked_scatter(mask, entropy)
+        mean_entropy = per_token.sum(-1) / mask.sum(-1).clamp(min=1)
+    return SequenceLogps(summed=token_logps.sum(-1), token_logps=token_logps, mask=mask, entropy=mean_entropy)
+
+
+# The run-time check of final_hidden, done once per model: heads that post-process their logits take the
+# full-logits path; heads that passed are not checked again.
+_NOT_PLAIN_HEAD: weakref.WeakSet = weakref.WeakSet()
+_PLAIN_HEAD: weakref.WeakSet = weakref.WeakSet()
+
+
+def final_hidden(model, **inputs):
+    """Run ``model(**inputs)`` without its full-vocabulary logits: ``(hidden, head, vocab), None``.
+
+    hidden (N, L, H) is what the output-embedding layer ``head`` would project to logits (N, L, V). A forward
+    pre-hook on ``head`` keeps that input and lets the model project its last position only, which checks at
+    run time that head(hidden) is the model's logits (a model that soft-caps or scales them after the head
+    fails the check; the check runs once per model). Models without ``get_output_embeddings``, or failing the check, return
+    ``None, logits`` (the model's own full logits). The model is called through any wrapper (DDP), so its
+    hooks run as in a plain forward; the head is then applied to chunks outside that forward.
+    """
+    core = getattr(model, "module", model)  # DDP / accelerate wrappers
+    get_head = getattr(core, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    config = getattr(core, "config", None)
+    if (head is None or core in _NOT_PLAIN_HEAD or getattr(config, "final_logit_softcapping", None)
+            or getattr(config, "logit_scale", None) not in (None, 1, 1.0)):
+        return None, model(**inputs).logits
+    captured = {}
+
+    def keep_input(module, args):
+        captured["hidden"] = args[0]
+        return (args[0][..., -1:, :], *args[1:])  # the model projects its last position only
+
+    handle = head.register_forward_pre_hook(keep_input)
+    try:
+        last_logits = model(**inputs).logits  # (N, 1, V)
+    finally:
+        handle.remove()
+    hidden = captured.get("hidden")
+    plain = hidden is not None and hidden.dim() == 3 and last_logits.dim() == 3 and last_logits.shape[1] == 1
+    if plain and core not in _PLAIN_HEAD:
+        with torch.no_grad():  # same projection, maybe outside the model's autocast: compare loosely
+            mine, theirs = head(hidden[:, -1:]).float(), last_logits.float()
+            plain = mine.shape == theirs.shape and torch.allclose(
+                mine, theirs, rtol=2e-2, atol=2e-2 * (1.0 + float(theirs.abs().max())) if theirs.numel() else 0.0)
+    if not plain:
+        _NOT_PLAIN_HEAD.add(core)
+        return None, model(**inputs).logits
+    _PLAIN_HEAD.add(core)
+    return (hidden, head, int(last_logits.shape[-1])), None
+
+
+def _model_token_logps(model, rows, pos, targets, *, with_entropy, chunk_elements=None, **inputs):
+    """Per-token log-probs (M,) of ``targets`` predicted at (rows, pos) of ``model(**inputs)``, lean when possible."""
+    lean, logits = final_hidden(model, **inputs)
+    if lean is None:
+        return _full_logits_logps(logits, rows, pos, targets, with_entropy, chunk_elements)
+    hidden, head, vocab = lean
+    # only the response positions' hidden states go through the head: (M, H), gathered once
+    return _token_logps(head, hidden[rows, pos], targets, vocab, with_entropy=with_entropy,
+                        chunk_elements=chunk_elements)
 
 
 @dataclass
@@ -90,8 +210,12 @@ def collate_pairs(prompts, annotated, synthetic, pad_id: int) -> Batch:
 
 
 def model_logps(model, batch: Batch, *, with_entropy: bool = False) -> SequenceLogps:
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    return sequence_logps(logits, batch.input_ids, batch.loss_mask, with_entropy=with_entropy)
+    """:func:`sequence_logps` of the model on ``batch``, without materialising its full logits."""
+    mask = batch.loss_mask[:, 1:].bool()  # (N, T-1) the next-token shift, as in sequence_logps
+    rows, pos = mask.nonzero(as_tuple=True)
+    targets = batch.input_ids[:, 1:][mask]
+    return _scatter(mask, *_model_token_logps(model, rows, pos, targets, with_entropy=with_entropy,
+                                              input_ids=batch.input_ids, attention_mask=batch.attention_mask))
 
 
 def rows_logps(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int, *,
@@ -232,21 +356,14 @@ def packed_logps(model, packed: PackedRows, *, with_entropy: bool = False) -> Se
     """
     param = next(model.parameters())
     mask4d = packed.attention_mask(param.dtype if param.is_floating_point() else torch.float32)
-    logits = model(input_ids=packed.input_ids, attention_mask=mask4d, position_ids=packed.position_ids).logits
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (P, L, V)
-    lse = torch.logsumexp(logits, dim=-1)  # (P, L)
-    rows = packed.row_pack[:, None].expand_as(packed.src)  # (R, T)
-    picked = logits[rows, packed.src, packed.targets]  # (R, T) logit of each response token
-    token_logps = (picked - lse[rows, packed.src]) * packed.mask
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            ent = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # (P, L)
-            entropy = (ent[rows, packed.src] * packed.mask).sum(-1) / packed.mask.sum(-1).clamp(min=1)
-            entropy = entropy[packed.inverse]
+    rows = packed.row_pack[:, None].expand_as(packed.src)[packed.mask]  # (M,) pack of each response token
+    pos = packed.src[packed.mask]  # (M,) position whose logits predict it
+    out = _scatter(packed.mask, *_model_token_logps(
+        model, rows, pos, packed.targets[packed.mask], with_entropy=with_entropy,
+        input_ids=packed.input_ids, attention_mask=mask4d, position_ids=packed.position_ids))
     inv = packed.inverse
-    return SequenceLogps(summed=token_logps.sum(-1)[inv], token_logps=token_logps[inv], mask=packed.mask[inv],
-                         entropy=entropy)
+    return SequenceLogps(summed=out.summed[inv], token_logps=out.token_logps[inv], mask=packed.mask[inv],
+                         entropy=None if out.entropy is None else out.entropy[inv])
 
 
 class PackedExamples:
@@ -309,10 +426,9 @@ class PackedExamples:
                             *(None,) * 5)
         param = next(model.parameters())
         mask4d = packed.attention_mask(param.dtype if param.is_floating_point() else torch.float32)
-        logits = model(input_ids=packed.input_ids, attention_mask=mask4d, position_ids=packed.position_ids).logits
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # (B, W, V)
-        lse = torch.logsumexp(logits, dim=-1)  # (B, W)
         src, targets, mask = self.src[t].to(device), self.targets[t].to(device), self.mask[t].to(device)  # (B, K, T)
-        rows = torch.arange(len(idx), device=device)[:, None, None].expand_as(src)
-        token_logps = (logits[rows, src, targets] - lse[rows, src]) * mask
-        return token_logps.sum(-1)  # (B, K)
+        rows = torch.arange(len(idx), device=device)[:, None, None].expand_as(src)[mask]  # (M,)
+        logps, _ = _model_token_logps(model, rows, src[mask], targets[mask], with_entropy=False,
+                                      input_ids=packed.input_ids, attention_mask=mask4d,
+                                      position_ids=packed.position_ids)
+        return logps.new_zeros(mask.shape).masked_scatter(mask, logps).sum(-1)  # (B, K)
