@@ -1,4 +1,4 @@
-"""The workshop notebooks themselves in a real JupyterLab (chromium): 01-04 and the 3 exercises.
+"""The workshop notebooks themselves in a real JupyterLab (chromium): 00-04 and the 3 exercises.
 
 Each test opens a copy of the notebook in one shared Lab server (smoke mode, ``TSPIN_SMOKE=1``),
 runs all cells from the menu, checks that every code cell ran and none shows an error, then moves
@@ -231,6 +231,34 @@ def drive_alpha_beta(page, where, mirror) -> None:
 
 
 # -- the notebooks ---------------------------------------------------------------------------------
+
+def test_lab_00_quickstart(page, smoke_lab, console):
+    """The quickstart: the run comparison follows its controls; the live dashboard at the end (one iteration
+    done by the cell) runs the second iteration when Whole step is clicked, and its iteration slider then moves
+    (two clicks in a row are the Voila dashboard test's)."""
+    import widgets
+    from tspin_kit import presets
+
+    nb = run_all(page, smoke_lab, "00_quickstart.ipynb")
+    runs = presets.run_toy_methods(["sft", "spin", "tspin"], smoke=True)
+    drive_run_comparison(page, cell(page, nb, "widgets.RunComparison(runs)"), widgets.RunComparison(runs))
+    live = cell(page, nb, "widgets.Dashboard(session)")
+    summary = live.locator("#tspin-iteration-summary")
+    expect(summary).to_have_attribute("data-iteration", "0", timeout=60_000)  # the cell ran prepare() + step()
+    step = live.locator("button:has-text('Whole step')")
+    expect(step).to_be_enabled(timeout=60_000)
+    hint = live.locator("#tspin-iteration-hint")
+    expect(hint).to_have_attribute("data-count", "1")
+    step.click()
+    expect(hint).to_have_attribute("data-count", "2", timeout=180_000)
+    expect(summary).to_have_attribute("data-iteration", "1", timeout=60_000)
+    handle = live.locator('.widget-slider:has-text("iteration") .noUi-handle').first
+    handle.focus()
+    handle.press("ArrowLeft")
+    expect(summary).to_have_attribute("data-iteration", "0")
+    expect(live.locator(".tspin-error")).to_have_count(0)
+    delete_sessions(smoke_lab)
+
 
 def test_lab_01_triplets(page, smoke_lab, console):
     import widgets
