@@ -21,7 +21,7 @@ from pathlib import Path
 import _common as C
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_train_step", "bench_generation", "bench_memory", "bench_vs_trl", "bench_demo", "bench_reproduce"]
+SCRIPTS = ["bench_train_step", "bench_generation", "bench_memory", "bench_vs_trl", "bench_demo", "bench_reproduce", "bench_voila"]
 
 
 def main() -> int:
