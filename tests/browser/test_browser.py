@@ -240,6 +240,10 @@ def test_voila_workshop_dashboard_every_tab_every_control(page, workshop_server,
     expect(hint).to_have_attribute("data-count", "0")
     step = page.locator("button:has-text('Whole step')")
     step.click()
+    # wait for the first step to have ended, not just for an enabled button: under load the check could pass
+    # before the kernel had even disabled it, and the next click then hit a disabled button (a flake seen in 1
+    # of 13 loaded runs)
+    expect(page.locator("#tspin-iteration-summary")).to_have_attribute("data-iteration", "0", timeout=120_000)
     expect(step).to_be_enabled(timeout=60_000)  # re-enabled only once the step has really ended
     step.click()  # the second click right after "done" (issue 8, item 3): it must run too
     expect(page.locator("#tspin-iteration-summary")).to_have_attribute("data-iteration", "1", timeout=120_000)
