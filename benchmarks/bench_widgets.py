@@ -5,7 +5,7 @@ Targets from the widgets issue: moving alpha or beta recomputes every dependent 
 iterations in under 2 s. "Compute side" = everything in the kernel: the analysis tables, the
 figures and the FigureWidget updates (no browser attached, so no rendering or transport).
 
-The run directory is made by ``tests/records_builder.py`` (5 iterations x 10,000 triplets, with
+The run directory is made by ``tspin_kit.synthetic`` (5 iterations x 10,000 triplets, with
 per-token log-prob lists) in the store's layout and read with the engine's ``load_run``. A second
 case puts all 50,000 triplets in one iteration, so a slider recomputes 50,000 examples at once.
 
@@ -32,16 +32,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 import _common as C
 import numpy as np
-from records_builder import build_records, write_run_dir
 
 import widgets as Wd
 from tspin_kit import analysis as A
 from tspin_kit import figures as F
 from tspin_kit import load_run
+from tspin_kit.synthetic import build_records, write_run_dir
 
 TARGETS_MS = {"slider": 50.0, "iteration": 200.0, "open": 2000.0, "table": 100.0}
 

@@ -175,6 +175,19 @@ def text_jsonl(tmp_path_factory) -> Path:
 
 # ----------------------------------------------------------------------------- pi_0 and the shared run
 
+# Fixtures that train: the toy pi_0 (a few seconds on first use, then cached for the session) and the
+# stepped run. Every test that uses one, directly or through another fixture, is marked `slow` below, so
+# `make test-fast` (-m "not slow ...") trains nothing; tests that train in their own body carry the mark.
+TRAINING_FIXTURES = ("pi0", "stepped_run")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the marks
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(f in getattr(item, "fixturenames", ()) for f in TRAINING_FIXTURES):
+            item.add_marker(pytest.mark.slow)
+
+
 
 @pytest.fixture(scope="session")
 def toy_world():

@@ -8,15 +8,15 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-from records_builder import build_records, write_run_dir
 
+from tspin_kit import methods as M
 from tspin_kit.alarms import (
     ALARM_NAMES,
-    METHOD_NAMES,
     AlarmThresholds,
     find_alarms,
     validate_alarms,
 )
+from tspin_kit.synthetic import build_records, write_run_dir
 
 
 def literal(method: str, iterations: list[dict], label: str | None = None):
@@ -89,7 +89,7 @@ def test_a_healthy_run_raises_no_alarm():
         {"margin": [0.4, 0.3], "after": [-4.5, -4.0], "equal": [True, False]},
         {"margin": [0.2, 0.1], "after": [-4.4, -4.3], "equal": [True, False]},  # ratio 0.5 > 0.3; -0.1 nats: quiet
     ]
-    for method in METHOD_NAMES:
+    for method in M.names():
         assert find_alarms(literal(method, healthy)) == [], method
     empty = SimpleNamespace(examples=pd.DataFrame(), metrics=pd.DataFrame(), manifest={})
     assert find_alarms(empty) == []
@@ -196,7 +196,9 @@ def test_report_section_says_when_no_alarm_fired():
     assert "No alarm fired." in page and page.count("<li") == 5 and "data-alarm='degenerate_share'" in page
 
 
-def test_method_names_match_the_figures_labels():
-    from tspin_kit.figures import METHOD_LABELS
+def test_alarm_messages_name_the_method_by_its_label():
+    from tspin_kit.alarms import run_label
 
-    assert METHOD_NAMES == METHOD_LABELS
+    rec = literal("tspin_no_history", [{"after": [-5.0, -5.0]}])
+    rec.manifest.pop("label", None)
+    assert run_label(rec).startswith(M.get("tspin_no_history").label)

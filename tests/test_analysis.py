@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from records_builder import build_records, read_run_dir, write_run_dir
 
 from tspin_kit import analysis as A
 from tspin_kit import losses
+from tspin_kit import records as R
+from tspin_kit.synthetic import BuiltRecords, build_records, read_run_dir, write_run_dir
 
 LOG2 = math.log(2.0)
 LN3 = math.log(3.0)
@@ -104,7 +105,8 @@ def test_run_label_prefers_manifest_label(tspin):
 
 
 def test_default_kind_and_stage():
-    assert [A.default_loss_kind(m) for m in ("sft", "spin", "tspin", "tspin_no_history", "tspin_ref")] == ["tspin", "spin", "tspin", "tspin", "tspin_ref"]
+    # the lab starts on the run's own objective; an SFT run (no y' to compare) on a T-SPIN what-if
+    assert [A.default_loss_kind(m) for m in ("sft", "spin", "tspin", "tspin_no_history", "tspin_ref")] == ["tspin", "spin", "tspin", "tspin_no_history", "tspin_ref"]
     assert (A.default_stage("tspin"), A.default_stage("spin"), A.default_stage("tspin_ref")) == ("before", "after", "after")
 
 
@@ -118,7 +120,7 @@ def test_advantage_summary_matches_the_recorded_metrics(tspin):
         for kind in A.ADVANTAGES:
             row = table[(table["iteration"] == m["iteration"]) & (table["advantage"] == kind)].iloc[0]
             for stat in ("mean", "q10", "q50", "q90"):
-                assert row[stat] == pytest.approx(m[f"{kind}_advantage_{stat}_before"])
+                assert row[stat] == pytest.approx(m[f"{kind}_advantage_before_{stat}"])
             assert row["q10"] <= row["q50"] <= row["q90"] and row["n"] == 80
 
 
@@ -159,8 +161,6 @@ def test_degenerate_split_literal():
 
 def test_vanishing_summary_sets_v_against_the_sft_control():
     """Two literal runs of one iteration: T-SPIN (v = 1, 3 - ln 3, 0) and an SFT control with v shifted by +1."""
-    from records_builder import BuiltRecords
-
     ex = literal_examples()
     tsp = BuiltRecords(ex, pd.DataFrame(), {"config": {"method": {"name": "tspin"}}})
     sft_ex = ex.assign(historical_advantage_before=ex["historical_advantage_before"] + 1, reward_margin=np.nan)
@@ -181,12 +181,12 @@ def test_vanishing_summary_sets_v_against_the_sft_control():
     assert math.isnan(A.vanishing_summary({"T-SPIN": tsp}).loc[0, "historical_advantage_mean_control"])
 
 
-def test_score_table_lists_pi0_then_each_trained_policy():
+def test_policy_scores_lists_pi0_then_each_trained_policy():
     metrics = pd.DataFrame({"iteration": [0, 1], "score_before": [0.2, 0.3], "score_after": [0.3, 0.45]})
-    table = A.score_table(metrics)
+    table = A.policy_scores(metrics)
     assert table["policy"].tolist() == [0, 1, 2]
     assert table["score"].tolist() == [0.2, 0.3, 0.45]
-    assert A.score_table(pd.DataFrame()).empty
+    assert A.policy_scores(pd.DataFrame()).empty
     assert A.score_name(metrics) == "accuracy"
     assert A.score_name(metrics.assign(score_name="logp_per_token")) == "logp_per_token"
 
@@ -252,7 +252,8 @@ def test_triplet_detail_literal():
 
 
 def test_token_shading_recovers_characters_and_sums(tspin):
-    ex = tspin.examples
+    # records made before runs recorded each token's text (`{role}_tokens`): characters, then EOS
+    ex = tspin.examples.drop(columns=[f"{role}_tokens" for role in A.ROLES])
     shading = A.token_shading(ex, 1, 3, stage="after")
     row = ex[(ex["iteration"] == 1) & (ex["example_id"] == 3)].iloc[0]
     for role in A.ROLES:
@@ -261,6 +262,11 @@ def test_token_shading_recovers_characters_and_sums(tspin):
         assert part["token"].iloc[-1] == "⟨eos⟩"
         assert part["logp"].sum() == pytest.approx(row[f"{role}_logp_after"])
         assert part["segmentation"].eq("characters").all()
+
+
+def test_token_shading_reads_the_recorded_tokens(tspin):
+    shading = A.token_shading(tspin.examples, 1, 3, stage="after")
+    assert shading["segmentation"].eq("tokens").all() and shading["token"].iloc[-1] == "<eos>"
 
 
 def test_split_tokens_fallbacks():
@@ -461,6 +467,6 @@ def test_run_directory_round_trip_through_load_run(tmp_path, spin):
 
 def test_one_thread_restores_thread_count():
     before = torch.get_num_threads()
-    with A._one_thread():
+    with R.one_thread():
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before

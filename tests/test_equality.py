@@ -31,8 +31,9 @@ from tspin_kit.training import (
     make_optimizer,
     train_iteration,
     training_pack,
-    zero_gradient,
 )
+from tspin_kit.methods import get as method_spec
+from tspin_kit.methods import zero_gradient
 
 from conftest import small_config
 
@@ -164,7 +165,7 @@ def test_rows_logps_padded_fallback_equals_packed():
 
 def test_zero_gradient_rule():
     y, other = [1, 2], [3, 2]
-    tspin, spin, sft = MethodConfig(name="tspin"), MethodConfig(name="spin"), MethodConfig(name="sft")
+    tspin, spin, sft = method_spec("tspin"), method_spec("spin"), method_spec("sft")
     assert zero_gradient(spin, 0.1, y, y, None) and not zero_gradient(spin, 0.1, y, other, None)
     assert zero_gradient(tspin, 0.1, y, y, y)  # all three equal
     assert not zero_gradient(tspin, 0.1, y, y, other)  # the historical term still moves y' against y0
@@ -188,7 +189,7 @@ def test_compute_loss_equals_the_full_computation(name, beta, masked, per_iterat
     if masked:
         ex.historical_mask = torch.tensor([p != a for p, a in zip(ex.proto_ids, ex.annotated_ids)])
     method, lam, idx = MethodConfig(name=name), 0.7, list(range(len(ex)))
-    skipped = [i for i in idx if zero_gradient(method, beta, ex.annotated_ids[i], ex.synthetic_ids[i],
+    skipped = [i for i in idx if zero_gradient(method.spec, beta, ex.annotated_ids[i], ex.synthetic_ids[i],
                                                    ex.proto_ids[i] if name != "spin" else None,
                                                    bool(ex.historical_mask[i]) if masked else True)]
     # y' == y in 1, 2, 6, 7; the triplets among them are constant only with beta = 0 or y0 == y' (2, 7); the mask
@@ -245,6 +246,7 @@ def reference_iteration(model, ex: Examples, method: MethodConfig, train: TrainC
     return step_losses, batches
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("name", ["spin", "tspin", "tspin_ref"])
 def test_train_iteration_equals_the_full_computation_even_when_a_whole_step_is_skipped(name):
     """16 examples in steps of 4: one step holds only zero-gradient examples, so AdamW must still step on zero
@@ -254,7 +256,7 @@ def test_train_iteration_equals_the_full_computation_even_when_a_whole_step_is_s
     method = MethodConfig(name=name, beta=0.1)
     train = TrainConfig(optimizer="adamw", lr=1e-3, epochs=2, batch_size=4, warmup_ratio=0.0, max_grad_norm=1.0)
     iteration, seed = 1, 0
-    dead = {i for i in range(16) if zero_gradient(method, method.beta_at(iteration), ex.annotated_ids[i],
+    dead = {i for i in range(16) if zero_gradient(method.spec, method.beta_at(iteration), ex.annotated_ids[i],
                                                   ex.synthetic_ids[i], ex.proto_ids[i] if name != "spin" else None)}
     # choose the seed whose shuffle puts four zero-gradient examples into one step after a live one
     for seed in range(500):
@@ -316,6 +318,7 @@ def test_score_responses_of_all_roles_in_one_call_equals_scoring_each_role_alone
 # ----------------------------------------------------------------------------- sessions
 
 
+@pytest.mark.slow  # a toy session (trains the toy pi_0 on first use)
 def test_session_records_equal_each_role_scored_alone(tmp_path):
     from tspin_kit.session import SelfPlaySession
 
@@ -334,6 +337,7 @@ def test_session_records_equal_each_role_scored_alone(tmp_path):
         np.testing.assert_allclose(rec[f"{role}_logp_after"].to_numpy(float), alone, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow  # toy sessions (train the toy pi_0 on first use)
 def test_sft_records_switch(tmp_path):
     """Off: no y' is sampled and no y0, the y'/y0 columns hold NaN, and training is the same as with it on."""
     from tspin_kit.session import SelfPlaySession
@@ -364,6 +368,7 @@ def test_sft_records_switch(tmp_path):
     assert again.next_phase == "done" and again.proto_ids is None
 
 
+@pytest.mark.slow  # prepares a toy session (trains the toy pi_0 on first use)
 def test_a_run_made_before_the_switch_resumes(tmp_path):
     """Manifests written before `sft_records` existed lack it: such a run made the records, i.e. True."""
     import json

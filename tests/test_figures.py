@@ -9,10 +9,10 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 import pytest
-from records_builder import build_records
 
 from tspin_kit import analysis as A
 from tspin_kit import figures as F
+from tspin_kit.synthetic import build_records
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,11 @@ def axis_titles(fig: go.Figure) -> list[str]:
 def test_role_colours_are_distinct_and_named():
     assert set(F.ROLE_COLORS) == {"annotated", "synthetic", "proto"}
     assert len(set(F.ROLE_COLORS.values())) == 3
-    assert set(F.METHOD_COLORS) == {"sft", "spin", "tspin", "tspin_no_history", "tspin_ref"}
+    # every method of the table has its own colour, used by the figures
+    from tspin_kit import methods as M
+
+    colours = [F.method_color(n) for n in M.names()]
+    assert len(set(colours)) == len(colours) and F.method_color("tspin") == M.get("tspin").color
 
 
 def test_advantage_decay(runs):
@@ -42,7 +46,7 @@ def test_advantage_decay(runs):
     fig = validated(F.advantage_decay(summaries, marker_iteration=1))
     assert len(fig.data) == 2 * 2 * 2  # runs x panels x (band, mean)
     means = [t for t in fig.data if t.mode == "lines+markers"]
-    assert {t.line.color for t in means} == {F.METHOD_COLORS["tspin"], F.METHOD_COLORS["spin"]}
+    assert {t.line.color for t in means} == {F.method_color("tspin"), F.method_color("spin")}
     assert all("nats" in t for t in axis_titles(fig) if t.startswith("advantage"))
     assert "iteration t" in axis_titles(fig)
     tsp = [t for t in means if t.name == "T-SPIN" and t.xaxis == "x"][0]
@@ -55,7 +59,7 @@ def test_degenerate_scores_entropy(runs):
     m = {k: A.run_settings(r)["method"] for k, r in runs.items()}
     deg = validated(F.degenerate_shares({k: (A.degenerate_shares(r.examples), m[k]) for k, r in runs.items()}))
     assert len(deg.data) == 4 and deg.layout.yaxis.tickformat == ".0%"
-    sc = validated(F.scores({k: (A.score_table(r.metrics), m[k]) for k, r in runs.items()}, marker_iteration=0))
+    sc = validated(F.scores({k: (A.policy_scores(r.metrics), m[k]) for k, r in runs.items()}, marker_iteration=0))
     assert list(sc.data[0].x) == [0, 1, 2, 3]
     assert "accuracy" in sc.layout.yaxis.title.text
     assert "nats" in F.scores({}, score_name="logp_per_token").layout.yaxis.title.text
@@ -76,7 +80,7 @@ def test_vanishing_advantages_and_reward_margins(runs):
     assert np.asarray(spin_nd.y) == pytest.approx(expected)
     right = {t.name: t for t in fig.data if t.xaxis == "x2"}
     assert set(right) == {"SFT (SFT control)", "SPIN", "T-SPIN"}
-    assert right["SFT (SFT control)"].line.color == F.METHOD_COLORS["sft"] and right["SFT (SFT control)"].line.dash == "dash"
+    assert right["SFT (SFT control)"].line.color == F.method_color("sft") and right["SFT (SFT control)"].line.dash == "dash"
     assert {t.name for t in fig.data if t.showlegend} == set(all_runs)
     assert len(fig.layout.shapes) == 2
     margins = validated(F.reward_margins({k: (A.reward_margin_split(r.examples), m[k]) for k, r in all_runs.items()}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import pkgutil
@@ -9,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import subprocess_env
+from conftest import REPO, subprocess_env
 
 import tspin_kit
 
@@ -54,3 +55,36 @@ def test_engine_does_not_import_the_ui_layer():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_version_has_one_source():
+    """``__version__`` lives in ``_version.py`` (imports nothing); the package re-exports it and
+    pyproject.toml reads it (the installed metadata agrees)."""
+    from importlib.metadata import version
+
+    from tspin_kit._version import __version__
+
+    assert tspin_kit.__version__ == __version__ == version("tspin-kit")
+    assert 'attr = "tspin_kit._version.__version__"' in (REPO / "pyproject.toml").read_text()
+
+
+def test_no_module_imports_upward_from_the_package_init():
+    """The package ``__init__`` imports the engine, so an engine module that reads a name from it
+    (``from . import __version__``) imports upward: ``from . import X`` and
+    ``from tspin_kit import X`` must name a module."""
+    root = REPO / "tspin_kit"
+    submodules = {p.stem for p in root.glob("*.py")}
+    submodules |= {p.parent.name for p in root.glob("*/__init__.py")}
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        if path == root / "__init__.py":
+            continue
+        depth = len(path.relative_to(root).parts)  # 1: tspin_kit/x.py, 2: tspin_kit/sub/x.py
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            relative = node.level == depth and node.module is None
+            if relative or (node.level == 0 and node.module == "tspin_kit"):
+                where = f"{path.relative_to(REPO)}:{node.lineno}"
+                bad += [f"{where} {a.name}" for a in node.names if a.name not in submodules]
+    assert bad == []

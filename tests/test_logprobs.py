@@ -337,3 +337,37 @@ def test_sequence_logps_chunks_keep_the_logits_dtype():
     got = sequence_logps(logits, ids, mask, chunk_elements=100)  # 2 positions per chunk
     torch.testing.assert_close(got.summed.double(), naive_summed(logits.float(), ids, mask)[0], atol=1e-5, rtol=1e-5)
     assert logits.dtype == torch.bfloat16 and got.summed.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- sliding-window attention
+
+
+def _tiny_mistral(window: int):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    torch.manual_seed(0)
+    cfg = MistralConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=64, sliding_window=window, pad_token_id=0)
+    cfg._attn_implementation = "eager"
+    return MistralForCausalLM(cfg).eval()
+
+
+def test_sliding_window_models_pack_only_rows_that_fit_the_window():
+    """A custom 4D mask replaces the model's own, window included: rows longer than the window must not be packed
+    (the model then applies its window itself), and the default path equals one forward per row."""
+    from tspin_kit.logprobs import collate, model_logps, rows_logps, supports_packing
+
+    prompts = [[5, 6, 7, 8, 9]] * 3 + [[10, 11]]
+    responses = [[12, 13, 14], [12, 13, 15, 16], [17], [18, 19]]
+    naive = lambda m: torch.cat([model_logps(m, collate([p], [r], 0)).summed for p, r in zip(prompts, responses)])  # noqa: E731
+    narrow = _tiny_mistral(window=4)  # rows are up to 9 tokens: the window hides keys
+    assert not supports_packing(narrow, 9) and supports_packing(narrow, 4) and not supports_packing(narrow)
+    with torch.no_grad():
+        want = naive(narrow)
+        torch.testing.assert_close(rows_logps(narrow, prompts, responses, 0), want, rtol=0, atol=1e-5)
+        forced = rows_logps(narrow, prompts, responses, 0, share_prompt=True)
+    assert (forced - want).abs().max() > 1e-3  # packing anyway would have changed the numbers
+    wide = _tiny_mistral(window=32)  # every row fits: packing is on and exact
+    assert supports_packing(wide, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(rows_logps(wide, prompts, responses, 0), naive(wide), rtol=0, atol=1e-5)

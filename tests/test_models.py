@@ -82,3 +82,52 @@ def test_max_length_of(tiny_model_dirs):
     tok.model_max_length = int(1e30)  # "no limit" sentinel of tokenizers without one
     model.config.max_position_embeddings = 128
     assert max_length_of(model, tok, ModelConfig()) == 128
+
+
+@pytest.mark.parametrize("lora_r", [0, 4])
+def test_gradient_checkpointing_gives_the_same_training(pi0, toy_world, lora_r):
+    """model.gradient_checkpointing recomputes each block in the backward (counted) and trains to the same losses
+    and weights as without it, full fine-tuning and LoRA."""
+    import copy
+
+    from tspin_kit.config import MethodConfig, TrainConfig
+    from tspin_kit.models import apply_gradient_checkpointing
+    from tspin_kit.training import build_examples, train_iteration
+
+    base, tok = pi0
+    rows = toy_world[0][:16]
+    ex = build_examples(tok, [r["prompt"] for r in rows], [r["response"] for r in rows])
+    ex.synthetic_ids = ex.annotated_ids[1:] + ex.annotated_ids[:1]  # wrong sums shaped like right ones
+    ex.proto_ids = ex.annotated_ids[2:] + ex.annotated_ids[:2]
+    runs = {}
+    for on in (False, True):
+        cfg = ModelConfig(gradient_checkpointing=on, lora_r=lora_r)
+        model = apply_gradient_checkpointing(copy.deepcopy(base), cfg)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = apply_lora(model, cfg)
+        core = model.get_base_model() if lora_r else model
+        assert core.is_gradient_checkpointing is on and core.config.use_cache is (not on)
+        calls = []
+        # transformers checkpoints a block's forward (its own hooks stay outside), and the recomputation stops once
+        # it has what the backward needs: a pre-hook on the block's MLP sees the forward and the recomputation
+        hook = core.model.layers[0].mlp.register_forward_pre_hook(lambda *a, calls=calls: calls.append(1))
+        res = train_iteration(model, ex, method=MethodConfig(name="tspin"),
+                              train=TrainConfig(optimizer="adamw", lr=1e-3, epochs=3, batch_size=16, warmup_ratio=0.0),
+                              iteration=1, seed=0, cpu=True)
+        hook.remove()
+        # one forward per step, and with checkpointing one recomputation per step in the backward
+        assert len(calls) == (6 if on else 3), calls
+        runs[on] = (res.step_losses, {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad})
+    (loss_off, w_off), (loss_on, w_on) = runs[False], runs[True]
+    torch.testing.assert_close(torch.tensor(loss_on), torch.tensor(loss_off), atol=1e-5, rtol=0)
+    assert w_on.keys() == w_off.keys() and w_off
+    for k in w_off:
+        torch.testing.assert_close(w_on[k], w_off[k], atol=1e-5, rtol=0, msg=k)
+    assert any(not torch.equal(w_off[k], dict(base.named_parameters()).get(k, w_off[k] + 1)) for k in w_off)
+
+
+def test_gradient_checkpointing_config_switch():
+    assert ModelConfig().gradient_checkpointing is False
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        ModelConfig(gradient_checkpointing="yes")

@@ -1,9 +1,10 @@
-"""Two CPU processes (torchrun + Accelerator(cpu=True) -> gloo DDP) give the run one process gives:
-the same y' texts (generation is seeded per chunk, not per process) and the same weights up to float
-reduction order."""
+"""Two CPU processes give the run one process gives: the same y' texts (generation is seeded per chunk, not
+per process) and the same weights up to float reduction order. Once with gloo DDP (torchrun +
+Accelerator(cpu=True)), once with FSDP2 (`accelerate launch` with an FSDP2 config, gloo)."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 from conftest import (
     REPO,
     read_safetensors,
@@ -20,6 +22,7 @@ from conftest import (
     write_yaml,
 )
 
+from tspin_kit import toy
 from tspin_kit.session import SelfPlaySession
 from tspin_kit.store import load_run
 
@@ -35,6 +38,62 @@ records = SelfPlaySession(cfg).run()
 print(f"rank {accelerator.process_index} of {accelerator.num_processes}: {len(records.examples)} rows", flush=True)
 """
 
+# Under `accelerate launch --config_file <FSDP2 config>`. accelerate 1.15 turns FSDP on for GPU-like backends only
+# (state.py, AcceleratorState: the FSDP branch is reached for MULTI_GPU/MULTI_XPU/..., never MULTI_CPU), so on CPU
+# `Accelerator(cpu=True)` sets up gloo DDP although `accelerate launch` exported the FSDP settings
+# (ACCELERATE_USE_FSDP, FSDP_VERSION, FSDP_*). The script does what AcceleratorState does with them on GPUs: the
+# plugin from those variables, distributed_type FSDP (in AcceleratorState and PartialState). From there on the
+# engine runs unchanged: accelerate's own FSDP2 preparation (fully_shard per decoder layer, the embedding/norm/head
+# group, the root) on gloo.
+FSDP_SCRIPT = """
+import json
+import sys
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from torch.distributed.tensor import DTensor
+
+import tspin_kit.sharding as T
+from tspin_kit.config import RunConfig
+from tspin_kit.session import SelfPlaySession
+
+accelerator = Accelerator(cpu=True)
+state = accelerator.state
+print(f"rank {accelerator.process_index}: accelerate chose {state.distributed_type.value}", flush=True)
+assert state.distributed_type == DistributedType.MULTI_CPU and not accelerator.is_fsdp2
+state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables of `accelerate launch`
+if state.mixed_precision != "no":
+    state.fsdp_plugin.set_mixed_precision(state.mixed_precision)
+state.distributed_type = DistributedType.FSDP
+PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # AcceleratorState does this too
+assert accelerator.is_fsdp2 and T.uses_fsdp(accelerator)
+
+prepare = T.prepare_training
+
+
+def spy(*args, **kwargs):  # evidence that training ran sharded, one JSON line per train phase and rank
+    model, opt, params = prepare(*args, **kwargs)
+    seen = {"class": type(model).__name__, "all_dtensor": all(isinstance(p, DTensor) for p in params),
+            "held": sum(p.to_local().numel() if isinstance(p, DTensor) else p.numel() for p in params),
+            "total": sum(p.numel() for p in params)}
+    with open(f"{sys.argv[2]}/prepared_rank{accelerator.process_index}.jsonl", "a") as f:
+        f.write(json.dumps(seen) + "\\n")
+    return model, opt, params
+
+
+T.prepare_training = spy
+if len(sys.argv) > 3:  # logits of this many elements per chunk: the head runs on many chunks, each recomputed
+    import tspin_kit.logprobs as LP
+
+    LP.CHUNK_ELEMENTS = int(sys.argv[3])
+cfg = RunConfig.from_yaml(sys.argv[1])
+records = SelfPlaySession(cfg).run()
+print(f"rank {accelerator.process_index} of {accelerator.num_processes}: {len(records.examples)} rows", flush=True)
+"""
+
+# lr 1e-4: AdamW's first steps are about lr * sign(g), so an element whose gradient is ~0 can step by
+# +-lr depending on the reduction order; with lr = 1e-3 one element in ~16k then differs by 1.4e-5.
+OVER = {"iterations": 2, "train": {"lr": 1e-4}}
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -42,68 +101,112 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.multiproc
-def test_two_processes_match_one(tmp_path, stepped_run):
+@pytest.fixture(scope="module")
+def one_process_runs(tmp_path_factory, stepped_run):
+    """The reference run of one process for a LoRA rank (0: full fine-tuning), made once per module."""
     # (stepped_run is requested so the cached pi_0 exists before two processes look for it)
-    # lr 1e-4: AdamW's first steps are about lr * sign(g), so an element whose gradient is ~0 can step by
-    # +-lr depending on the reduction order; with lr = 1e-3 one element in ~16k then differs by 1.4e-5.
-    over = {"iterations": 2, "train": {"lr": 1e-4}}
-    one_dir, two_dir = tmp_path / "one", tmp_path / "two"
-    SelfPlaySession(small_config(one_dir, **over)).run()
+    made: dict[int, Path] = {}
 
-    script = tmp_path / "run_session.py"
-    script.write_text(SCRIPT)
-    cfg = write_yaml(tmp_path / "two.yaml", small_config_dict(two_dir, **over))
-    torchrun = Path(REPO / ".venv" / "bin" / "torchrun")
-    cmd = [
-        str(torchrun) if torchrun.exists() else "torchrun",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        str(script),
-        str(cfg),
-    ]
-    out = subprocess.run(
-        cmd,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=400,
-        env=subprocess_env(),
-        cwd=tmp_path,
-    )
+    def get(lora_r: int = 0) -> Path:
+        if lora_r not in made:
+            made[lora_r] = tmp_path_factory.mktemp(f"one_lora{lora_r}") / "run"
+            SelfPlaySession(small_config(made[lora_r], **OVER, model={"lora_r": lora_r})).run()
+        return made[lora_r]
+
+    return get
+
+
+def run_two(cmd: list[str], tmp_path: Path) -> str:
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=subprocess_env(),
+                         cwd=tmp_path)
     assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
     assert "rank 0 of 2: 128 rows" in out.stdout and "rank 1 of 2: 128 rows" in out.stdout
+    return out.stdout
 
+
+def max_weight_difference(one_dir: Path, two_dir: Path) -> float:
+    """Asserts the two runs' pi_1 and pi_2 safetensors have the same keys and agree to 1e-5; returns the largest
+    absolute difference."""
+    worst = 0.0
+    for t in (1, 2):
+        w1, w2 = (read_safetensors(one_dir / "weights" / f"policy_{t:03d}"),
+                  read_safetensors(two_dir / "weights" / f"policy_{t:03d}"))
+        assert w1.keys() == w2.keys()
+        for k in w1:
+            assert w2[k].shape == w1[k].shape and w2[k].dtype == w1[k].dtype, k
+            torch.testing.assert_close(w2[k], w1[k], atol=1e-5, rtol=0, msg=k)
+            worst = max(worst, float((w2[k] - w1[k]).abs().max()))
+    return worst
+
+
+def assert_same_run(one_dir: Path, two_dir: Path) -> float:
     one, two = load_run(one_dir), load_run(two_dir)
     # generation is chunk-seeded: identical samples whatever the number of processes
     assert list(one.examples["proto"]) == list(two.examples["proto"])
     assert list(one.examples["synthetic"]) == list(two.examples["synthetic"])
     pd.testing.assert_series_equal(one.examples["annotated"], two.examples["annotated"])
     # training splits each global batch over the processes; the gradient is the same global mean
-    for t in (1, 2):
-        w1, w2 = (
-            read_safetensors(one_dir / "weights" / f"policy_{t:03d}"),
-            read_safetensors(two_dir / "weights" / f"policy_{t:03d}"),
-        )
-        assert w1.keys() == w2.keys()
-        for k in w1:
-            torch.testing.assert_close(w2[k], w1[k], atol=1e-5, rtol=0, msg=k)
-    pd.testing.assert_series_equal(
-        one.examples["annotated_logp_after"],
-        two.examples["annotated_logp_after"],
-        atol=1e-3,
-        rtol=0,
-    )
-    a = pd.read_json(one_dir / "iterations" / "iter_001" / "train.json", typ="series")
-    b = pd.read_json(two_dir / "iterations" / "iter_001" / "train.json", typ="series")
-    assert a["num_train_examples"] == b["num_train_examples"] and a["steps"] == b["steps"]
-    torch.testing.assert_close(
-        torch.tensor(b["step_losses"]), torch.tensor(a["step_losses"]), atol=1e-5, rtol=0
-    )
+    worst = max_weight_difference(one_dir, two_dir)
+    pd.testing.assert_series_equal(one.examples["annotated_logp_after"], two.examples["annotated_logp_after"],
+                                   atol=1e-3, rtol=0)
+    for t in (0, 1):
+        a = pd.read_json(one_dir / "iterations" / f"iter_{t:03d}" / "train.json", typ="series")
+        b = pd.read_json(two_dir / "iterations" / f"iter_{t:03d}" / "train.json", typ="series")
+        assert a["num_train_examples"] == b["num_train_examples"] and a["steps"] == b["steps"]
+        torch.testing.assert_close(torch.tensor(b["step_losses"]), torch.tensor(a["step_losses"]), atol=1e-5, rtol=0)
     # only the main process wrote: no stray temporary files from the other rank
     assert not [p for p in two_dir.rglob("*") if ".tmp" in p.name]
+    return worst
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_two_processes_match_one(tmp_path, one_process_runs):
+    two_dir = tmp_path / "two"
+    script = tmp_path / "run_session.py"
+    script.write_text(SCRIPT)
+    cfg = write_yaml(tmp_path / "two.yaml", small_config_dict(two_dir, **OVER))
+    torchrun = Path(REPO / ".venv" / "bin" / "torchrun")
+    run_two([str(torchrun) if torchrun.exists() else "torchrun", "--nproc_per_node", "2", "--master_addr",
+             "127.0.0.1", "--master_port", str(free_port()), str(script), str(cfg)], tmp_path)
+    assert_same_run(one_process_runs(0), two_dir)
+
+
+def cpu_fsdp2_config(path: Path) -> Path:
+    """configs/accelerate/fsdp2.yaml (its fsdp_config section as shipped) for 2 CPU processes in full precision."""
+    cfg = yaml.safe_load((REPO / "configs" / "accelerate" / "fsdp2.yaml").read_text())
+    cfg.pop("gpu_ids", None)
+    cfg.update(use_cpu=True, num_processes=2, mixed_precision="no", main_process_ip="127.0.0.1",
+               main_process_port=free_port())
+    return write_yaml(path, cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+@pytest.mark.parametrize("lora_r,checkpointing", [(0, False), (4, True)],
+                         ids=["full", "lora-gradient-checkpointing-chunked-head"])
+def test_two_fsdp2_processes_match_one(tmp_path, one_process_runs, lora_r, checkpointing):
+    """FSDP2 on 2 CPU processes: full fine-tuning; and LoRA with gradient checkpointing on and the output layer
+    applied in chunks of 4 positions, each recomputed in the backward (the one-process reference has neither:
+    they change no number, and the saved adapters are the same)."""
+    two_dir = tmp_path / "two"
+    script = tmp_path / "run_session_fsdp.py"
+    script.write_text(FSDP_SCRIPT)
+    model = {"lora_r": lora_r, "gradient_checkpointing": checkpointing}
+    cfg = write_yaml(tmp_path / "two.yaml", small_config_dict(two_dir, **OVER, model=model))
+    launch_cfg = cpu_fsdp2_config(tmp_path / "accelerate_fsdp2_cpu.yaml")
+    accelerate = Path(REPO / ".venv" / "bin" / "accelerate")
+    run_two([str(accelerate) if accelerate.exists() else "accelerate", "launch", "--config_file", str(launch_cfg),
+             str(script), str(cfg), str(tmp_path), *([str(4 * len(toy.build_tokenizer()))] if lora_r else [])],
+            tmp_path)
+    # both iterations trained a sharded copy: each rank held about half of every trainable tensor
+    model_class = "FSDPPeftModelForCausalLM" if lora_r else "FSDPLlamaForCausalLM"
+    for rank in (0, 1):
+        seen = [json.loads(x) for x in (tmp_path / f"prepared_rank{rank}.jsonl").read_text().splitlines()]
+        assert len(seen) == 2, seen
+        for s in seen:
+            assert s["class"] == model_class and s["all_dtensor"] and s["held"] < 0.6 * s["total"], s
+    if lora_r:  # adapters only, as one process saves them
+        assert (two_dir / "weights" / "policy_001" / "adapter_model.safetensors").is_file()
+    worst = assert_same_run(one_process_runs(lora_r), two_dir)
+    print(f"FSDP2 x2 ({lora_r=}, {checkpointing=}) vs one process: largest weight difference {worst:.3g}")

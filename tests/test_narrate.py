@@ -15,9 +15,9 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from records_builder import BuiltRecords
 
 from tspin_kit import narrate
+from tspin_kit.synthetic import BuiltRecords
 
 
 def literal_run(method, same, u, v, margin, scores, *, seed=0, eval_size=500):

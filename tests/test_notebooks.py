@@ -198,6 +198,7 @@ def test_notebook_executes_in_smoke_mode(path: Path, smoke_workspace):
         assert "not done yet" in outputs, f"{path.name}: with the blank in place the check should say 'not done yet'"
 
 
+@pytest.mark.slow  # starts a Jupyter kernel (about 10 s)
 @pytest.mark.timeout(NOTEBOOK_TIMEOUT)
 def test_real_model_notebook_in_full_mode_without_a_gpu_stops_in_its_first_cell(tmp_path):
     """05_real_model in full mode on a machine without a GPU (this one, or any with CUDA hidden) stops in its

@@ -3,7 +3,9 @@ run directories give errors that name the file or the field, and change nothing.
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import os
 import shutil
 import signal
@@ -106,6 +108,127 @@ def test_resume_with_a_damaged_proto_file(run_copy):
     (run_copy / "proto.parquet").write_bytes(b"\x00" * 10)
     with pytest.raises(RunDirError, match=r"proto.parquet: unreadable Parquet"):
         SelfPlaySession.resume(run_copy)
+
+
+# ----------------------------------------------------------------------------- checkpoints inside the train phase
+
+
+class Interrupt(Exception):
+    pass
+
+
+def checkpoint_examples(pi0, toy_world):
+    """16 toy prompts with y, and wrong answers of the same shape as y' and y0 (as in test_training)."""
+    from tspin_kit.training import build_examples
+
+    _model, tok = pi0
+    rows = toy_world[0][:16]
+    ex = build_examples(tok, [r["prompt"] for r in rows], [r["response"] for r in rows])
+    ex.synthetic_ids = ex.annotated_ids[1:] + ex.annotated_ids[:1]
+    ex.proto_ids = ex.annotated_ids[2:] + ex.annotated_ids[:2]
+    return ex
+
+
+def test_train_iteration_interrupted_then_called_again_continues_from_its_checkpoint(pi0, toy_world, tmp_path, caplog):
+    """Interrupted after step 5 of 8 (checkpoint at step 3), then called again on a fresh copy of pi_0 (as a
+    new process would): it continues from step 4 and ends with the weights, losses and loss terms of one
+    uninterrupted call; the checkpoint folder is gone at the end."""
+    from tspin_kit.config import MethodConfig, TrainConfig
+    from tspin_kit.training import train_iteration
+
+    ex = checkpoint_examples(pi0, toy_world)
+    # warmup + linear decay, clipping and AdamW: the scheduler's and optimiser's state both matter
+    train = TrainConfig(optimizer="adamw", lr=1e-3, epochs=2, batch_size=4, warmup_ratio=0.25, schedule="linear",
+                        weight_decay=0.01, checkpoint_every=3)
+    kw = {"method": MethodConfig(name="tspin"), "train": train, "iteration": 1, "seed": 0, "cpu": True}
+
+    ref_model = copy.deepcopy(pi0[0])
+    ref = train_iteration(ref_model, ex, **kw)
+    assert ref.steps == 8
+
+    folder = tmp_path / "train_checkpoint"
+    seen = []
+
+    def interrupt(done, total, label):
+        seen.append(done)
+        if done == 5:
+            # the step-3 checkpoint is complete; nothing half-written is left in the folder
+            assert sorted(p.name for p in folder.iterdir()) == ["step_000003"]
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_iteration(copy.deepcopy(pi0[0]), ex, checkpoint_dir=folder, progress=interrupt, **kw)
+    assert (folder / "step_000003" / "state.pt").is_file()
+
+    seen.clear()
+    model = copy.deepcopy(pi0[0])
+    with caplog.at_level(logging.INFO, logger="tspin_kit.training"):
+        res = train_iteration(model, ex, checkpoint_dir=folder, progress=lambda d, t, l: seen.append(d), **kw)
+    assert seen == [4, 5, 6, 7, 8]  # steps 1-3 were not taken again
+    assert "resuming train it1 (tspin) from step 3 of 8" in caplog.text
+    assert not folder.exists()
+    assert res.steps == ref.steps and res.step_losses == ref.step_losses and res.step_terms == ref.step_terms
+    for (name, p), q in zip(model.named_parameters(), ref_model.parameters()):
+        assert torch.allclose(p, q, rtol=0, atol=1e-6), name
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), ref_model.parameters()))  # on CPU: bitwise
+
+
+def test_train_checkpoint_of_another_phase_is_not_applied(pi0, toy_world, tmp_path, caplog):
+    """A checkpoint left by another iteration is ignored with a warning: training starts from step 0."""
+    from tspin_kit.config import MethodConfig, TrainConfig
+    from tspin_kit.training import train_iteration
+
+    ex = checkpoint_examples(pi0, toy_world)
+    train = TrainConfig(optimizer="adamw", lr=1e-3, epochs=1, batch_size=4, warmup_ratio=0.0, checkpoint_every=2)
+    folder = tmp_path / "train_checkpoint"
+
+    def interrupt(done, total, label):
+        if done == 3:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_iteration(copy.deepcopy(pi0[0]), ex, method=MethodConfig(name="tspin"), train=train, iteration=1,
+                        seed=0, cpu=True, checkpoint_dir=folder, progress=interrupt)
+    assert (folder / "step_000002").is_dir()
+    seen = []
+    with caplog.at_level(logging.WARNING, logger="tspin_kit.training"):
+        train_iteration(copy.deepcopy(pi0[0]), ex, method=MethodConfig(name="tspin"), train=train, iteration=2,
+                        seed=0, cpu=True, checkpoint_dir=folder, progress=lambda d, t, l: seen.append(d))
+    assert seen == [1, 2, 3, 4] and "train checkpoint of another phase" in caplog.text
+
+
+def test_sampling_interrupted_then_called_again_reuses_its_finished_chunks(pi0, toy_world, tmp_path):
+    """sample_responses with chunk_dir, interrupted after 2 of 4 chunks, then called again: the 2 saved chunks
+    are read back (generate() runs only for the other 2) and the output equals one uninterrupted call; a saved
+    chunk of another seed is sampled again."""
+    from tspin_kit.generation import sample_responses
+    from tspin_kit.templates import encode_prompt
+
+    model, tok = pi0
+    prompts = [encode_prompt(tok, r["prompt"], "auto") for r in toy_world[0][:16]]
+    kw = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": 8, "batch_size": 4, "seed": 7}
+    ref = sample_responses(model, tok, prompts, **kw)
+    folder = tmp_path / "chunks"
+
+    def interrupt(done, total, label):
+        if done == 8:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        sample_responses(model, tok, prompts, chunk_dir=folder, progress=interrupt, **kw)
+    assert sorted(p.name for p in folder.iterdir()) == ["chunk_000000.json", "chunk_000001.json"]
+
+    calls = []
+    generate = model.generate
+    model.generate = lambda *a, **k: (calls.append(1), generate(*a, **k))[1]
+    try:
+        assert sample_responses(model, tok, prompts, chunk_dir=folder, **kw) == ref
+        assert len(calls) == 2  # chunks 2 and 3 only
+        calls.clear()
+        other = sample_responses(model, tok, prompts, chunk_dir=folder, **{**kw, "seed": 8})
+        assert len(calls) == 4 and other == sample_responses(model, tok, prompts, **{**kw, "seed": 8})
+    finally:
+        del model.generate
 
 
 # ----------------------------------------------------------------------------- SIGKILL a real run
@@ -238,4 +361,47 @@ def test_sigkill_during_training_and_after_training_then_resume(tmp_path, steppe
                 p.kill()
                 p.wait()
     assert done(run_dir)[-1] == "evaluate:2"
+    compare_runs(ref_dir, run_dir, iterations=3)
+
+
+def train_checkpoints(run_dir: Path, t: int) -> list[int]:
+    """Steps of the complete mid-train checkpoints of iteration t (unfinished writes are `.tmp-*` folders)."""
+    folder = run_dir / "iterations" / f"iter_{t:03d}" / "train_checkpoint"
+    return sorted(int(p.name[5:]) for p in folder.glob("step_*")) if folder.is_dir() else []
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_sigkill_mid_train_resumes_from_the_train_checkpoint(tmp_path, stepped_run):
+    """`tspin run` with train.checkpoint_every 2 is SIGKILLed inside iteration 1's train phase once a
+    checkpoint of it exists; `tspin resume` continues from that checkpoint's step (its log says so), not from
+    step 0, and the run ends equal to an uninterrupted run without checkpoints."""
+    ref_dir, run_dir = tmp_path / "reference", tmp_path / "killed"
+    killed_cfg = kill_config(run_dir)
+    killed_cfg["train"]["checkpoint_every"] = 2  # 16 steps per iteration: checkpoints at steps 2, 4, ..., 14
+    ref = start("run", "--config", str(write_yaml(tmp_path / "ref.yaml", kill_config(ref_dir))), cwd=tmp_path)
+    proc = start("run", "--config", str(write_yaml(tmp_path / "killed.yaml", killed_cfg)), cwd=tmp_path)
+    try:
+        at_kill = kill_when(proc, run_dir, lambda d: "generate:1" in d and bool(train_checkpoints(run_dir, 1)))
+        assert "train:1" not in at_kill and "train:1" not in done(run_dir)  # killed inside the train phase
+        steps = train_checkpoints(run_dir, 1)
+        assert steps and 2 <= steps[-1] < 16, steps
+        assert not (run_dir / "weights" / "policy_002").exists()
+        assert not train_checkpoints(run_dir, 0)  # iteration 0's checkpoint went when its phase completed
+
+        final = subprocess.run(  # without -q: the log says where training continued
+            [PYTHON, "-m", "tspin_kit.cli", "resume", str(run_dir)],
+            cwd=tmp_path, env=subprocess_env(), check=False, capture_output=True, text=True, timeout=240,
+        )
+        assert final.returncode == 0, final.stderr[-3000:]
+        assert f"resuming train it1 (tspin) from step {steps[-1]} of 16" in final.stderr, final.stderr[-3000:]
+        _out, err = ref.communicate(timeout=240)
+        assert ref.returncode == 0, err[-3000:]
+    finally:
+        for p in (proc, ref):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert done(run_dir)[-1] == "evaluate:2"
+    assert not any((run_dir / "iterations" / f"iter_{t:03d}" / "train_checkpoint").exists() for t in range(3))
     compare_runs(ref_dir, run_dir, iterations=3)

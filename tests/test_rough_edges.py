@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bpe_world import save_gpt2_world, user_pairs, write_jsonl
 from conftest import small_config_dict, write_yaml
+from helpers.bpe_world import save_gpt2_world, user_pairs, write_jsonl
 
 from tspin_kit.cli import log_level, main
 from tspin_kit.config import RunConfig
@@ -120,6 +120,7 @@ def test_long_prompt_names_the_file_row_before_pi0_is_trained(tmp_path):
     assert (sorted(cache.iterdir()) if cache.exists() else []) == before  # no pi_0 was trained for nothing
 
 
+@pytest.mark.slow  # trains a pi_0 and a session
 def test_toy_model_on_user_data_records_its_template(tmp_path, caplog):
     data = write_jsonl(tmp_path / "user.jsonl", user_pairs(12))
     cfg = RunConfig.from_dict({"data": {"source": str(data), "num_examples": 8, "eval_size": 4}, "cpu": True,
@@ -139,6 +140,7 @@ def test_toy_model_on_user_data_records_its_template(tmp_path, caplog):
     assert s.examples.prompt_ids[0] == encode_prompt(s.tokenizer, s.train_rows[0]["prompt"], "plain")
 
 
+@pytest.mark.slow  # trains a pi_0 and a session
 def test_toy_model_with_a_chat_template_asked_for_warns_about_the_missing_separator(tmp_path, caplog):
     data = write_jsonl(tmp_path / "user.jsonl", user_pairs(12))
     cfg = RunConfig.from_dict({"data": {"source": str(data), "num_examples": 8, "eval_size": 4}, "cpu": True,

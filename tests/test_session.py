@@ -327,6 +327,7 @@ def test_session_rejects_a_dict():
 # ----------------------------------------------------------------------------- other methods and options
 
 
+@pytest.mark.slow  # a toy session: trains
 def test_spin_with_mix_previous_in_memory():
     """SPIN, no run_dir: the previous iteration's y' is mixed in from iteration 1 (2N rows); every
     iteration's first step has loss log 2 (policy == reference)."""
@@ -350,6 +351,7 @@ def test_spin_with_mix_previous_in_memory():
     assert rec.metrics["misaligned_share"].between(0, 1).all()
 
 
+@pytest.mark.slow  # a toy session: trains
 def test_spin_first_step_log2_and_no_mix_by_default(tmp_path):
     s = SelfPlaySession(small_config(tmp_path / "spin", method={"name": "spin"}, iterations=2))
     s.run()
@@ -361,6 +363,7 @@ def test_spin_first_step_log2_and_no_mix_by_default(tmp_path):
         assert info["step_losses"][0] == pytest.approx(math.log(2), abs=1e-5)
 
 
+@pytest.mark.slow  # a toy session: trains
 def test_sft_method():
     s = SelfPlaySession(small_config(method={"name": "sft"}, iterations=1))
     rec = s.run()
@@ -378,6 +381,7 @@ def test_sft_method():
     assert ex["annotated_logp_after"].mean() > ex["annotated_logp_before"].mean()
 
 
+@pytest.mark.slow  # a toy session: trains
 def test_lora_iteration_saves_an_adapter(tmp_path):
     run_dir = tmp_path / "lora"
     s = SelfPlaySession(
@@ -408,6 +412,7 @@ def test_lora_iteration_saves_an_adapter(tmp_path):
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
+@pytest.mark.slow  # a session: trains
 def test_mask_proto_equal_annotated_drops_the_historical_term(tmp_path, tiny_model_dirs):
     """Annotated responses are set to pi_0's own greedy answer for some prompts, and sampling is greedy, so
     y0 == y on exactly those rows: there the historical term is dropped (loss_historical == 0), elsewhere it
@@ -471,6 +476,7 @@ def test_mask_proto_equal_annotated_drops_the_historical_term(tmp_path, tiny_mod
 # ----------------------------------------------------------------------------- "real model" path
 
 
+@pytest.mark.slow  # a session: trains
 @pytest.mark.parametrize("kind", ["plain", "chat"])
 def test_pretrained_folder_and_jsonl(tmp_path, tiny_model_dirs, text_jsonl, kind):
     cfg = small_config(
@@ -500,6 +506,7 @@ def test_pretrained_folder_and_jsonl(tmp_path, tiny_model_dirs, text_jsonl, kind
     assert (tmp_path / "run" / "weights" / "policy_001" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow  # a session: trains
 def test_ultrachat_shaped_parquet(tmp_path, tiny_model_dirs):
     from test_data import write_ultrachat_parquet
 

@@ -58,6 +58,7 @@ def test_make_world_errors():
         toy.make_world("addition", 8000, 200)
 
 
+@pytest.mark.slow  # trains a pi_0
 def test_initial_policy_is_cached(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TSPIN_CACHE", str(tmp_path / "cache"))
     train, _ = toy.make_world("addition", 8, 4)
@@ -155,6 +156,7 @@ def test_cache_key_includes_versions_and_platform(monkeypatch):
     assert toy._cache_key("addition", train, s, z) == base
 
 
+@pytest.mark.slow  # trains a pi_0
 def test_nudge_changes_the_init_by_a_rounding_sized_amount():
     tok = toy.build_tokenizer()
     train, _ = toy.make_world("addition", 8, 4)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from records_builder import build_records, write_run_dir
 
 import widgets as Wd
 from tspin_kit import analysis as A
 from tspin_kit import figures as F
+from tspin_kit.synthetic import build_records, write_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -530,6 +530,7 @@ def test_widget_state_is_strict_json(tspin):
 # --------------------------------------------------------------------------- dashboard on a real session
 
 
+@pytest.mark.slow  # a real toy session: trains
 def test_dashboard_drives_a_real_session(tmp_path):
     """The buttons run a real SelfPlaySession (tiny toy world) in a background thread, and the views follow."""
     from conftest import small_config

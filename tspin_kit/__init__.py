@@ -3,9 +3,8 @@
 Engine only: no UI imports here (the interactive views live in the separate ``widgets`` package).
 """
 
-__version__ = "0.1.0"
-
-from .config import (  # noqa: E402
+from ._version import __version__
+from .config import (
     ConfigError,
     MethodConfig,
     ModelConfig,
@@ -13,8 +12,8 @@ from .config import (  # noqa: E402
     SamplingConfig,
     TrainConfig,
 )
-from .losses import spin_loss, tspin_loss, tspin_ref_loss  # noqa: E402
-from .store import RunDirError, RunRecords, load_run  # noqa: E402
+from .losses import spin_loss, tspin_loss, tspin_ref_loss
+from .store import RunDirError, RunRecords, load_run
 
 
 def __getattr__(name):
@@ -27,6 +26,19 @@ def __getattr__(name):
 
 
 __all__ = [
-    "ConfigError", "MethodConfig", "ModelConfig", "RunConfig", "SamplingConfig", "TrainConfig",
-    "spin_loss", "tspin_loss", "tspin_ref_loss", "RunDirError", "RunRecords", "load_run", "SelfPlaySession", "run",
+    "ConfigError",
+    "MethodConfig",
+    "ModelConfig",
+    "RunConfig",
+    "RunDirError",
+    "RunRecords",
+    "SamplingConfig",
+    "SelfPlaySession",
+    "TrainConfig",
+    "__version__",
+    "load_run",
+    "run",
+    "spin_loss",
+    "tspin_loss",
+    "tspin_ref_loss",
 ]

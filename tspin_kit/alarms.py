@@ -36,12 +36,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import methods as M
+
 ALARM_NAMES = ("reward_margin_collapse", "likelihood_displacement", "degenerate_share", "misalignment_rising")
 SEVERITIES = ("warning", "critical")
 
-# Same labels as figures.METHOD_LABELS (figures imports plotly; this module stays light).
-METHOD_NAMES = {"sft": "SFT", "spin": "SPIN", "tspin": "T-SPIN", "tspin_no_history": "T-SPIN w/o H-A", "tspin_ref": "T-SPIN_ref"}
-REFERENCE_METHODS = ("spin", "tspin_ref")  # reward = lam * (log pi_theta - log pi_t)
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,7 @@ def run_label(records: Any) -> str:
     manifest = getattr(records, "manifest", None) or {}
     if manifest.get("label"):
         return str(manifest["label"])
-    name = METHOD_NAMES.get(method_of(records), method_of(records))
+    name = M.label(method_of(records))
     seed = (manifest.get("config") or {}).get("seed")
     return f"{name} (seed {seed})" if seed is not None else name
 
@@ -133,7 +132,7 @@ def _severity(value: float, critical: float, lower_is_worse: bool) -> str:
 
 
 def _reward_margin_collapse(by_t, label, method, th) -> list[Alarm]:
-    if method not in REFERENCE_METHODS:
+    if not M.get(method).reference:  # the margin of a log-ratio reward to pi_t is what collapses
         return []
     iters = list(by_t)
     t0 = iters[0]
@@ -151,7 +150,7 @@ def _reward_margin_collapse(by_t, label, method, th) -> list[Alarm]:
             worst = part.sort_values(["reward_margin", "example_id"]).head(th.top_examples)
             out.append(Alarm(
                 "reward_margin_collapse", t, label, _severity(ratio, th.margin_collapse_ratio_critical, True),
-                f"it{t}: {METHOD_NAMES.get(method, method)}'s reward margin after training fell to {m:.2f} "
+                f"it{t}: {M.label(method)}'s reward margin after training fell to {m:.2f} "
                 f"(from {m0:.2f} at it{t0}, {ratio:.0%} of it)",
                 _ids(worst), m, m0,
             ))
@@ -182,7 +181,7 @@ def _likelihood_displacement(by_t, label, method, th) -> list[Alarm]:
 
 
 def _degenerate_share(by_t, label, method, th) -> list[Alarm]:
-    if method == "sft":
+    if not M.get(method).self_play:  # a control compares no responses
         return []
     out = []
     for t, part in by_t.items():
@@ -198,7 +197,7 @@ def _degenerate_share(by_t, label, method, th) -> list[Alarm]:
 
 
 def _misalignment_rising(by_t, label, method, th) -> list[Alarm]:
-    if method == "sft":
+    if not M.get(method).self_play:  # a control compares no responses
         return []
     iters = list(by_t)
     shares = [float(by_t[t]["misaligned"].astype(bool).mean()) for t in iters]

@@ -35,7 +35,7 @@ Choices the papers leave open, made here:
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -45,10 +45,11 @@ import pandas as pd
 import torch
 
 from tspin_kit import losses
+from tspin_kit import methods as M
+from tspin_kit import records as R
 
 __all__ = [
     "ADVANTAGES",
-    "LOSS_KINDS",
     "ROLES",
     "STAGES",
     "LossInputs",
@@ -78,7 +79,7 @@ __all__ = [
     "run_label",
     "run_settings",
     "score_name",
-    "score_table",
+    "policy_scores",
     "synthetic_history",
     "token_entropy_table",
     "token_shading",
@@ -91,7 +92,6 @@ __all__ = [
 ROLES = ("annotated", "synthetic", "proto")  # y, y', y0
 STAGES = ("before", "after")  # log pi_t (generated y') and log pi_{t+1} (after training)
 ADVANTAGES = ("current", "historical")  # u = lp(y) - lp(y'), v = lp(y') - lp(y0)
-LOSS_KINDS = ("tspin", "spin", "tspin_ref")  # the losses the alpha/beta panel can recompute
 QUANTILES = (0.1, 0.5, 0.9)
 
 
@@ -100,34 +100,66 @@ QUANTILES = (0.1, 0.5, 0.9)
 # ---------------------------------------------------------------------------------------------
 
 
+def run_config(records: Any):
+    """The `RunConfig` a run recorded (``manifest["config"]``), read with the config's own defaults and checks,
+    never hand-written ones; a manifest without a config (a test double) gives the defaults."""
+    from .config import RunConfig
+
+    manifest = getattr(records, "manifest", None) or {}
+    return RunConfig.from_dict(manifest.get("config") or {}, source="manifest")
+
+
 def run_settings(records: Any) -> dict:
     """The settings a view shows and starts from: method, alpha, beta, lam, sampling, iterations.
 
-    Works on anything with a ``manifest`` dict (``RunRecords`` or a test double); missing keys fall
-    back to the paper's defaults (alpha 1.0, beta 0.1) and are flagged in ``defaults_used``.
+    Read through `run_config` (the recorded config with `RunConfig`'s defaults); ``defaults_used`` lists the
+    method knobs the manifest did not record.
     """
     manifest = getattr(records, "manifest", None) or {}
-    config = manifest.get("config", {}) or {}
-    method = config.get("method", {}) or {}
-    sampling = manifest.get("sampling") or config.get("sampling") or {}
-    defaults = {"name": "tspin", "alpha": 1.0, "beta": 0.1, "lam": 1.0}
-    used = [k for k in defaults if k not in method]
+    recorded = (manifest.get("config") or {}).get("method") or {}
+    cfg = run_config(records)
+    m = cfg.method
     examples = getattr(records, "examples", None)
     iters = iterations_of(examples) if examples is not None and len(examples) else []
+    seeds = manifest.get("seeds") or {}
     return {
-        "method": str(method.get("name", defaults["name"])),
-        "alpha": float(method.get("alpha", defaults["alpha"])),
-        "beta": float(method.get("beta", defaults["beta"])),
-        "lam": float(method.get("lam", defaults["lam"])),
-        "mask_proto_equal_annotated": bool(method.get("mask_proto_equal_annotated", False)),
-        "sampling": dict(sampling),
-        "iterations_planned": config.get("iterations"),
+        "method": m.name,
+        "alpha": float(m.alpha),
+        "beta": float(m.beta),
+        "lam": float(m.lam),
+        "params": dict(m.params),
+        "mask_proto_equal_annotated": bool(m.mask_proto_equal_annotated),
+        "sampling": dict(manifest.get("sampling") or dataclasses.asdict(cfg.sampling)),
+        "iterations_planned": (manifest.get("config") or {}).get("iterations"),
         "iterations_done": len(iters),
-        "seed": config.get("seed", (manifest.get("seeds") or {}).get("seed")),
-        "model": (config.get("model") or {}).get("name_or_path"),
+        # the manifest writes seeds["run"]; a bare config's seed otherwise
+        "seed": seeds.get("run", (manifest.get("config") or {}).get("seed")),
+        "model": cfg.model.name_or_path if "model" in (manifest.get("config") or {}) else None,
         "run_dir": str(getattr(records, "run_dir", "") or ""),
-        "defaults_used": used,
+        "defaults_used": [k for k in ("name", "alpha", "beta", "lam") if k not in recorded],
     }
+
+
+def knobs_used(records: Any, iteration: int, method: str | None = None) -> dict[str, float]:
+    """The knob values training used at ``iteration`` for ``method`` (default: the run's): the recorded
+    config's schedule (`MethodConfig.knobs_at`), with the per-iteration ``beta`` and ``lam`` the metrics
+    recorded taking precedence. For another method than the run's, its knobs read the run's values where it
+    has them and their declared defaults otherwise."""
+    from . import methods as M
+
+    m = run_config(records).method
+    spec = M.get(method or m.name)
+    values = {"alpha": float(m.alpha), "beta": m.beta_at(iteration) if spec.history else float(m.beta),
+              "lam": m.lam_at(iteration), **m.params}
+    if spec.history and not m.spec.history:  # the run had no historical term: show beta as configured
+        values["beta"] = float(m.beta)
+    metrics = getattr(records, "metrics", None)
+    if metrics is not None and len(metrics) and "iteration" in metrics:
+        row = metrics[metrics["iteration"] == iteration]
+        for k in ("beta", "lam"):
+            if len(row) and k in row and (k != "beta" or m.spec.history) and pd.notna(row[k].iloc[0]):
+                values[k] = float(row[k].iloc[0])
+    return {k: float(values.get(k, M.KNOBS[k].default)) for k in spec.knobs}
 
 
 def run_label(records: Any, fallback: str = "run") -> str:
@@ -141,13 +173,15 @@ def run_label(records: Any, fallback: str = "run") -> str:
 
 
 def default_loss_kind(method: str) -> str:
-    """The loss the alpha/beta panel recomputes for a run of ``method`` (SFT: T-SPIN what-if)."""
-    return {"spin": "spin", "tspin_ref": "tspin_ref"}.get(method, "tspin")
+    """The objective the objective lab starts on for a run of ``method``: the run's own when it compares
+    responses, T-SPIN for a run that does not (SFT: a T-SPIN what-if)."""
+    spec = M.get(method)
+    return spec.name if spec.self_play else "tspin"
 
 
 def default_stage(kind: str) -> str:
     """Reference-based losses are trivial at ``before`` (policy == reference), so use ``after``."""
-    return "after" if kind in ("spin", "tspin_ref") else "before"
+    return "after" if M.get(kind).reference else "before"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +277,12 @@ def reward_margin_split(examples: pd.DataFrame) -> pd.DataFrame:
 
 def reference_based(method: str) -> bool:
     """Whether the method's reward is a log-ratio to pi_t (SPIN, T-SPIN_ref): its margins share a scale."""
-    return method in ("spin", "tspin_ref")
+    return M.get(method).reference
+
+
+def is_control(method: str) -> bool:
+    """Whether a run of ``method`` is a control (compares no responses: continued SFT)."""
+    return not M.get(method).self_play
 
 
 def control_label(runs: dict[str, Any], for_run: str | None = None) -> str | None:
@@ -252,7 +291,7 @@ def control_label(runs: dict[str, Any], for_run: str | None = None) -> str | Non
     With ``for_run``: the SFT run with that run's seed if there is one (runs of several seeds each
     get their own control), else the first SFT run; None when ``for_run`` is itself an SFT run.
     """
-    controls = [k for k, r in runs.items() if run_settings(r)["method"] == "sft"]
+    controls = [k for k, r in runs.items() if is_control(run_settings(r)["method"])]
     if for_run is None:
         return controls[0] if controls else None
     if for_run in controls or not controls:
@@ -275,7 +314,7 @@ def historical_advantage_table(runs: dict[str, Any], stage: str = "before") -> p
         a = advantage_summary(rec.examples, stage)
         a = a[a["advantage"] == "historical"].drop(columns="advantage")
         method = run_settings(rec)["method"]
-        frames.append(a.assign(run=label, method=method, control=method == "sft"))
+        frames.append(a.assign(run=label, method=method, control=is_control(method)))
     cols = ["run", "method", "control", "iteration", "mean", "q10", "q50", "q90", "n"]
     if not frames:
         return pd.DataFrame(columns=cols)
@@ -334,7 +373,7 @@ def score_name(metrics: pd.DataFrame | None) -> str:
     return "accuracy"
 
 
-def score_table(metrics: pd.DataFrame) -> pd.DataFrame:
+def policy_scores(metrics: pd.DataFrame) -> pd.DataFrame:
     """The task score per policy: ``policy`` t (0 = pi_0), ``score``.
 
     Iteration t's ``score_before`` is pi_t's and its ``score_after`` pi_{t+1}'s; the table lists pi_0
@@ -591,7 +630,7 @@ def synthetic_history(examples: pd.DataFrame, example_id: int) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class LossInputs:
-    """Cached ``(B,)`` float64 tensors of one iteration at one stage, ready for the loss functions."""
+    """Cached ``(B,)`` float64 tensors of one iteration at one stage, ready for any objective."""
 
     iteration: int
     stage: str
@@ -603,9 +642,20 @@ class LossInputs:
     ref_synthetic: torch.Tensor
     ref_proto: torch.Tensor
     historical_mask: torch.Tensor  # (B,) bool, False drops the historical term
+    annotated_tokens: torch.Tensor | None = None  # (B,) response tokens of y, for per-token objectives
 
     def __len__(self) -> int:
         return len(self.example_id)
+
+    def logprobs(self, method: M.Method) -> M.LogProbs:
+        """What ``method``'s objective reads: the reference only for reference methods, the mask only for
+        methods that honour it."""
+        ref = method.reference
+        return M.LogProbs(
+            annotated=self.annotated, synthetic=self.synthetic, proto=self.proto,
+            ref_annotated=self.ref_annotated if ref else None, ref_synthetic=self.ref_synthetic if ref else None,
+            ref_proto=self.ref_proto if ref else None, annotated_tokens=self.annotated_tokens,
+            historical_mask=self.historical_mask if method.maskable else None)
 
 
 def loss_inputs(
@@ -640,78 +690,42 @@ def loss_inputs(
         ref_synthetic=ref("synthetic"),
         ref_proto=ref("proto"),
         historical_mask=mask,
+        annotated_tokens=col("annotated_ntokens") if "annotated_ntokens" in part else None,
     )
 
 
-def _loss_output(inputs: LossInputs, kind: str, alpha: float, beta: float, lam: float):
-    if kind == "tspin":
-        return losses.tspin_loss(
-            inputs.annotated, inputs.synthetic, inputs.proto, alpha=alpha, beta=beta, historical_mask=inputs.historical_mask
-        )
-    if kind == "tspin_ref":
-        return losses.tspin_ref_loss(
-            inputs.annotated,
-            inputs.synthetic,
-            inputs.proto,
-            inputs.ref_annotated,
-            inputs.ref_synthetic,
-            inputs.ref_proto,
-            lam=lam,
-            beta=beta,
-            historical_mask=inputs.historical_mask,
-        )
-    if kind == "spin":
-        return losses.spin_loss(inputs.annotated, inputs.synthetic, inputs.ref_annotated, inputs.ref_synthetic, lam=lam)
-    raise ValueError(f"kind must be one of {LOSS_KINDS}, got {kind!r}")
+def _knobs(kind: str, alpha: float, beta: float, lam: float, params: dict) -> dict[str, float]:
+    """The values ``kind``'s objective reads, from the panel's alpha, beta, lam and any other knobs."""
+    spec = M.get(kind)
+    values = {"alpha": alpha, "beta": beta, "lam": lam, **params}
+    return {k: float(values.get(k, M.KNOBS[k].default)) for k in spec.knobs}
 
 
-def loss_scale(kind: str, alpha: float, lam: float) -> float:
-    """The factor in front of the advantages: alpha for T-SPIN, lam for SPIN and T-SPIN_ref."""
-    return alpha if kind == "tspin" else lam
+def loss_scale(kind: str, alpha: float = 1.0, lam: float = 1.0, **params) -> float:
+    """The factor in front of the advantages: the value of the objective's scale knob (alpha for T-SPIN, lam for
+    SPIN and T-SPIN_ref); 1.0 for an objective without one."""
+    spec = M.get(kind)
+    if spec.scale is None:
+        return 1.0
+    return {"alpha": alpha, "lam": lam, **params}.get(spec.scale, M.KNOBS[spec.scale].default)
 
 
-def recompute_losses(inputs: LossInputs, *, kind: str = "tspin", alpha: float = 1.0, beta: float = 0.1, lam: float = 1.0) -> pd.DataFrame:
-    """Per example, the loss of ``kind`` at these settings from the cached log-probs.
+def recompute_losses(inputs: LossInputs, *, kind: str = "tspin", alpha: float = 1.0, beta: float = 0.1, lam: float = 1.0,
+                     **params) -> pd.DataFrame:
+    """Per example, the loss of objective ``kind`` (any registered method) at these knobs, from cached log-probs.
 
     Columns: ``example_id, current_advantage (u), historical_advantage (v), reward_margin,
     loss_current, loss_historical, loss, weight_current, weight_historical, weight_synthetic,
-    drive``. For T-SPIN u and v are log-prob differences; for SPIN/T-SPIN_ref they are differences of
-    log-ratios to the reference. ``weight_current`` = sigmoid(-s*u) and ``weight_historical`` =
-    beta*mask*sigmoid(-s*v) (s = alpha or lam) are Theorem 1's weights: the gradient on lp(y) is
-    -s*weight_current, on lp(y0) +s*weight_historical, on lp(y') the difference.
-    ``weight_synthetic`` = weight_current - weight_historical and ``drive`` = weight_current +
-    weight_historical (how hard the example pushes the update). SPIN has no historical term (0).
+    drive, grad_annotated, grad_synthetic, grad_proto`` (`records.objective_table`). For T-SPIN u and v are
+    log-prob differences; for SPIN/T-SPIN_ref they are differences of log-ratios to the reference.
+    ``weight_current`` = sigmoid(-s*u) and ``weight_historical`` = beta*mask*sigmoid(-s*v) (s = alpha or lam)
+    are Theorem 1's weights: the gradient on lp(y) is -s*weight_current, on lp(y0) +s*weight_historical, on lp(y')
+    the difference; ``grad_<role>`` is that gradient for any objective (autograd). ``drive`` =
+    weight_current + weight_historical (how hard the example pushes the update). Methods without a historical
+    term have 0 there. ``params``: values of knobs other than alpha, beta, lam (e.g. ``anchor``).
     """
-    with _one_thread():
-        return _recompute(inputs, kind, alpha, beta, lam)
-
-
-def _recompute(inputs: LossInputs, kind: str, alpha: float, beta: float, lam: float) -> pd.DataFrame:
-    out = _loss_output(inputs, kind, alpha, beta, lam)
-    n = len(inputs)
-    zeros = torch.zeros(n, dtype=torch.float64)
-    if kind == "spin":
-        v = inputs.synthetic - inputs.ref_synthetic - (inputs.proto - inputs.ref_proto)
-        current_term, historical_term, w_hist = out.losses.detach(), zeros, zeros
-    else:
-        v = out.historical_advantage
-        current_term, historical_term, w_hist = out.current_term, out.historical_term, out.historical_weight
-    w_cur = out.current_weight
-    return pd.DataFrame(
-        {
-            "example_id": inputs.example_id,
-            "current_advantage": out.current_advantage.numpy(),
-            "historical_advantage": v.numpy(),
-            "reward_margin": out.reward_margin.numpy(),
-            "loss_current": current_term.numpy(),
-            "loss_historical": historical_term.numpy(),
-            "loss": out.losses.detach().numpy(),
-            "weight_current": w_cur.numpy(),
-            "weight_historical": w_hist.numpy(),
-            "weight_synthetic": (w_cur - w_hist).numpy(),
-            "drive": (w_cur + w_hist).numpy(),
-        }
-    )
+    spec = M.get(kind)
+    return R.objective_table(spec, inputs.logprobs(spec), _knobs(kind, alpha, beta, lam, params), inputs.example_id)
 
 
 def loss_summary(table: pd.DataFrame, top_share: float = 0.1) -> dict:
@@ -743,28 +757,37 @@ def top_drivers(table: pd.DataFrame, k: int = 15) -> pd.DataFrame:
     return table.sort_values(["drive", "example_id"], ascending=[False, True], kind="stable")[cols].head(k).reset_index(drop=True)
 
 
-def loss_landscape(inputs: LossInputs, *, kind: str, scales: np.ndarray, betas: np.ndarray) -> pd.DataFrame:
-    """Mean loss over a grid of scale (alpha for T-SPIN, lam otherwise) and beta.
+def loss_landscape(inputs: LossInputs, *, kind: str, scales: np.ndarray, betas: np.ndarray, **knobs) -> pd.DataFrame:
+    """Mean loss over a grid of the objective's scale knob (alpha for T-SPIN, lam for SPIN) and beta.
 
-    The triplet losses are linear in beta (current term + beta * unit historical term), so one loss
-    call per scale value gives the whole grid. SPIN has no beta: its rows repeat over ``betas``.
+    Objectives with a historical term are linear in beta (current term + beta * unit historical term, plus
+    anything that does not read beta), so two loss calls per scale value give the whole grid; this is checked
+    at beta = 0.5 for the first scale, and any objective that fails the check is evaluated at every beta.
+    Objectives without beta repeat their rows over ``betas``. ``knobs`` holds the other knobs fixed.
     Columns: ``scale, beta, loss``.
     """
-    with _one_thread():
-        return _landscape(inputs, kind, scales, betas)
+    spec = M.get(kind)
+    base = _knobs(kind, knobs.pop("alpha", 1.0), knobs.pop("beta", 0.1), knobs.pop("lam", 1.0), knobs)
+    lp = inputs.logprobs(spec)
 
+    def mean_loss(**over) -> float:
+        return float(spec.loss(lp, {**base, **over}).losses.detach().mean())
 
-def _landscape(inputs: LossInputs, kind: str, scales, betas) -> pd.DataFrame:
     rows = []
-    for s in np.asarray(scales, dtype=float):
-        if kind == "spin":
-            out = losses.spin_loss(inputs.annotated, inputs.synthetic, inputs.ref_annotated, inputs.ref_synthetic, lam=s)
-            cur, hist = float(out.losses.mean()), 0.0
-        else:
-            out = _loss_output(inputs, kind, alpha=s, beta=1.0, lam=s)
-            cur, hist = float(out.current_term.mean()), float(out.historical_term.mean())
-        for b in np.asarray(betas, dtype=float):
-            rows.append({"scale": float(s), "beta": float(b), "loss": cur + b * hist})
+    linear = True
+    with R.one_thread():
+        for i, s in enumerate(np.asarray(scales, dtype=float)):
+            at = {spec.scale: float(s)} if spec.scale is not None else {}
+            if "beta" not in spec.knobs:
+                loss = mean_loss(**at)
+                rows += [{"scale": float(s), "beta": float(b), "loss": loss} for b in np.asarray(betas, dtype=float)]
+                continue
+            l0, l1 = mean_loss(**at, beta=0.0), mean_loss(**at, beta=1.0)
+            if i == 0:
+                linear = math.isclose(mean_loss(**at, beta=0.5), l0 + 0.5 * (l1 - l0), rel_tol=1e-9, abs_tol=1e-9)
+            for b in np.asarray(betas, dtype=float):
+                loss = l0 + b * (l1 - l0) if linear else mean_loss(**at, beta=float(b))
+                rows.append({"scale": float(s), "beta": float(b), "loss": loss})
     return pd.DataFrame(rows, columns=["scale", "beta", "loss"])
 
 
@@ -781,7 +804,8 @@ def opponent_alpha(records: Any) -> float:
     training never used alpha, and c = log pi makes softmax(c/1) the policy itself).
     """
     s = run_settings(records)
-    return s["alpha"] if s["method"] in ("tspin", "tspin_no_history") else 1.0
+    spec = M.get(s["method"])
+    return s["alpha"] if spec.scale == "alpha" and not spec.reference else 1.0
 
 
 def candidate_confidences(
@@ -819,7 +843,7 @@ def candidate_confidences(
 def opponent_table(candidates: pd.DataFrame, alpha: float) -> pd.DataFrame:
     """Proposition 1's opponent softmax(c/alpha) over the candidates: adds a ``probability`` column."""
     c = torch.tensor(candidates["confidence"].to_numpy(dtype=np.float64))
-    with _one_thread():
+    with R.one_thread():
         p = losses.opponent_distribution(c, alpha)
     return candidates.assign(probability=p.numpy())
 
@@ -828,7 +852,7 @@ def opponent_entropy_curve(candidates: pd.DataFrame, alphas: np.ndarray) -> pd.D
     """Entropy (nats) of softmax(c/alpha) as alpha moves: columns ``alpha, entropy, max_entropy``."""
     c = torch.tensor(candidates["confidence"].to_numpy(dtype=np.float64))
     alphas = np.asarray(alphas, dtype=float)
-    with _one_thread():
+    with R.one_thread():
         probs = torch.softmax(c[None, :] / torch.tensor(alphas)[:, None], dim=-1)  # (A, K)
         ent = losses.entropy(probs).numpy()
     return pd.DataFrame({"alpha": alphas, "entropy": ent, "max_entropy": math.log(max(len(c), 1))})
@@ -865,7 +889,7 @@ def comparison_table(runs: dict[str, Any]) -> pd.DataFrame:
             for x, v in zip(xs, vs):
                 rows.append({"run": label, "method": method, "x": int(x), "metric": metric, "value": float(v)})
 
-        sc = score_table(met)
+        sc = policy_scores(met)
         add("score", sc["policy"], sc["score"])
         if len(ex):
             adv = advantage_summary(ex, "before")
@@ -884,26 +908,6 @@ def comparison_table(runs: dict[str, Any]) -> pd.DataFrame:
             lm = ex.groupby("iteration")["loss"].mean()
             add("loss_mean", lm.index, lm.to_numpy())
     return pd.DataFrame(rows, columns=["run", "method", "x", "metric", "value"])
-
-
-@contextlib.contextmanager
-def _one_thread():
-    """Run small (B,) tensor ops on one thread.
-
-    On a busy machine (a training run beside the notebook) torch's intra-op thread pool made a
-    10,000-example recompute 30x slower (20 ms instead of 0.6 ms; the landscape 470 ms instead of
-    10 ms). These tensors are too small to gain from threads. ``set_num_threads`` is process-wide,
-    so it is restored at once.
-    """
-    before = torch.get_num_threads()
-    if before == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _check_stage(stage: str) -> None:

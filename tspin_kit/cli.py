@@ -5,6 +5,7 @@
     tspin export RUN_DIR run.zip [--weights]   pack a run so it travels
     tspin resume RUN_DIR               continue a killed run from its last completed phase
     tspin report RUN_DIR [RUN_DIR...]  write a self-contained HTML report
+    tspin eval RUN_DIR --tasks T1,T2 [--include-path DIR] [--limit N] [--policies all|last]   lm-eval scores
     tspin demo [--seeds 2] [--iterations 10]   the main job on the embedded toy world
     tspin reproduce [--seeds 3] [--iterations 10] [--quick]   the papers' claims, with intervals and verdicts
     tspin pi0 --task addition [--ship]  retrain the toy world's pi_0 and compare it with the shipped one
@@ -112,6 +113,17 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    """Score a run's saved policies with lm-evaluation-harness; the scores join the run's records."""
+    from .harness import HARNESS_FILE, evaluate_run, harness_table
+
+    frame = evaluate_run(args.run_dir, args.tasks, include_path=args.include_path, limit=args.limit,
+                         policies=args.policies, batch_size=args.batch_size, echo=_out)
+    _out(harness_table(frame).to_string(float_format=lambda v: f"{v:.4f}"))
+    _out(f"scores: {Path(args.run_dir) / HARNESS_FILE}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from . import compare as C
     from .config import RunConfig
@@ -125,7 +137,7 @@ def cmd_demo(args) -> int:
     cc = C.ComparisonConfig(base=base, seeds=tuple(range(args.seeds)), out_dir=args.out,
                             workers=getattr(args, "workers", None))
     t0 = time.perf_counter()
-    records = C.run_comparison(cc, fresh=args.fresh)
+    records = C.run_grid(cc, fresh=args.fresh)
     seconds = time.perf_counter() - t0
     table = C.score_table(records)
     lines = C.verdict(records)
@@ -136,19 +148,33 @@ def cmd_demo(args) -> int:
              f"{first.initial['score']:.3f} here, {pi0['shipped_score']:.3f} recorded with the file")
     else:
         _out(f"pi_0: {pi0.get('source', 'unknown')} ({pi0.get('folder', '')}), accuracy {first.initial.get('score', float('nan')):.3f}")
-    _out(f"\naccuracy on {base.data.eval_size} held-out {args.task} problems (mean over seeds {list(cc.seeds)}), "
-         f"score after each iteration:")
+    _out(f"\naccuracy on {base.data.eval_size} held-out {args.task} problems (mean over seeds {list(cc.seeds)}) "
+         f"of pi_0 and of the policy after each iteration (pi_{{t+1}}: after Iter t):")
     _out(C.format_table(table))
     _out("")
     for line in lines:
         _out("- " + line)
-    runs = {f"{C.LABELS[m]} s{seed}" if len(cc.seeds) > 1 else C.LABELS[m]: r for (m, seed), r in records.items()}
+    runs = {f"{C.label(m)} s{seed}" if len(cc.seeds) > 1 else C.label(m): r for (m, seed), r in records.items()}
     from .narrate import describe_runs
 
     path = write_report(Path(args.out) / "report.html", runs, title="tspin-kit demo: SFT vs SPIN vs T-SPIN",
                         summary=lines + describe_runs(runs), tables={"accuracy per iteration": table})
     table.to_csv(Path(args.out) / "scores.csv")
     _out(f"\nreport: {path}\nwall time: {seconds:.1f} s")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    """The table of methods (tspin_kit/methods.py): names, what each reads, its knobs, its docs page."""
+    from . import methods as M
+
+    if args.markdown:
+        print(M.docs_table())
+        return 0
+    for name, m in M.table().items():
+        knobs = ", ".join(f"{k}={M.KNOBS[k].default:g}" for k in m.knobs) or "no knobs"
+        alias = f" (alias {', '.join(m.aliases)})" if m.aliases else ""
+        print(f"{name}{alias}: {m.label}. {m.formula}. Knobs: {knobs}. Docs: {m.doc}")
     return 0
 
 
@@ -243,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="HTML path (default: RUN_DIR/report.html)")
     r.add_argument("--title")
     r.set_defaults(fn=cmd_report)
+    r = sub.add_parser("eval", help="score a run's saved policies with lm-evaluation-harness (extra: eval)")
+    r.add_argument("run_dir", help="a run folder with weights/policy_NNN")
+    r.add_argument("--tasks", required=True, help="lm-eval task, group or tag names, comma-separated")
+    r.add_argument("--include-path", help="a folder of your own lm-eval task YAMLs")
+    r.add_argument("--limit", type=int, help="at most N documents per task (a smoke check)")
+    r.add_argument("--policies", default="all", help="all (default), last, or policy numbers like 0,3")
+    r.add_argument("--batch-size", type=int, default=8, help="lm-eval batch size")
+    r.set_defaults(fn=cmd_eval)
     r = sub.add_parser("demo", help="SFT control vs SPIN vs T-SPIN vs SFT on 4x data, on the toy world")
     r.add_argument("--seeds", type=int, default=1, help="number of seeds (0..N-1)")
     r.add_argument("--iterations", type=int, default=5)
@@ -265,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", default="docs/reproduce/reproduce.json")
     r.add_argument("--root", default=".", help="the repository root")
     r.set_defaults(fn=cmd_render_results)
+    r = sub.add_parser("methods", help="list the table of methods (objectives, their knobs and docs pages)")
+    r.add_argument("--markdown", action="store_true", help="the docs index's table (docs/index.md)")
+    r.set_defaults(fn=cmd_methods)
     r = sub.add_parser("pi0", help="retrain a toy world's pi_0 with the shipped recipe; --ship replaces the shipped one")
     r.add_argument("--task", choices=["addition", "scratchpad"], default="addition")
     r.add_argument("--ship", action="store_true", help="write it into the package (tspin_kit/assets/pi0/)")
@@ -288,12 +325,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from .config import ConfigError
     from .data import DataError
+    from .harness import HarnessError
     from .models import ModelError
     from .store import RunDirError
 
     try:
         return args.fn(args)
-    except (ConfigError, DataError, ModelError, RunDirError, FileNotFoundError) as e:
+    except (ConfigError, DataError, HarnessError, ModelError, RunDirError, FileNotFoundError) as e:
         logger.error("%s", e)
         return 2
 

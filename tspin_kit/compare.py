@@ -1,9 +1,14 @@
-"""The main job: pi_0, continued SFT (the control), SPIN, T-SPIN and SFT on 4x the data, side by side.
+"""The grid runner: methods (and presets) x seeds from one base config, side by side, and their one score table.
 
-`make demo` / `tspin demo` runs it on the embedded toy world. Every method starts from the same pi_0 (SFT
-on the same annotated pairs, cached) and gets the same iterations, optimiser and sampling settings, so the
-only difference is the objective (and, for "SFT 4x data", the amount of annotated data: the data-rich
-reference the paper compares against).
+`make demo` / `tspin demo` runs pi_0, continued SFT (the control), SPIN, T-SPIN and SFT on 4x the data on the
+embedded toy world; the notebooks run their grids through `presets.run_toy_methods`, a thin wrapper over the same
+`run_grid`. Every run of a grid starts from the same pi_0 (SFT on the same annotated pairs, cached) and gets the
+same iterations, optimiser and sampling settings, so the only difference is the objective (and, for a preset such
+as "SFT 4x data", the amount of annotated data: the data-rich reference the paper compares against).
+
+A grid entry is a method of the table of methods (`tspin_kit.methods`) or a preset (`PRESETS`): a method run
+with other data or settings. Labels come from the table; a method that does not self-play (SFT) is the control
+the self-play methods are compared with, labelled "<label> (control)".
 
 Defaults (chosen on this toy, stated in docs/departures.md): T-SPIN alpha = 1, beta = 0.1 (the paper's);
 SPIN lam = 1 instead of the paper's 0.1, because with 0.1 the toy model's accuracy falls by 15-30 points
@@ -24,78 +29,164 @@ import os
 import queue as queue_mod
 import shutil
 import time
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Hashable
 
 import numpy as np
 import pandas as pd
 
+from . import methods
 from .config import RunConfig
 from .store import RunRecords, load_run
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["PRESETS", "ComparisonConfig", "Preset", "configure", "format_table", "is_control", "label",
+           "run_configs", "run_grid", "run_parallel", "score_table", "verdict"]
+
+
+# ----------------------------------------------------------------------------- grid entries: methods and presets
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A grid entry that is not a method of its own: a registered method run with more annotated data."""
+
+    method: str  # a name of the table of methods
+    label: str
+    data_multiple: int = 1  # annotated pairs x this (a grid's ``data_multiple`` replaces it where given)
+    sft_records: bool | None = None  # replaces RunConfig.sft_records where not None
+
+
+PRESETS: dict[str, Preset] = {
+    # the data-rich reference: SFT on 4x the pairs; the report reads only its scores, so no y'/y0 records
+    "sft_4x": Preset(method="sft", label="SFT 4x data", data_multiple=4, sft_records=False),
+}
+
+
+def _known(name: str) -> bool:
+    if name in PRESETS:
+        return True
+    try:
+        methods.resolve(name)
+    except ValueError:
+        return False
+    return True
+
+
+def is_control(name: str) -> bool:
+    """A registered method that does not self-play (SFT): the control the self-play methods are compared with."""
+    return name not in PRESETS and not methods.get(name).self_play
+
+
+def label(name: str) -> str:
+    """How a grid entry is named in tables and reports: a preset's label, else the method's label from the table
+    of methods, with " (control)" for a method that does not self-play."""
+    if name in PRESETS:
+        return PRESETS[name].label
+    return methods.label(name) + (" (control)" if _known(name) and is_control(name) else "")
+
+
+def configure(cfg: RunConfig, name: str, *, data_multiple: int | None = None) -> RunConfig:
+    """Set ``cfg`` (in place) up for grid entry ``name``: its method, and for a preset its data and records.
+
+    ``data_multiple`` replaces a preset's own multiple of the annotated pairs (``ComparisonConfig.data_multiple``).
+    """
+    preset = PRESETS.get(name)
+    if preset is None:
+        cfg.method.name = name
+        return cfg
+    cfg.method.name = preset.method
+    multiple = preset.data_multiple if data_multiple is None else data_multiple
+    if multiple != 1:
+        cfg.data.num_examples = (cfg.data.num_examples or 1000) * multiple
+    if preset.sft_records is not None:
+        cfg.sft_records = preset.sft_records
+    return cfg
+
+
+# ----------------------------------------------------------------------------- the grid
+
 
 @dataclass
 class ComparisonConfig:
+    """A grid: every name in ``methods`` (methods of the table or presets) x every seed, from ``base``."""
+
     base: RunConfig = field(default_factory=RunConfig)
     methods: tuple[str, ...] = ("sft", "spin", "tspin", "sft_4x")
     seeds: tuple[int, ...] = (0,)
-    data_multiple: int = 4
+    data_multiple: int = 4  # the presets' multiple of the annotated pairs
     out_dir: str = "demo_output"
     workers: int | None = None  # parallel runs; default: one per CPU core (1 runs in this process)
 
     def __post_init__(self):
-        from .config import METHODS, ConfigError
+        from .config import ConfigError
 
+        known = (*methods.names(), *PRESETS)
         for m in self.methods:
-            if m not in METHODS and m != "sft_4x":
-                raise ConfigError(f"compare.methods: unknown method {m!r}; expected some of {', '.join(METHODS)}, sft_4x")
+            if not _known(m):
+                raise ConfigError(f"compare.methods: unknown method {m!r}; expected some of {', '.join(known)}")
         if not self.seeds:
             raise ConfigError("compare.seeds: expected at least one seed")
         if self.data_multiple < 1:
             raise ConfigError(f"compare.data_multiple = {self.data_multiple}: expected an integer >= 1")
 
 
-LABELS = {"sft": "SFT (control)", "spin": "SPIN", "tspin": "T-SPIN", "tspin_no_history": "T-SPIN w/o H-A",
-          "tspin_ref": "T-SPIN_ref", "sft_4x": "SFT 4x data"}
-
-
 def run_configs(cc: ComparisonConfig) -> dict[tuple[str, int], RunConfig]:
-    """One RunConfig per (method, seed); they differ only where the method demands."""
+    """One RunConfig per (method or preset, seed), in ``out_dir/runs/seed<s>/<name>``; they differ only where the
+    method or preset demands."""
     out = {}
     for seed in cc.seeds:
         for m in cc.methods:
-            cfg = copy.deepcopy(cc.base)
+            cfg = configure(copy.deepcopy(cc.base), m, data_multiple=cc.data_multiple)
             cfg.seed = seed
-            cfg.method.name = "sft" if m == "sft_4x" else m
-            if m == "sft_4x":
-                cfg.data.num_examples = (cc.base.data.num_examples or 1000) * cc.data_multiple
-                cfg.sft_records = False  # the report reads only its scores
             cfg.run_dir = str(Path(cc.out_dir) / "runs" / f"seed{seed}" / m)
             out[(m, seed)] = cfg
     return out
 
 
-def run_comparison(cc: ComparisonConfig, *, fresh: bool = False) -> dict[tuple[str, int], RunRecords]:
-    """Run (or resume) every (method, seed) and return their records. `fresh` deletes earlier runs first."""
-    configs = run_configs(cc)
+def _cost(cfg: RunConfig) -> float:
+    # cost ~ examples, x2 for self-play (sampling, 2-3 responses per example; measured on the toy: SPIN/T-SPIN
+    # 33-37 s, SFT 21 s, SFT 4x 57 s of one core)
+    return (cfg.data.num_examples or 1000) * (2.0 if methods.get(cfg.method.name).self_play else 1.0)
+
+
+def run_grid(grid: ComparisonConfig | Mapping[tuple[str, int], RunConfig], *, workers: int | None = None,
+             fresh: bool = False) -> dict[tuple[str, int], RunRecords]:
+    """Run (or resume) every run of a grid and return their records, keyed ``(method or preset, seed)``.
+
+    ``grid``: a `ComparisonConfig` (its runs are `run_configs`), or the configs themselves keyed by
+    ``(name, seed)`` (how `presets.run_toy_methods` passes its toy configs). Runs with a ``run_dir`` go through
+    `run_parallel` (``workers``, default ``grid.workers``, else one per CPU core; 1 runs them one after the other
+    in this process), longest first; a run kept in memory (``run_dir`` None) runs in this process. A finished run
+    is reloaded, a half-finished one resumed; ``fresh`` deletes earlier runs first.
+    """
+    if isinstance(grid, ComparisonConfig):
+        configs = run_configs(grid)
+        workers = grid.workers if workers is None else workers
+    else:
+        configs = dict(grid)
     for cfg in configs.values():
-        run_dir = Path(cfg.run_dir)
-        if fresh and (run_dir / "manifest.json").is_file():
-            shutil.rmtree(run_dir)
-    # longest first, so that the runs share the workers evenly: cost ~ examples, x2 for self-play (sampling,
-    # 2-3 responses per example; measured on the toy: SPIN/T-SPIN 33-37 s, SFT 21 s, SFT 4x 57 s of one core)
-    cost = {k: (c.data.num_examples or 1000) * (1.0 if c.method.name == "sft" else 2.0) for k, c in configs.items()}
-    order = sorted(configs, key=lambda k: -cost[k])
-    jobs = [(key, configs[key], LABELS.get(key[0], key[0])) for key in order]
+        if fresh and cfg.run_dir and (Path(cfg.run_dir) / "manifest.json").is_file():
+            shutil.rmtree(cfg.run_dir)
+    on_disk = [k for k, c in configs.items() if c.run_dir]
+    jobs = [(key, configs[key], label(key[0])) for key in sorted(on_disk, key=lambda k: -_cost(configs[k]))]
 
     def done(n, total, key, seconds):
-        logger.info("[%d/%d] %s, seed %d: %.0f s", n, total, LABELS.get(key[0], key[0]), key[1], seconds)
+        logger.info("[%d/%d] %s, seed %d: %.0f s", n, total, label(key[0]), key[1], seconds)
 
-    run_parallel(jobs, workers=cc.workers, on_done=done)
-    return {key: load_run(configs[key].run_dir) for key in configs}
+    if jobs:
+        run_parallel(jobs, workers=workers, on_done=done)
+    out = {}
+    for key, cfg in configs.items():
+        if cfg.run_dir:
+            out[key] = load_run(cfg.run_dir)
+        else:
+            from .session import SelfPlaySession
+
+            out[key] = SelfPlaySession(copy.deepcopy(cfg), label=label(key[0])).run()
+    return out
 
 
 # ----------------------------------------------------------------------------- parallel runs
@@ -127,6 +218,7 @@ def _drive(cfg: RunConfig, label: str, report: Callable[[str, int, int, str], No
     while s.next_phase != "done":
         getattr(s, s.next_phase)(fine)
         report("progress", done_count(), total, s.next_phase)
+    s.close_trackers()
     return time.perf_counter() - t0
 
 
@@ -152,7 +244,7 @@ def _worker(key, cfg_dict: dict, label: str) -> tuple[str, float]:
     def report(event, done, total, what):
         try:
             _QUEUE.put_nowait((key, done, total, what))
-        except Exception:  # noqa: BLE001 - a full or closed queue must never stop a run
+        except Exception:  # noqa: BLE001, S110 - a full or closed queue must never stop a run
             pass
 
     return cfg.run_dir, _drive(cfg, label, report)
@@ -244,44 +336,61 @@ def run_parallel(jobs: list[tuple[Hashable, RunConfig, str]], *, workers: int | 
     return seconds
 
 
-def score_table(records: dict[tuple[str, int], RunRecords]) -> pd.DataFrame:
-    """Rows: methods (plus pi_0); columns: Iter0..Iter{n-1}, the score after each iteration (mean over seeds)."""
-    rows = {}
-    starts = []
-    for (m, seed), r in records.items():
-        starts.append(r.initial.get("score", np.nan))
-        rows.setdefault(LABELS.get(m, m), []).append(r.metrics.set_index("iteration")["score_after"])
-    table = pd.DataFrame({label: pd.concat(s, axis=1).mean(axis=1) for label, s in rows.items()}).T
-    table.columns = [f"Iter{int(c)}" for c in table.columns]
-    start = pd.DataFrame([[float(np.nanmean(starts))] * table.shape[1]], index=["pi_0 (start)"], columns=table.columns)
-    return pd.concat([start, table])
+# ----------------------------------------------------------------------------- the score table
 
 
-def verdict(records: dict[tuple[str, int], RunRecords]) -> list[str]:
-    """Plain statements about the outcome, computed from the numbers (no claim is written in advance)."""
+def score_table(runs: Mapping[Hashable, RunRecords]) -> pd.DataFrame:
+    """The task score per run (rows) and policy (columns ``pi_0``, ``pi_1``, ...; pi_{t+1} is the policy after
+    iteration t): the one table of a comparison's scores.
+
+    ``runs`` keyed ``(method or preset, seed)``, as `run_grid` returns them: one row per method or preset, named by
+    `label`, the mean over its seeds. Keyed by labels, as `presets.run_toy_methods` returns them: one row per run.
+    """
+    from .analysis import policy_scores  # one run's long table: policy, score
+
+    rows: dict[str, list[pd.Series]] = {}
+    for key, rec in runs.items():
+        row = label(key[0]) if isinstance(key, tuple) else str(key)
+        t = policy_scores(rec.metrics)
+        rows.setdefault(row, []).append(pd.Series(t["score"].to_numpy(float), index=t["policy"].astype(int).to_numpy()))
+    table = pd.DataFrame({row: pd.concat(s, axis=1).mean(axis=1) for row, s in rows.items()}).T
+    table = table.reindex(columns=sorted(table.columns))
+    table.columns = [f"pi_{int(p)}" for p in table.columns]
+    return table
+
+
+def verdict(records: Mapping[tuple[str, int], RunRecords]) -> list[str]:
+    """Plain statements about the outcome of a grid, computed from the numbers (no claim is written in advance).
+
+    ``records`` as `run_grid` returns them. Each self-play method is set against the control (a method that does
+    not self-play, `is_control`) where the grid has one.
+    """
     table = score_table(records)
-    start = table.iloc[0, 0]
-    lines = []
-    final = table.iloc[1:, -1]
-    for label, v in final.items():
-        lines.append(f"{label}: {start:.3f} -> {v:.3f} ({(v - start) * 100:+.1f} points)")
+    names = list(dict.fromkeys(name for name, _ in records))
+    start = table["pi_0"].mean()
+    final = table.iloc[:, -1]
+    lines = [f"{row}: {start:.3f} -> {v:.3f} ({(v - start) * 100:+.1f} points)" for row, v in final.items()]
     worst = (final - start).min() * 100
     lines.append(f"largest drop below pi_0 at the last iteration: {min(0.0, worst):.1f} points (limit: 5)")
-    if "T-SPIN" in final and "SFT (control)" in final:
-        diff = (final["T-SPIN"] - final["SFT (control)"]) * 100
-        if abs(diff) < 2.0:
-            lines.append(f"T-SPIN vs the continued-SFT control: {diff:+.1f} points, within 2 points: self-play does not clearly beat the control here.")
-        elif diff > 0:
-            lines.append(f"T-SPIN beats the continued-SFT control by {diff:.1f} points at the last iteration.")
-        else:
-            lines.append(f"T-SPIN ends {-diff:.1f} points below the continued-SFT control: self-play does not beat it here.")
-    if "T-SPIN" in table.index:
-        ts = table.loc["T-SPIN"].to_numpy()
-        drops = np.diff(np.concatenate([[start], ts]))
-        lines.append("T-SPIN per-iteration changes (points): " + ", ".join(f"{d * 100:+.1f}" for d in drops))
-    if "SPIN" in table.index:
-        sp = table.loc["SPIN"].to_numpy()
-        lines.append(f"SPIN peaks at Iter{int(np.argmax(sp))} ({sp.max():.3f}) and ends at {sp[-1]:.3f}.")
+    control = next((n for n in names if is_control(n)), None)
+    self_play = [n for n in names if n not in PRESETS and methods.get(n).self_play]
+    for name in self_play:
+        row = label(name)
+        if control is not None:
+            ctrl = label(control)
+            diff = (final[row] - final[ctrl]) * 100
+            if abs(diff) < 2.0:
+                lines.append(f"{row} vs {ctrl}: {diff:+.1f} points, within 2 points: self-play does not clearly beat "
+                             "the control here.")
+            elif diff > 0:
+                lines.append(f"{row} beats {ctrl} by {diff:.1f} points at the last iteration.")
+            else:
+                lines.append(f"{row} ends {-diff:.1f} points below {ctrl}: self-play does not beat the control here.")
+        scores = table.loc[row].to_numpy()
+        lines.append(f"{row} per-iteration changes (points): "
+                     + ", ".join(f"{d * 100:+.1f}" for d in np.diff(scores)))
+        after = scores[1:]
+        lines.append(f"{row} peaks at Iter{int(np.argmax(after))} ({after.max():.3f}) and ends at {after[-1]:.3f}.")
     return lines
 
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from .data import DataConfig, DataError
 
-METHODS = ("sft", "spin", "tspin", "tspin_no_history", "tspin_ref")
 OPTIMIZERS = ("adamw", "rmsprop")
 SCHEDULES = ("constant", "linear")
 TRACKERS = ("trackio", "tensorboard", "wandb")
@@ -56,6 +55,7 @@ class ModelConfig:
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on LoRA inputs"})
     lora_target_modules: str = field(default="all-linear", metadata={"help": "peft target_modules (comma list or 'all-linear')"})
     max_length: int | None = field(default=None, metadata={"help": "longest prompt in tokens after the template (longer is an error); default: the model's own limit"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each transformer block's activations in the backward instead of keeping them (less memory, about a third more compute); same numbers"})
     toy_sft_examples: int = field(default=1000, metadata={"help": "toy only: annotated pairs pi_0 is SFT-ed on (fixed, so a 4x-data run shares pi_0)"})
     toy_sft_epochs: int = field(default=40, metadata={"help": "toy only: epochs of the SFT that makes pi_0"})
     toy_pi0_seed: int = field(default=0, metadata={"help": "toy only: seed of pi_0's init and SFT; every run seed starts from this one pi_0 (the default world's ships with the package)"})
@@ -68,6 +68,7 @@ class ModelConfig:
         _check(isinstance(self.lora_r, int) and self.lora_r >= 0, s, "lora_r", "an integer >= 0", self.lora_r)
         _check(0.0 <= self.lora_dropout < 1.0, s, "lora_dropout", "0 <= value < 1", self.lora_dropout)
         _check(self.max_length is None or self.max_length >= 2, s, "max_length", "None or an integer >= 2", self.max_length)
+        _check(isinstance(self.gradient_checkpointing, bool), s, "gradient_checkpointing", "true or false", self.gradient_checkpointing)
         _check(self.toy_sft_examples >= 1, s, "toy_sft_examples", "an integer >= 1", self.toy_sft_examples)
         _check(self.toy_sft_epochs >= 1, s, "toy_sft_epochs", "an integer >= 1", self.toy_sft_epochs)
 
@@ -122,7 +123,7 @@ class DataSettings(DataConfig):
 
 @dataclass
 class MethodConfig:
-    name: str = field(default="tspin", metadata={"help": "sft | spin | tspin | tspin_no_history | tspin_ref"})
+    name: str = field(default="tspin", metadata={"help": "a method of the table of methods (`tspin methods`): sft, spin, tspin, tspin_no_history, tspin_ref, ..."})
     alpha: float = field(default=1.0, metadata={"help": "T-SPIN entropy coefficient = reward scale (paper: 1.0)"})
     beta: float = field(default=0.1, metadata={"help": "T-SPIN weight of the historical advantage (paper: 0.1)"})
     beta_schedule: list[float] | None = field(default=None, metadata={"help": "beta per iteration; default: 0 at iteration 0, then beta"})
@@ -130,10 +131,16 @@ class MethodConfig:
     lam_schedule: list[float] | None = field(default=None, metadata={"help": "lam per iteration (SPIN raised it to 5 at its last)"})
     mask_proto_equal_annotated: bool = field(default=False, metadata={"help": "drop the historical term where y0 == y"})
     mix_previous: bool = field(default=False, metadata={"help": "SPIN option: also train on the previous iteration's synthetic data"})
+    params: dict[str, float] = field(default_factory=dict, metadata={"help": "values of the method's other knobs (e.g. {anchor: 0.1} for tspin_nll); unset ones take their declared defaults"})
 
     def __post_init__(self):
+        from . import methods as M
+
         s = "method"
-        _check(self.name in METHODS, s, "name", f"one of {', '.join(METHODS)}", self.name)
+        try:
+            self.name = M.resolve(self.name)  # an alias (tspin_without_history) is recorded under its name
+        except ValueError:
+            _check(False, s, "name", f"one of {', '.join(M.names())}", self.name)
         _check(self.alpha > 0, s, "alpha", "a number > 0", self.alpha)
         _check(self.beta >= 0, s, "beta", "a number >= 0", self.beta)
         _check(self.lam > 0, s, "lam", "a number > 0", self.lam)
@@ -143,10 +150,25 @@ class MethodConfig:
                 _check(len(sched) >= 1, s, name, "a non-empty list", sched)
                 lo_ok = all(v >= 0 for v in sched) if name == "beta_schedule" else all(v > 0 for v in sched)
                 _check(lo_ok, s, name, "values >= 0" if name == "beta_schedule" else "values > 0", sched)
+        _check(isinstance(self.params, dict), s, "params", "a mapping of knob name to number", self.params)
+        own = [k for k in M.get(self.name).knobs if k not in _CONFIG_KNOBS]
+        for k, v in self.params.items():
+            _check(k in own, s, f"params.{k}", f"a knob of {self.name} ({', '.join(own) or 'it has none here'})", v)
+            try:
+                self.params[k] = M.KNOBS[k].check(v)
+            except ValueError as e:
+                _check(False, s, f"params.{k}", str(e).split(" must be ", 1)[-1], v)
+
+    @property
+    def spec(self):
+        """This method's row of the table of methods (`tspin_kit.methods.Method`)."""
+        from . import methods as M
+
+        return M.get(self.name)
 
     def beta_at(self, iteration: int) -> float:
-        """beta for iteration t: 0 for the no-history ablation and at t = 0 (y' and y0 both come from pi_0)."""
-        if self.name in ("tspin_no_history", "spin", "sft"):  # no historical term: nothing for beta to weigh
+        """beta for iteration t: 0 for methods without a historical term and at t = 0 (y' and y0 both come from pi_0)."""
+        if not self.spec.history:  # nothing for beta to weigh
             return 0.0
         if self.beta_schedule is not None:
             return float(self.beta_schedule[min(iteration, len(self.beta_schedule) - 1)])
@@ -157,9 +179,19 @@ class MethodConfig:
             return float(self.lam_schedule[min(iteration, len(self.lam_schedule) - 1)])
         return float(self.lam)
 
+    def knobs_at(self, iteration: int) -> dict[str, float]:
+        """Every knob value the method's loss reads at iteration t (schedules applied)."""
+        from . import methods as M
+
+        values = {"alpha": float(self.alpha), "beta": self.beta_at(iteration), "lam": self.lam_at(iteration)}
+        return {k: values[k] if k in values else float(self.params.get(k, M.KNOBS[k].default)) for k in self.spec.knobs}
+
     @property
     def uses_reference(self) -> bool:
-        return self.name in ("spin", "tspin_ref")
+        return self.spec.reference
+
+
+_CONFIG_KNOBS = ("alpha", "beta", "lam")  # knobs with their own MethodConfig fields (and schedules)
 
 
 @dataclass
@@ -174,6 +206,7 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
     weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay (AdamW) / L2 (RMSprop)"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "clip the gradient norm; None disables"})
+    checkpoint_every: int = field(default=0, metadata={"help": "save the train state every N optimiser steps so `tspin resume` continues mid-phase; 0 disables"})
 
     def __post_init__(self):
         s = "train"
@@ -188,6 +221,7 @@ class TrainConfig:
         _check(isinstance(self.grad_accum, int) and 1 <= self.grad_accum <= self.batch_size, s, "grad_accum", "an integer in [1, batch_size]", self.grad_accum)
         _check(self.weight_decay >= 0, s, "weight_decay", "a number >= 0", self.weight_decay)
         _check(self.max_grad_norm is None or self.max_grad_norm > 0, s, "max_grad_norm", "None or a number > 0", self.max_grad_norm)
+        _check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0, s, "checkpoint_every", "an integer >= 0 (0 disables)", self.checkpoint_every)
 
     def lr_at(self, iteration: int) -> float:
         if self.lr_schedule is not None:
@@ -217,6 +251,33 @@ class SamplingConfig:
 
 
 @dataclass
+class HarnessConfig:
+    """``eval_harness``: score pi_0 and every pi_{t+1} with lm-evaluation-harness (``tspin_kit.harness``)."""
+
+    tasks: list[str] = field(default_factory=list, metadata={"help": "lm-eval task, group or tag names (comma list or YAML list)"})
+    include_path: str | None = field(default=None, metadata={"help": "a folder of your own lm-eval task YAMLs"})
+    limit: int | None = field(default=None, metadata={"help": "at most this many documents per task (a smoke check; None: all)"})
+    batch_size: int = field(default=8, metadata={"help": "lm-eval batch size"})
+
+    def __post_init__(self):
+        s = "eval_harness"
+        if isinstance(self.tasks, str):  # `tasks: arc_easy,hellaswag` or `eval_harness.tasks=a,b`
+            self.tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
+        _check(isinstance(self.tasks, list) and len(self.tasks) >= 1 and all(isinstance(t, str) and t for t in self.tasks),
+               s, "tasks", "a non-empty list of lm-eval task names (or leave eval_harness unset)", self.tasks)
+        _check(self.include_path is None or (isinstance(self.include_path, str) and bool(self.include_path)), s,
+               "include_path", "None or a folder", self.include_path)
+        _check(self.limit is None or (isinstance(self.limit, int) and not isinstance(self.limit, bool) and self.limit >= 1),
+               s, "limit", "None or an integer >= 1", self.limit)
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, s, "batch_size", "an integer >= 1", self.batch_size)
+        import importlib.util
+
+        if importlib.util.find_spec("lm_eval") is None:
+            raise ConfigError("eval_harness: lm-evaluation-harness is not installed; install the extra with "
+                              "`pip install 'tspin-kit[eval]'` or leave eval_harness unset")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataSettings = field(default_factory=DataSettings)
@@ -230,6 +291,7 @@ class RunConfig:
     cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is present"})
     sft_records: bool = field(default=True, metadata={"help": "SFT runs: also sample y' and y0 and score them every iteration, for records only (the control's u, v, degenerate shares); off skips that work"})
     report_to: list[str] | None = field(default=None, metadata={"help": "experiment trackers to log to: any of trackio, tensorboard, wandb (optional extras); None logs only to run_dir"})
+    eval_harness: HarnessConfig | None = field(default=None, metadata={"help": "lm-evaluation-harness on pi_0 and after every iteration, e.g. {tasks: [arc_easy], include_path: my_tasks, limit: 100} (needs the eval extra); None: off"})
 
     def __post_init__(self):
         for name, cls in _SECTIONS.items():
@@ -244,6 +306,11 @@ class RunConfig:
             self.report_to = [t.strip() for t in self.report_to.split(",") if t.strip()]
         _check(self.report_to is None or (isinstance(self.report_to, list) and all(t in TRACKERS for t in self.report_to)),
                "run", "report_to", f"None or a list of {', '.join(TRACKERS)}", self.report_to)
+        if isinstance(self.eval_harness, dict):
+            self.eval_harness = _from_dict(HarnessConfig, self.eval_harness, "eval_harness")
+        elif self.eval_harness is not None and not isinstance(self.eval_harness, HarnessConfig):
+            raise ConfigError(f"eval_harness: expected None or a mapping of HarnessConfig fields, got "
+                              f"{type(self.eval_harness).__name__} {self.eval_harness!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -367,8 +434,9 @@ def merge_dicts(base: dict, over: dict) -> dict:
 
 
 def _resolve_paths(d: dict, base: Path) -> None:
-    """Make relative local paths in data.source / model.name_or_path absolute against ``base`` (in place)."""
-    for section, key in (("data", "source"), ("model", "name_or_path")):
+    """Make relative local paths in data.source / model.name_or_path / eval_harness.include_path absolute against
+    ``base`` (in place)."""
+    for section, key in (("data", "source"), ("model", "name_or_path"), ("eval_harness", "include_path")):
         sec = d.get(section)
         if not isinstance(sec, dict) or not isinstance(sec.get(key), str):
             continue

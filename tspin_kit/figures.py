@@ -1,7 +1,7 @@
 """Pure functions from ``analysis`` tables to plotly figures, shared by ``widgets/`` and ``tspin report``.
 
 One colour per response role everywhere (``ROLE_COLORS``: annotated y, synthetic y', proto-synthetic
-y0), one per method (``METHOD_COLORS``), axis titles with units (log-probs in nats). Figures are
+y0), one per method (its colour in the table of methods, `methods.py`), axis titles with units (log-probs in nats). Figures are
 plain ``go.Figure``s with a white card background so they read the same in JupyterLab's light and
 dark themes and in a static HTML report.
 
@@ -19,15 +19,17 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from tspin_kit import methods as M
+
 __all__ = [
     "ADVANTAGE_COLORS",
-    "METHOD_COLORS",
     "ROLE_COLORS",
     "ROLE_LABELS",
     "advantage_decay",
     "degenerate_shares",
     "gradient_weights",
     "loss_landscape",
+    "objective_gradients",
     "misalignment",
     "opponent",
     "report_figures",
@@ -44,14 +46,6 @@ __all__ = [
 ROLE_COLORS = {"annotated": "#1b9e77", "synthetic": "#d95f02", "proto": "#7570b3"}  # ColorBrewer Dark2
 ROLE_LABELS = {"annotated": "annotated y", "synthetic": "synthetic y'", "proto": "proto-synthetic y0"}
 ADVANTAGE_COLORS = {"current": "#1f78b4", "historical": "#b15928"}
-METHOD_COLORS = {
-    "sft": "#7f7f7f",
-    "spin": "#1f78b4",
-    "tspin": "#e31a1c",
-    "tspin_no_history": "#ff7f00",
-    "tspin_ref": "#6a3d9a",
-}
-METHOD_LABELS = {"sft": "SFT", "spin": "SPIN", "tspin": "T-SPIN", "tspin_no_history": "T-SPIN w/o H-A", "tspin_ref": "T-SPIN_ref"}
 EXTRA_COLORS = ["#33a02c", "#a6761d", "#e7298a", "#666666", "#17becf", "#bcbd22"]
 MISALIGNED_COLOR = "#e31a1c"
 ALIGNED_COLOR = "#1f78b4"
@@ -163,7 +157,12 @@ def _rgba(hex_color: str, alpha: float) -> str:
 
 
 def method_color(method: str, index: int = 0) -> str:
-    return METHOD_COLORS.get(method, EXTRA_COLORS[index % len(EXTRA_COLORS)])
+    """The method's colour from the table of methods; an extra colour for a name not in it."""
+    return M.color(method, EXTRA_COLORS[index % len(EXTRA_COLORS)])
+
+
+def method_label(method: str) -> str:
+    return M.label(method)
 
 
 def _run_colors(labels: list[str], methods: list[str]) -> dict[str, str]:
@@ -173,7 +172,8 @@ def _run_colors(labels: list[str], methods: list[str]) -> dict[str, str]:
     for i, (label, m) in enumerate(zip(labels, methods)):
         k = used.get(m, 0)
         used[m] = k + 1
-        out[label] = method_color(m) if k == 0 and m in METHOD_COLORS else EXTRA_COLORS[(i + k) % len(EXTRA_COLORS)]
+        known = M.color(m, "") != ""
+        out[label] = method_color(m) if k == 0 and known else EXTRA_COLORS[(i + k) % len(EXTRA_COLORS)]
     return out
 
 
@@ -282,7 +282,7 @@ def degenerate_shares(shares: dict[str, tuple[pd.DataFrame, str]]) -> go.Figure:
     return _figure(traces, layout)
 
 
-CONTROL_COLOR = METHOD_COLORS["sft"]
+CONTROL_COLOR = "#7f7f7f"  # the SFT control's grey (methods.py)
 _SPLIT_DASH = {"non-degenerate": "solid", "all": "dash"}  # y' != y solid, every pair dashed
 
 
@@ -396,14 +396,27 @@ def _run_lines(tables: dict[str, tuple[pd.DataFrame, str]], x: str, y: str, hove
     ]
 
 
-def scores(tables: dict[str, tuple[pd.DataFrame, str]], marker_iteration: int | None = None, score_name: str = "accuracy") -> go.Figure:
-    """Task score of pi_0, pi_1, ... per run (``analysis.score_table``); ``score_name`` labels the axis."""
+def scores(tables: dict[str, tuple[pd.DataFrame, str]], marker_iteration: int | None = None, score_name: str = "accuracy",
+           harness: dict[str, pd.DataFrame] | None = None) -> go.Figure:
+    """Task score of pi_0, pi_1, ... per run (``analysis.policy_scores``); ``score_name`` labels the axis.
+
+    ``harness`` maps a run's label to its lm-evaluation-harness rows (``RunRecords.harness``: policy, task,
+    metric, filter, value): one dashed line per task and metric beside the run's own score, on the same axis
+    when both are 0-1 shares, else on a second axis at the right.
+    """
     traces = _run_lines(tables, "policy", "score", "π_%{x}: %{y:.3f}")
     layout = _base_layout("Task score per policy (π_0 = starting model)", height=320)
     layout["xaxis"] = _iteration_axis("policy π_t (iterations trained)")
     layout["yaxis"] = {"title": {"text": score_axis_title(score_name)}}
     if score_name == "accuracy":  # a share: always its whole 0-1 range, never autoranged past it
         layout["yaxis"]["range"] = list(ACCURACY_RANGE)
+    extra = _harness_lines(tables, harness or {}, same_axis=score_name == "accuracy")
+    if extra:
+        traces += extra
+        if any(t.get("yaxis") == "y2" for t in extra):
+            layout["yaxis2"] = {"title": {"text": "lm-eval score (dashed)"}, "overlaying": "y", "side": "right",
+                                "showgrid": False}
+            layout["margin"] = {**layout["margin"], "r": 64}
     if not any(len(t) for t, _ in tables.values()):
         _empty_state(layout, "no policy scored yet: press Prepare (scores π_0), then Whole step")
     if marker_iteration is not None:
@@ -412,6 +425,36 @@ def scores(tables: dict[str, tuple[pd.DataFrame, str]], marker_iteration: int | 
 
 
 ACCURACY_RANGE = (-0.03, 1.03)
+HARNESS_DASHES = ("dash", "dot", "dashdot", "longdash", "longdashdot")
+
+
+def _harness_lines(tables: dict[str, tuple[pd.DataFrame, str]], harness: dict[str, pd.DataFrame], *,
+                   same_axis: bool) -> list[dict]:
+    """Dashed lines of lm-eval scores per run (its colour) and task/metric (a dash style each)."""
+    from .harness import shown  # the tasks asked for by name, not every subtask of a group
+
+    rows = {k: shown(h) for k, h in harness.items() if h is not None and len(h) and {"policy", "task", "metric", "value"} <= set(h.columns)}
+    if not rows:
+        return []
+    labels = list(dict.fromkeys([*tables, *rows]))
+    colors = _run_colors(labels, [tables[k][1] if k in tables else "" for k in labels])
+    values = np.concatenate([h["value"].to_numpy(float) for h in rows.values()])
+    values = values[np.isfinite(values)]
+    axis = "y" if same_axis and (len(values) == 0 or (values.min() >= 0 and values.max() <= 1)) else "y2"
+    out = []
+    for label, h in rows.items():
+        many = h.groupby(["task", "metric"])["filter"].transform("nunique") > 1 if "filter" in h else None
+        names = h["task"].astype(str) + " " + h["metric"].astype(str)
+        if many is not None:
+            names = names + np.where(many, "/" + h["filter"].astype(str), "")
+        for i, (name, part) in enumerate(h.assign(_name=names).groupby("_name", sort=True)):
+            part = part.sort_values("policy")
+            out.append(dict(type="scatter", x=part["policy"].to_numpy(int), y=part["value"].to_numpy(float),
+                            mode="lines+markers", name=f"{label} · {name}", yaxis=axis,
+                            line={"color": colors[label], "width": 1.5, "dash": HARNESS_DASHES[i % len(HARNESS_DASHES)]},
+                            marker={"symbol": "diamond", "size": 7},
+                            hovertemplate=f"π_%{{x}}: %{{y:.3f}} (lm-eval {name})<extra>{label}</extra>"))
+    return out
 
 
 def _empty_state(layout: dict, message: str) -> None:
@@ -544,18 +587,28 @@ def synthetic_history(history: pd.DataFrame, example_id: int) -> go.Figure:
 # ---------------------------------------------------------------------------------------------
 
 
+def _scale_symbol(spec) -> str:
+    return M.KNOBS[spec.scale].symbol if spec.scale else "s"
+
+
 def gradient_weights(table: pd.DataFrame, *, kind: str, scale: float, beta: float) -> go.Figure:
     """Each example's weight in the gradient against its advantage, with the weight curves.
 
     Left: w_cur = sigmoid(-s*u) against u; right: w_hist = beta*sigmoid(-s*v) against v
-    (s = alpha for T-SPIN, lam for SPIN/T-SPIN_ref). Points are examples (a fixed subset when
-    large); lines are the curves at the current settings.
+    (s = the objective's scale: alpha for T-SPIN, lam for SPIN/T-SPIN_ref). Points are examples (a fixed subset
+    when large); lines are the curves at the current settings, drawn for the logistic family only (for other
+    objectives the points are |dL/d log pi(y)| and |dL/d log pi(y0)|, `records.objective_table`).
     """
-    s_name = "α" if kind == "tspin" else "λ"
+    spec = M.get(kind)
+    s_name = _scale_symbol(spec)
+    logistic = spec.logistic
     layout = _base_layout(
         f"Gradient weight per example ({s_name} = {scale:.3g}, β = {beta:.3g}; {len(table):,} examples)", height=360
     )
-    layout.update(_panels([f"current: sigmoid(−{s_name}·u)", f"historical: β·sigmoid(−{s_name}·v)"]))
+    if logistic:
+        layout.update(_panels([f"current: sigmoid(−{s_name}·u)", f"historical: β·sigmoid(−{s_name}·v)"]))
+    else:
+        layout.update(_panels(["current: |dL/d log π(y)|", "historical: |dL/d log π(y0)|"]))
     idx = _subsample(len(table))
     s = table.iloc[idx]
     traces = []
@@ -570,9 +623,7 @@ def gradient_weights(table: pd.DataFrame, *, kind: str, scale: float, beta: floa
         finite = x[np.isfinite(x)]
         lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (-1.0, 1.0)
         grid = np.linspace(min(lo, -1.0), max(hi, 1.0), 120)
-        mult = 1.0 if i == 0 else beta
-        if kind == "spin" and i == 1:
-            mult = 0.0  # SPIN has no historical term
+        mult = 1.0 if i == 0 else (beta if spec.history else 0.0)  # no historical term: its weight is 0
         curve = mult / (1.0 + np.exp(np.clip(scale * grid, -60, 60)))
         traces.append(
             dict(type="scattergl", 
@@ -587,13 +638,40 @@ def gradient_weights(table: pd.DataFrame, *, kind: str, scale: float, beta: floa
                 yaxis=ya,
             )
         )
-        traces.append(
-            dict(type="scatter", x=grid, y=curve, mode="lines", line={"color": "#333", "width": 1.5}, name="weight curve", showlegend=i == 0, hoverinfo="skip", xaxis=xa, yaxis=ya)
-        )
+        if logistic:
+            traces.append(
+                dict(type="scatter", x=grid, y=curve, mode="lines", line={"color": "#333", "width": 1.5}, name="weight curve", showlegend=i == 0, hoverinfo="skip", xaxis=xa, yaxis=ya)
+            )
     sfx_titles = (("", f"current advantage u ({NATS})"), ("2", f"historical advantage v ({NATS})"))
     for sfx, xt in sfx_titles:
         layout[f"xaxis{sfx}"].update({"title": {"text": xt}})
-        layout[f"yaxis{sfx}"].update({"title": {"text": "gradient weight (0–1)"}, "range": [-0.03, 1.03]})
+        if logistic:
+            layout[f"yaxis{sfx}"].update({"title": {"text": "gradient weight (0–1)"}, "range": [-0.03, 1.03]})
+        else:
+            layout[f"yaxis{sfx}"].update({"title": {"text": "|gradient| (per nat)"}, "rangemode": "tozero"})
+    return _figure(traces, layout)
+
+
+def objective_gradients(table: pd.DataFrame, label: str) -> go.Figure:
+    """The objective's gradient on each log-prob (dL/d log pi of y, y', y0) over the examples, as box plots.
+
+    Negative on y means training pushes log pi(y) up. Boxes are drawn from quantiles computed here (q1, median,
+    q3, and the 5% / 95% quantiles as whiskers), so a 50k-example iteration sends 15 numbers, not 150k.
+    """
+    traces = []
+    for role in ("annotated", "synthetic", "proto"):
+        g = table[f"grad_{role}"].to_numpy(float)
+        g = g[np.isfinite(g)]
+        if not len(g):
+            continue
+        q = np.quantile(g, [0.05, 0.25, 0.5, 0.75, 0.95])
+        traces.append(dict(type="box", name=ROLE_LABELS[role], x=[ROLE_LABELS[role]], q1=[q[1]], median=[q[2]], q3=[q[3]],
+                           lowerfence=[q[0]], upperfence=[q[4]], mean=[float(g.mean())], marker={"color": ROLE_COLORS[role]},
+                           hovertemplate=f"{ROLE_LABELS[role]}<br>mean %{{mean:.3g}}<extra></extra>", showlegend=False))
+    layout = _base_layout(f"{label}: gradient on each log-prob, dL/d log π (5–95% whiskers; {len(table):,} examples)",
+                          height=300)
+    layout["xaxis"] = {"title": {"text": "response"}, "type": "category"}
+    layout["yaxis"] = {"title": {"text": "dL / d log π(z|x)  (per nat)"}, "zeroline": True}
     return _figure(traces, layout)
 
 
@@ -613,17 +691,20 @@ def top_drivers(top: pd.DataFrame) -> go.Figure:
 
 
 def loss_landscape(landscape: pd.DataFrame, *, kind: str, scale: float, beta: float) -> go.Figure:
-    """Mean loss over the (scale, beta) grid as a heatmap, current settings marked (SPIN: a line)."""
-    s_name = "α" if kind == "tspin" else "λ"
-    if kind == "spin":
+    """Mean loss over the (scale, beta) grid as a heatmap, current settings marked; a line over the scale for
+    objectives without beta (SPIN)."""
+    spec = M.get(kind)
+    s_name = _scale_symbol(spec)
+    what = M.KNOBS[spec.scale].help.split(":")[0] if spec.scale else "no scale knob"
+    if "beta" not in spec.knobs:
         line = landscape.drop_duplicates("scale").sort_values("scale")
         current = float(np.interp(scale, line["scale"], line["loss"]))
         traces = [
-            dict(type="scatter", x=line["scale"], y=line["loss"], mode="lines", name="mean SPIN loss", line={"color": METHOD_COLORS["spin"], "width": 2}),
-            dict(type="scatter", x=[scale], y=[current], mode="markers", name="current λ", marker={"color": "#111", "size": 11, "symbol": "x"}),
+            dict(type="scatter", x=line["scale"], y=line["loss"], mode="lines", name=f"mean {spec.label} loss", line={"color": spec.color, "width": 2}),
+            dict(type="scatter", x=[scale], y=[current], mode="markers", name=f"current {s_name}", marker={"color": "#111", "size": 11, "symbol": "x"}),
         ]
-        layout = _base_layout("Loss landscape: mean SPIN loss over λ", height=340)
-        layout["xaxis"] = {"title": {"text": "λ (reward scale)"}, "type": "log"}
+        layout = _base_layout(f"Loss landscape: mean {spec.label} loss over {s_name}", height=340)
+        layout["xaxis"] = {"title": {"text": f"{s_name} ({what})"}, "type": "log"}
         layout["yaxis"] = {"title": {"text": "mean loss (nats)"}}
         return _figure(traces, layout)
     grid = landscape.pivot(index="beta", columns="scale", values="loss")
@@ -640,7 +721,7 @@ def loss_landscape(landscape: pd.DataFrame, *, kind: str, scale: float, beta: fl
         dict(type="scatter", x=[scale], y=[beta], mode="markers", name="current setting", marker={"color": "white", "size": 12, "symbol": "x", "line": {"color": "black", "width": 2}}),
     ]
     layout = _base_layout(f"Loss landscape: mean loss over {s_name} and β", height=340)
-    layout["xaxis"] = {"title": {"text": f"{s_name} ({'entropy coefficient = reward scale' if kind == 'tspin' else 'reward scale'})"}, "type": "log"}
+    layout["xaxis"] = {"title": {"text": f"{s_name} ({what})"}, "type": "log"}
     layout["yaxis"] = {"title": {"text": "β (historical weight)"}}
     return _figure(traces, layout)
 
@@ -752,7 +833,8 @@ def report_figures(runs: dict[str, Any], *, iteration: int | None = None) -> dic
     figs = {
         "advantage_decay": advantage_decay({k: (A.advantage_summary(r.examples), methods[k]) for k, r in with_examples.items()}),
         "degenerate_shares": degenerate_shares({k: (A.degenerate_shares(r.examples), methods[k]) for k, r in with_examples.items()}),
-        "scores": scores({k: (A.score_table(r.metrics), methods[k]) for k, r in runs.items()}, score_name=A.score_name(next(iter(runs.values())).metrics) if runs else "accuracy"),
+        "scores": scores({k: (A.policy_scores(r.metrics), methods[k]) for k, r in runs.items()}, score_name=A.score_name(next(iter(runs.values())).metrics) if runs else "accuracy",
+                         harness={k: getattr(r, "harness", None) for k, r in runs.items()}),
         "token_entropy": token_entropy({k: (A.token_entropy_table(r.metrics, r.examples), methods[k]) for k, r in with_examples.items()}),
     }
     if with_examples:

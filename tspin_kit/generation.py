@@ -8,12 +8,15 @@ processes produce the same y' (tested), and a resumed run samples exactly what t
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+from pathlib import Path
 from typing import Callable
 
 import torch
 
-from .logprobs import collate, model_logps, pack_rows, packed_logps, supports_packing
+from .logprobs import collate, longest_row, model_logps, pack_rows, packed_logps, supports_packing
 from .progress import bar as progress_bar
 
 logger = logging.getLogger(__name__)
@@ -60,11 +63,18 @@ def _sharded_map(n_items: int, chunk: int, fn, *, desc: str, progress: Progress)
 @torch.no_grad()
 def sample_responses(model, tokenizer, prompt_ids: list[list[int]], *, temperature: float, top_p: float, top_k: int,
                      max_new_tokens: int, batch_size: int, seed: int, desc: str = "generate",
-                     progress: Progress = None) -> list[list[int]]:
+                     progress: Progress = None, chunk_dir: str | Path | None = None) -> list[list[int]]:
     """One sampled response per prompt, as token ids without EOS or padding.
 
     Left padding + attention_mask so every row's next token sits in the last column; KV cache on;
     each row is cut at its first EOS and pads are stripped (a random-init model can emit <pad>).
+
+    ``chunk_dir``: each finished chunk is saved there (``chunk_<k>.json``, written to a temporary file and renamed,
+    by the process that sampled it), and a chunk already there is reused instead of sampled again, so sampling
+    killed midway resumes at its first unfinished chunk with the same output: chunk k depends only on the model,
+    its prompts, the sampling settings and ``derive_seed(seed, k)``. A saved chunk whose prompts, seed or settings
+    differ is sampled again. The folder must belong to one model (one phase of one iteration); the caller deletes
+    it once it has stored the whole output.
     """
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     device = next(model.parameters()).device
@@ -97,8 +107,28 @@ def sample_responses(model, tokenizer, prompt_ids: list[list[int]], *, temperatu
             responses.append([t for t in row if t != pad_id])
         return responses
 
+    def run_saved(start, stop, k):  # run(), or the chunk as a finished run() saved it in chunk_dir
+        folder = Path(chunk_dir)
+        key = {"seed": seed, "start": start, "stop": stop, "temperature": temperature, "top_p": top_p,
+               "top_k": top_k, "max_new_tokens": max_new_tokens, "eos": eos_id, "pad": pad_id,
+               "prompts": hashlib.sha256(repr(prompt_ids[start:stop]).encode()).hexdigest()}
+        path = folder / f"chunk_{k:06d}.json"
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("key") == key:
+                return saved["responses"]
+        except (OSError, ValueError, AttributeError):
+            pass  # no such chunk yet, or unreadable: sample it
+        responses = run(start, stop, k)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "responses": responses}))
+        os.replace(tmp, path)
+        return responses
+
     try:
-        return _sharded_map(len(prompt_ids), batch_size, run, desc=desc, progress=progress)
+        return _sharded_map(len(prompt_ids), batch_size, run if chunk_dir is None else run_saved, desc=desc,
+                            progress=progress)
     finally:
         model.train(was_training)
 
@@ -116,7 +146,7 @@ def score_responses(model, prompt_ids: list[list[int]], response_ids: list[list[
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    share = supports_packing(model)
+    share = supports_packing(model, longest_row(prompt_ids, response_ids))
     distinct: dict = {}
     inverse = [distinct.setdefault((tuple(p), tuple(r)), len(distinct)) for p, r in zip(prompt_ids, response_ids)]
     by_prompt: dict = {}

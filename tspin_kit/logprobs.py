@@ -153,7 +153,32 @@ def final_hidden(model, **inputs):
         _NOT_PLAIN_HEAD.add(core)
         return None, model(**inputs).logits
     _PLAIN_HEAD.add(core)
+    if torch.is_grad_enabled() and last_logits.requires_grad and _is_fsdp(core):
+        # FSDP2 hooks the model's output (its pre-backward: the root's and the head unit's); the loss does not use
+        # those last-position logits, so route a zero gradient to them (without it the backward read freed
+        # parameter memory: SIGSEGV, torch 2.13 CPU/gloo)
+        hidden = _AlsoBackward.apply(hidden, last_logits)
     return (hidden, head, int(last_logits.shape[-1])), None
+
+
+def _is_fsdp(module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+class _AlsoBackward(torch.autograd.Function):
+    """Identity on ``x`` whose backward also hands ``other`` a zero gradient, so hooks on ``other`` run."""
+
+    @staticmethod
+    def forward(ctx, x, other):
+        ctx.other = (other.shape, other.dtype)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        shape, dtype = ctx.other
+        return grad, grad.new_zeros(shape, dtype=dtype)
 
 
 def _model_token_logps(model, rows, pos, targets, *, with_entropy, chunk_elements=None, **inputs):
@@ -230,7 +255,7 @@ def rows_logps(model, prompts: list[list[int]], responses: list[list[int]], pad_
     """
     device = next(model.parameters()).device
     if share_prompt is None:
-        share_prompt = supports_packing(model)
+        share_prompt = supports_packing(model, longest_row(prompts, responses))
     if share_prompt:
         return packed_logps(model, pack_rows(prompts, responses, pad_id).to(device)).summed
     keys = [(tuple(p), tuple(r)) for p, r in zip(prompts, responses)]
@@ -340,11 +365,33 @@ def pack_rows(prompts: list[list[int]], responses: list[list[int]], pad_id: int)
                       torch.from_numpy(np.array(mask, dtype=bool)), as_long(inverse))
 
 
-def supports_packing(model) -> bool:
+def supports_packing(model, longest: int | None = None) -> bool:
     """Whether the model honours a custom 4D attention mask and position ids (transformers' eager and sdpa
-    attention do; flash-attention kernels take no arbitrary mask, so such models use the padded rows)."""
+    attention do; flash-attention kernels take no arbitrary mask, so such models use the padded rows).
+
+    Sliding-window attention (Mistral, Qwen2 with ``use_sliding_window``, Gemma's local layers): a custom 4D mask
+    replaces the model's own, window included, so packed rows would see keys the window hides. Rows no longer
+    than the window see the same keys either way, so packing stays on when ``longest`` (the longest prompt +
+    response of the rows, in tokens) fits; otherwise, or when ``longest`` is unknown, the padded rows are used
+    and the model applies its window itself.
+    """
     config = getattr(getattr(model, "module", model), "config", None)
-    return getattr(config, "_attn_implementation", None) in ("eager", "sdpa")
+    if getattr(config, "_attn_implementation", None) not in ("eager", "sdpa"):
+        return False
+    window = sliding_window(config)
+    return window is None or (longest is not None and longest <= window)
+
+
+def sliding_window(config) -> int | None:
+    """The attention window of a model config, or None where every layer attends to the whole sequence."""
+    window = getattr(config, "sliding_window", None)
+    if not window or getattr(config, "use_sliding_window", True) is False:
+        return None
+    return int(window)
+
+
+def longest_row(prompts: list[list[int]], responses: list[list[int]]) -> int:
+    return max((len(p) + len(r) for p, r in zip(prompts, responses)), default=0)
 
 
 def packed_logps(model, packed: PackedRows, *, with_entropy: bool = False) -> SequenceLogps:

@@ -85,7 +85,7 @@ def describe_runs(runs: dict[str, Any]) -> list[str]:
 
 
 def _score_sentences(label: str, rec: Any) -> list[str]:
-    scores = A.score_table(rec.metrics)
+    scores = A.policy_scores(rec.metrics)
     if len(scores) < 2 or int(scores["policy"].iloc[0]) != 0:
         return []
     accuracy = A.score_name(rec.metrics) == "accuracy"
@@ -115,7 +115,7 @@ def _noise_sentence(runs: dict[str, Any]) -> str | None:
     for rec in runs.values():
         if A.score_name(rec.metrics) != "accuracy":
             continue
-        scores = A.score_table(rec.metrics)
+        scores = A.policy_scores(rec.metrics)
         n = _eval_size(rec)
         if not len(scores) or not n:
             continue

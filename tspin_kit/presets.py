@@ -4,7 +4,8 @@ Every notebook has one smoke switch: ``smoke_mode()`` reads the environment vari
 ``TSPIN_SMOKE`` (unset or ``0``: the real settings; ``1``: tiny settings so that all notebooks
 together execute in CI in a few minutes on 2 CPU cores). ``toy_config`` builds a ``RunConfig`` for
 the embedded toy world at either size; ``run_toy`` runs (or reloads) one method and
-``run_toy_methods`` several, side by side.
+``run_toy_methods`` several, side by side (a thin wrapper over the grid runner ``compare.run_grid``);
+``score_table`` is ``compare.score_table``, the one table of scores per run and policy.
 
 Run directories are named by a hash of their config under ``runs_root()`` (``$TSPIN_RUNS``, else
 ``runs/`` at the repository root), so a notebook run twice with the same settings reloads its
@@ -25,7 +26,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .compare import LABELS as _COMPARE_LABELS
+from . import compare
+from .compare import score_table
 from .config import RunConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,7 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "FULL",
-    "LABELS",
     "SMOKE",
     "config_hash",
     "load_policy",
@@ -56,8 +57,6 @@ SMOKE: dict[str, dict[str, Any]] = {
 }
 # Full mode: the real defaults (docs/toy-world: 1000 annotated pairs, pi_0 SFT 40 epochs, 5 iterations).
 FULL: dict[str, dict[str, Any]] = {"run": {"iterations": 5}}
-
-LABELS = {k: v for k, v in _COMPARE_LABELS.items() if k != "sft_4x"}  # one naming of the methods
 
 
 def smoke_mode(default: bool = False) -> bool:
@@ -113,7 +112,8 @@ def toy_config(
 
         toy_config("tspin", method={"beta": 1.0}, train={"lr": 5e-5}, iterations=10)
 
-    The run directory is ``runs_root()/<name or method>-<hash of the config>``; pass
+    ``method`` is a name of the table of methods (``tspin_kit.methods``) or a grid preset (``compare.PRESETS``,
+    e.g. ``"sft_4x"``). The run directory is ``runs_root()/<name or method>-<hash of the config>``; pass
     ``run_dir=None`` to keep a run in memory.
     """
     smoke = smoke_mode() if smoke is None else smoke
@@ -125,7 +125,6 @@ def toy_config(
         if task == "scratchpad" and section == "sampling":
             continue
         _merge(cfg, section, values)
-    cfg.method.name = method
     cfg.seed = seed
     if iterations is not None:
         cfg.iterations = iterations
@@ -138,6 +137,8 @@ def toy_config(
             _merge(cfg, key, value)
         else:
             _merge(cfg, "run", {key: value})
+    # ``method``: a method of the table of methods, or a preset of the grid runner (e.g. sft_4x: SFT on 4x the pairs)
+    compare.configure(cfg, method)
     # Re-run the dataclass checks on the merged values: a bad override fails here, naming the field.
     cfg = RunConfig.from_dict(cfg.to_dict(), source="toy_config")
     if run_dir_given:
@@ -155,7 +156,7 @@ def run_toy(config: RunConfig, *, label: str | None = None, progress=None):
     from .session import SelfPlaySession
     from .store import load_run
 
-    label = label or LABELS.get(config.method.name, config.method.name)
+    label = label or compare.label(config.method.name)
     if config.run_dir and (Path(config.run_dir) / "manifest.json").is_file():
         session = SelfPlaySession.resume(config.run_dir)
     else:
@@ -170,22 +171,21 @@ def run_toy_methods(
     seeds: Iterable[int] = (0,),
     smoke: bool | None = None,
     iterations: int | None = None,
+    workers: int | None = 1,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Run several methods (and seeds) on one toy world with otherwise identical settings.
 
     Returns ``{label: RunRecords}`` in the order asked, labels like ``"T-SPIN"`` or, with several
     seeds, ``"T-SPIN s1"``: ready for ``widgets.RunComparison`` and ``widgets.AdvantageDecay``.
-    ``overrides`` go to every ``toy_config`` call (e.g. ``method={"lam": 0.1}``).
+    ``overrides`` go to every ``toy_config`` call (e.g. ``method={"lam": 0.1}``). The grid runs through
+    ``compare.run_grid``: one run after the other in this process (``workers=1``), or ``workers`` processes.
     """
-    seeds = list(seeds)
-    out = {}
-    for seed in seeds:
-        for m in methods:
-            label = LABELS.get(m, m) + (f" s{seed}" if len(seeds) > 1 else "")
-            cfg = toy_config(m, smoke=smoke, seed=seed, iterations=iterations, **copy.deepcopy(overrides))
-            out[label] = run_toy(cfg, label=label)
-    return out
+    seeds, methods = list(seeds), list(methods)
+    configs = {(m, seed): toy_config(m, smoke=smoke, seed=seed, iterations=iterations, **copy.deepcopy(overrides))
+               for seed in seeds for m in methods}
+    records = compare.run_grid(configs, workers=workers)
+    return {compare.label(m) + (f" s{seed}" if len(seeds) > 1 else ""): records[(m, seed)] for (m, seed) in configs}
 
 
 def load_policy(records, t: int):
@@ -207,19 +207,6 @@ def load_policy(records, t: int):
     model = toy.build_model(tokenizer)
     load_weights(model, folder)
     return model.eval(), tokenizer
-
-
-def score_table(runs: dict[str, Any]) -> pd.DataFrame:
-    """Task score per run (rows) and policy (columns ``pi_0``, ``pi_1``, ...): one glance at a comparison."""
-    import pandas as pd
-
-    from . import analysis as A
-
-    rows = {}
-    for label, rec in runs.items():
-        t = A.score_table(rec.metrics)
-        rows[label] = pd.Series(t["score"].to_numpy(), index=[f"pi_{int(p)}" for p in t["policy"]])
-    return pd.DataFrame(rows).T
 
 
 def pick_triplet(records, iteration: int) -> pd.Series:

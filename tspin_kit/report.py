@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .alarms import Alarm, find_alarms
-from .store import RunRecords, _atomic_bytes
+from .store import RunRecords, write_bytes
 
 ALARM_IDS_SHOWN = 12  # example ids listed per alarm; the rest are counted
 
@@ -27,7 +27,7 @@ def render_report(runs: dict[str, RunRecords], *, title: str, summary: list[str]
     parts = [f"<h1>{html.escape(title)}</h1>"]
     if summary:
         parts.append("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in summary) + "</ul>")
-    for name, table in (tables or {}).items():
+    for name, table in {**(tables or {}), **harness_tables(runs)}.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")
         parts.append(table.to_html(float_format=lambda v: f"{v:.3f}", border=0, classes="tbl"))
     parts.append(alarms_html({label: find_alarms(r, label=label) for label, r in runs.items()}))
@@ -45,6 +45,24 @@ def render_report(runs: dict[str, RunRecords], *, title: str, summary: list[str]
              ".alarm-critical{color:#b91c1c}.alarm-warning{color:#b15928}.alarm-ids{opacity:0.7;font-size:90%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def harness_tables(runs: dict[str, RunRecords]) -> dict[str, pd.DataFrame]:
+    """Per run with lm-evaluation-harness scores (``RunRecords.harness``): policies (rows) x the built-in task
+    score and each lm-eval task/metric (columns)."""
+    from .analysis import score_name
+    from .compare import score_table
+    from .harness import harness_table
+
+    out = {}
+    for label, r in runs.items():
+        h = getattr(r, "harness", None)
+        if h is None or not len(h):
+            continue
+        builtin = score_table({f"built-in {score_name(r.metrics)}": r}).T  # policies (rows) x the built-in score
+        table = builtin.join(harness_table(h), how="outer")
+        out[f"lm-eval scores beside the built-in score: {label}"] = table.loc[sorted(table.index, key=lambda p: int(p[3:]))]
+    return out
 
 
 def alarms_html(alarms: dict[str, list[Alarm]]) -> str:
@@ -73,5 +91,5 @@ def alarms_html(alarms: dict[str, list[Alarm]]) -> str:
 
 def write_report(path: str | Path, runs: dict[str, RunRecords], **kwargs) -> Path:
     path = Path(path)
-    _atomic_bytes(path, render_report(runs, **kwargs).encode())
+    write_bytes(path, render_report(runs, **kwargs).encode())
     return path

@@ -42,6 +42,8 @@ from .config import ConfigError, RunConfig
 
 logger = logging.getLogger(__name__)
 
+# The claims' arms (the papers' comparisons, by definition named here): each runs a method of the table of
+# methods (tspin_kit/methods.py) with a data size; the labels are the arms', as printed in the results.
 ARMS: dict[str, dict] = {
     "sft": {"label": "SFT (control)", "method": "sft"},
     "spin": {"label": "SPIN", "method": "spin"},
@@ -122,7 +124,7 @@ def run_configs(rc: ReproduceConfig) -> dict[tuple[str, int], RunConfig]:
             for k, v in spec.get("overrides", {}).items():
                 setattr(cfg.method, k, v)
             cfg.data.num_examples = int(round(base_n * spec.get("data_multiple", 1.0)))
-            if spec["method"] == "sft":
+            if not cfg.method.spec.self_play:
                 cfg.sft_records = arm == "sft"  # the control's u and v are read by the claims; 4x-data SFT's by nothing
             cfg.keep_weights = "last"
             cfg.run_dir = str(rc.runs_path / f"seed{seed}" / arm)

@@ -41,7 +41,9 @@ def setup_line(result: dict) -> str:
             f"Intervals: 95% bootstrap over seeds and test problems ({result['bootstrap']['draws']} draws).")
 
 
-def score_table(result: dict, *, every: int = 1) -> str:
+def scores_markdown(result: dict, *, every: int = 1) -> str:
+    """The committed result's score table in markdown: per arm, the mean over seeds of pi_0 and after every
+    ``every``-th iteration, and the last iteration's 95% interval (the numbers of `reproduce.evaluate`)."""
     arms = result["scores"]
     n = len(next(iter(arms.values()))["mean"]) - 1
     cols = [t for t in range(n) if t % every == 0 or t == n - 1]
@@ -135,14 +137,14 @@ def render_markdown(result: dict) -> str:
         "## Claims",
         claims_table(result),
         claim_notes(result),
-        "Verdicts: **reproduced** when the interval lies on the claimed side of 0 (for (d): above -2 points); "
-        "**not reproduced** when it rules out an effect of the stated margin (1 point for accuracy and shares, "
-        "0 for the trends of (f)); **inconclusive** otherwise. Peaks in (a) are chosen on one half of the test "
-        "problems and measured on the other, so noise alone cannot make one.",
+        ("Verdicts: **reproduced** when the interval lies on the claimed side of 0 (for (d): above -2 points); "
+         "**not reproduced** when it rules out an effect of the stated margin (1 point for accuracy and shares, "
+         "0 for the trends of (f)); **inconclusive** otherwise. Peaks in (a) are chosen on one half of the test "
+         "problems and measured on the other, so noise alone cannot make one."),
         "## Findings: settings outside the defaults (same seeds; no verdict, no paper claims them)",
         findings_table(result),
         "## Accuracy after each iteration (mean over seeds)",
-        score_table(result, every=every),
+        scores_markdown(result, every=every),
         "## What vanishes (mean over seeds; per iteration)",
         vanishing_table(result),
         "## Instability alarms: how often each fired before a drop of 2 points or more",
@@ -157,12 +159,12 @@ def render_section(result: dict) -> str:
         "From " + provenance(result) + " " + setup_line(result),
         claims_table(result),
         "Accuracy (mean over seeds; last column: the final iteration's 95% interval):",
-        score_table(result, every=3),
+        scores_markdown(result, every=3),
         "Findings (settings outside the defaults, same seeds, no verdict):",
         findings_table(result),
-        "Every number, the per-iteration tables and the alarm validation: [docs/reproduce/claims.md]"
-        "(docs/reproduce/claims.md), [reproduce.json](docs/reproduce/reproduce.json), "
-        "[reproduce.html](docs/reproduce/reproduce.html).",
+        ("Every number, the per-iteration tables and the alarm validation: [docs/reproduce/claims.md]"
+         "(docs/reproduce/claims.md), [reproduce.json](docs/reproduce/reproduce.json), "
+         "[reproduce.html](docs/reproduce/reproduce.html)."),
         END,
     ])
 

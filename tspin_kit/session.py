@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import losses as L
 from . import toy
 from .config import RunConfig, config_diff
 from .generation import derive_seed, sample_responses, score_responses
+from .records import method_columns
 from .store import RunDirError, RunRecords, RunStore, load_run, read_json, read_parquet, write_json, write_parquet
 from .templates import PLAIN_TEMPLATE, token_strings
 from .training import Examples, build_examples, train_iteration
@@ -53,7 +53,7 @@ def _versions() -> dict:
         out["peft"] = peft.__version__
     except ImportError:  # pragma: no cover - peft is a dependency
         pass
-    from . import __version__
+    from ._version import __version__
 
     out["tspin_kit"] = __version__
     return out
@@ -123,7 +123,7 @@ class SelfPlaySession:
     def _self_play_records(self) -> bool:
         """Whether this run samples y' and y0. SFT's loss reads neither: an SFT run makes them only for its
         records (the control's u, v and degenerate shares), when `RunConfig.sft_records` asks."""
-        return self.config.method.name != "sft" or self.config.sft_records
+        return self.config.method.spec.self_play or self.config.sft_records
 
     @property
     def _main(self) -> bool:
@@ -148,6 +148,10 @@ class SelfPlaySession:
         if self.store and self.store.is_done("prepare"):  # resuming
             self._load_prepared()
         else:
+            if cfg.eval_harness is not None:  # pi_0 on the lm-eval tasks first: an unknown task stops the run here
+                from .harness import score_session
+
+                score_session(self, -1)
             score, per_problem = self._task_score(progress)
             self.initial = {"score": score, "score_name": self.score_name, "pi0": self.pi0_info}
             proto = self._sample(derive_seed(cfg.seed, "proto"), "sample y0", progress) if self._self_play_records else None
@@ -175,6 +179,9 @@ class SelfPlaySession:
 
         cfg = self.config
         self.accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available())
+        from .sharding import check_supported
+
+        check_supported(self.accelerator, cfg.train)  # DeepSpeed, FSDP1, ... stop here, not at the first train
         src = cfg.data.source
         self.task = src.split(":", 1)[1] if src.startswith("toy:") else None
         if self.task is not None:
@@ -211,9 +218,10 @@ class SelfPlaySession:
 
             self.pi0_info = {"source": "pretrained", "name_or_path": cfg.model.name_or_path}
             self.model, self.tokenizer = load_pretrained(cfg.model)
-        from .models import apply_lora, check_tokenizer, max_length_of
+        from .models import apply_gradient_checkpointing, apply_lora, check_tokenizer, max_length_of
 
         check_tokenizer(self.tokenizer, cfg.model.name_or_path)
+        self.model = apply_gradient_checkpointing(self.model, cfg.model)  # model.gradient_checkpointing
         with torch.random.fork_rng():
             torch.manual_seed(derive_seed(cfg.seed, "lora"))
             self.model = apply_lora(self.model, cfg.model)
@@ -266,10 +274,15 @@ class SelfPlaySession:
             old = read_json(self.store.manifest_path)
             # run_dir is where the run lives, not how it runs: a moved run, or one resumed through a relative
             # path, is the same run.
-            # report_to says where to echo the records, not what they are.
+            # report_to says where to echo the records, not what they are; train.checkpoint_every how often a
+            # phase saves its progress, not what it computes (and may be turned on to resume a slow run).
             # a run made before `sft_records` existed made the SFT records: the same as the default, True
-            diff = [d for d in config_diff({"sft_records": True, **old.get("config", {})}, new["config"])
-                    if not d.startswith(("run_dir:", "report_to:"))]
+            # and one made before the table of methods had no method.params: the same as none set
+            was = {"sft_records": True, **old.get("config", {})}
+            was["method"] = {"params": {}, **was.get("method", {})}
+            diff = [d for d in config_diff(was, new["config"])
+                    if not d.startswith(("run_dir:", "report_to:", "train.checkpoint_every:",
+                                         "model.gradient_checkpointing:"))]  # memory, not numbers
             if diff:
                 raise RunDirError(
                     f"{self.store.root}: this run directory was made with a different config ({'; '.join(diff[:5])}); "
@@ -316,12 +329,12 @@ class SelfPlaySession:
 
     # ------------------------------------------------------------------ helpers
     def _sample(self, seed: int, desc: str, progress: Progress, greedy: bool = False,
-                prompt_ids=None) -> list[list[int]]:
+                prompt_ids=None, chunk_dir: Path | None = None) -> list[list[int]]:
         s = self.config.sampling
         ids = prompt_ids if prompt_ids is not None else self.examples.prompt_ids
         return sample_responses(self.model, self.tokenizer, ids, temperature=0.0 if greedy else s.temperature,
                                 top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens,
-                                batch_size=s.batch_size, seed=seed, desc=desc, progress=progress)
+                                batch_size=s.batch_size, seed=seed, desc=desc, progress=progress, chunk_dir=chunk_dir)
 
     def _decode_all(self, ids: list[list[int]]) -> list[str]:
         return [self.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
@@ -368,7 +381,10 @@ class SelfPlaySession:
         df = pd.DataFrame({"example_id": range(len(self.examples))})
         ids = {"annotated": self.examples.annotated_ids}
         if self._self_play_records:  # else an SFT run without y'/y0 records: only y, which its loss reads
-            syn = self._sample(derive_seed(cfg.seed, t, "synthetic"), f"generate it{t}", progress)
+            # finished chunks of y' are kept until generated.parquet exists: a kill mid-sampling resumes at the
+            # first unfinished chunk (generation.sample_responses)
+            chunks = self.store.iter_dir(t) / "generate_chunks" if self.store else None
+            syn = self._sample(derive_seed(cfg.seed, t, "synthetic"), f"generate it{t}", progress, chunk_dir=chunks)
             df["synthetic_ids"] = syn
             ids.update(synthetic=self._with_eos(syn), proto=self._with_eos(self.proto_ids))
         prev = self._frames[-1] if self._frames else None
@@ -389,6 +405,8 @@ class SelfPlaySession:
         if self.store and self._main:
             write_parquet(self.store.iter_dir(t) / "generated.parquet", df.assign(seconds=self._gen_seconds))
         self._mark("generate", t)
+        if self.store and self._main:
+            shutil.rmtree(self.store.iter_dir(t) / "generate_chunks", ignore_errors=True)
         return df
 
     # ------------------------------------------------------------------ train
@@ -419,9 +437,12 @@ class SelfPlaySession:
         """pi_t -> pi_{t+1} on this iteration's triplets (or pairs, or annotated data for SFT)."""
         self._expect("train")
         t, cfg = self.iteration, self.config
-        examples = self.examples if cfg.method.name == "sft" else self._triplets()
+        examples = self._triplets() if cfg.method.spec.self_play else self.examples
+        # mid-phase checkpoints (train.checkpoint_every): every process reads the folder, the main process writes it
         res = train_iteration(self.model, examples, method=cfg.method, train=cfg.train, iteration=t, seed=cfg.seed,
-                              accelerator=self.accelerator, progress=progress)
+                              accelerator=self.accelerator, progress=progress,
+                              checkpoint_dir=self.store.iter_dir(t) / "train_checkpoint"
+                              if self.store and cfg.train.checkpoint_every > 0 else None)
         self._prev_generated = self._generated
         info = {"step_losses": res.step_losses, "step_terms": res.step_terms, "seconds": res.seconds, "steps": res.steps,
                 "lr": res.lr,
@@ -516,6 +537,10 @@ class SelfPlaySession:
         self._frames.append(rec)
         self._heldout.append(_heldout_frame(t, per_problem))
         self._metrics.append(m)
+        if cfg.eval_harness is not None:  # lm-eval scores of pi_{t+1} (tspin_kit.harness; the main process scores)
+            from .harness import score_session
+
+            score_session(self, t)
         self._mark("evaluate", t)
         self._report("iteration", t, m, rec)
         self.iteration += 1
@@ -525,45 +550,15 @@ class SelfPlaySession:
         return m
 
     def _add_method_columns(self, rec: pd.DataFrame, t: int) -> None:
-        """Rewards, advantages and loss terms of this run's method, from the recorded log-probs."""
+        """Advantages, rewards and loss terms of this run's method, from the recorded log-probs (`records.py`)."""
         method = self.config.method
-        f = lambda c: torch.tensor(rec[c].to_numpy(), dtype=torch.float64)  # noqa: E731
-        a0, s0, p0 = f("annotated_logp_before"), f("synthetic_logp_before"), f("proto_logp_before")
-        a1, s1, p1 = f("annotated_logp_after"), f("synthetic_logp_after"), f("proto_logp_after")
-        for when, (a, s, p) in (("before", (a0, s0, p0)), ("after", (a1, s1, p1))):
-            rec[f"current_advantage_{when}"] = (a - s).numpy()
-            rec[f"historical_advantage_{when}"] = (s - p).numpy()
-        nan = np.full(len(rec), np.nan)
-        beta, lam = method.beta_at(t), method.lam_at(t)
+        logps = {when: {r: rec[f"{r}_logp_{when}"].to_numpy(float) for r in ROLES} for when in ("before", "after")}
         # Same rule as training: token ids of y0 and y differ (rec holds proto_equals_annotated from the ids).
-        mask = torch.tensor(~rec["proto_equals_annotated"].to_numpy(bool)) if method.mask_proto_equal_annotated else None
-        ref = method.uses_reference
-        for role, x in (("annotated", a0), ("synthetic", s0), ("proto", p0)):
-            rec[f"ref_{role}_logp"] = x.numpy() if ref else nan
-        if method.name in ("tspin", "tspin_no_history"):
-            out = L.tspin_loss(a1, s1, p1, alpha=method.alpha, beta=beta, historical_mask=mask)
-        elif method.name == "tspin_ref":
-            out = L.tspin_ref_loss(a1, s1, p1, a0, s0, p0, lam=lam, beta=beta, historical_mask=mask)
-        elif method.name == "spin":
-            out = L.spin_loss(a1, s1, a0, s0, lam=lam)
-        else:
-            out = None
-        if out is None:
-            for c in ("reward_annotated", "reward_synthetic", "reward_proto", "reward_margin", "loss_current",
-                      "loss_historical"):
-                rec[c] = nan
-            rec["loss"] = L.sft_loss(a1, f("annotated_ntokens")).losses.numpy()
-            rec["misaligned"] = False
-            return
-        rec["reward_annotated"] = out.annotated_rewards.numpy()
-        rec["reward_synthetic"] = out.synthetic_rewards.numpy()
-        rec["reward_proto"] = out.proto_rewards.numpy() if hasattr(out, "proto_rewards") else (lam * (p1 - p0)).numpy()
-        rec["reward_margin"] = out.reward_margin.numpy()
-        rec["loss_current"] = out.current_term.numpy() if hasattr(out, "current_term") else out.losses.detach().numpy()
-        rec["loss_historical"] = out.historical_term.numpy() if hasattr(out, "historical_term") else np.zeros(len(rec))
-        rec["loss"] = out.losses.detach().numpy()
-        # SPIN's misalignment: the reward ranks y above y' while the likelihood used to generate ranks it below.
-        rec["misaligned"] = (rec["reward_margin"] > 0) & (rec["current_advantage_after"] < 0)
+        mask = ~rec["proto_equals_annotated"].to_numpy(bool) if method.mask_proto_equal_annotated else None
+        cols = method_columns(method.spec, logps["before"], logps["after"], knobs=method.knobs_at(t),
+                              annotated_tokens=rec["annotated_ntokens"].to_numpy(float), historical_mask=mask)
+        for c, v in cols.items():
+            rec[c] = v
 
     # ------------------------------------------------------------------ whole iterations
     def step(self, progress: Progress = None) -> dict:
@@ -616,8 +611,10 @@ class SelfPlaySession:
         manifest = {"config": self.config.to_dict(), "label": self.label, "score_name": getattr(self, "score_name", None)}
         examples = pd.concat(self._frames, ignore_index=True) if self._frames else pd.DataFrame()
         heldout = pd.concat(self._heldout, ignore_index=True) if self._heldout else pd.DataFrame()
+        from .harness import session_frame  # lm-eval scores (eval_harness), empty without
+
         return RunRecords(self.store.root if self.store else None, manifest, examples, pd.DataFrame(self._metrics),
-                          dict(self.initial), heldout)
+                          dict(self.initial), heldout, session_frame(self))
 
     # ------------------------------------------------------------------ resume
     @classmethod

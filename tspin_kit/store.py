@@ -3,7 +3,7 @@
 Layout (docs/architecture.md):
 
     manifest.json  state.json  proto.parquet  weights/policy_NNN/  iterations/iter_NNN/{generated,examples}.parquet
-    iterations/iter_NNN/metrics.json
+    iterations/iter_NNN/metrics.json  harness.parquet (lm-evaluation-harness scores, when any were run)
 
 Every file goes to a temporary name in its own folder and is renamed into place (``os.replace`` is atomic
 on POSIX), and ``state.json`` is written last, so a run killed at any instant leaves either the old or the
@@ -197,6 +197,9 @@ class RunRecords:
     initial: dict = field(default_factory=dict)
     # per-problem task score of every policy: iteration (-1 = pi_0, t = after iteration t), problem_id, value
     heldout: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # lm-evaluation-harness scores (``harness.parquet``, tspin_kit.harness): iteration (-1 = pi_0, t = after
+    # iteration t), policy (t + 1), task, metric, filter, value, stderr, ...; empty when none were run
+    harness: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def method(self) -> str:
@@ -325,7 +328,8 @@ def load_run(run_dir: str | Path) -> RunRecords:
     metrics = pd.DataFrame(rows)
     initial = files.json("initial.json") if files.exists("initial.json") else {}
     heldout = pd.concat(held, ignore_index=True) if held else pd.DataFrame()
-    return RunRecords(files.local, manifest, examples, metrics, initial, heldout)
+    harness = files.parquet("harness.parquet") if files.exists("harness.parquet") else pd.DataFrame()
+    return RunRecords(files.local, manifest, examples, metrics, initial, heldout, harness)
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, weights: bool = False) -> Path:
@@ -351,6 +355,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, weights: bool = False) -
             zf.write(p, f"{name}/{rel.as_posix()}")
     os.replace(tmp, out)
     return out
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """A binary file, written atomically (temporary name in the same folder, then ``os.replace``)."""
+    _atomic_bytes(Path(path), data)
 
 
 def write_text(path: str | Path, text: str) -> None:

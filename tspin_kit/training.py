@@ -26,16 +26,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from . import losses as L
+from . import methods as M
 from .config import MethodConfig, TrainConfig
-from .logprobs import PackedExamples, rows_logps, supports_packing
+from .logprobs import PackedExamples, longest_row, rows_logps, supports_packing
 from .progress import bar as progress_bar
 from .templates import encode_prompt, encode_response
 
@@ -57,6 +60,10 @@ class Examples:
 
     def __len__(self) -> int:
         return len(self.prompt_ids)
+
+    def role_ids(self, role: str) -> list[list[int]]:
+        """Token ids of one role (``annotated``, ``synthetic``, ``proto``) for every example."""
+        return getattr(self, f"{role}_ids")
 
     def concat(self, other: "Examples") -> "Examples":
         def cat(a, b):
@@ -89,7 +96,7 @@ def build_examples(tokenizer, prompts: list[str], responses: list[str], template
 class TrainResult:
     step_losses: list[float] = field(default_factory=list)
     # per optimiser step, the global-batch mean of each loss term and gradient weight the method's output
-    # has (T-SPIN: current_term, historical_term, current_weight, historical_weight; SPIN: current_weight)
+    # defines (the logistic family: current_term, historical_term, current_weight, historical_weight; SFT: none)
     step_terms: dict[str, list[float]] = field(default_factory=dict)
     seconds: float = 0.0
     steps: int = 0
@@ -126,27 +133,12 @@ def lr_lambda(total_steps: int, cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
-def zero_gradient(method: MethodConfig, beta: float, annotated: list[int], synthetic: list[int], proto: list[int] | None,
-                  keep_historical: bool = True) -> bool:
-    """True when an example's loss cannot depend on the parameters, so its gradient is exactly zero.
-
-    The current term compares y with y': identical token ids give identical log-probs (one forwarded row), so
-    SPIN's and the current term's argument is a constant. A triplet is constant too when its historical term
-    is off (beta = 0, as at Iter0 and in the no-history ablation, or masked because y0 == y) or compares
-    y' with an identical y0. SFT has no such examples.
-    """
-    if method.name == "sft" or synthetic != annotated:
-        return False
-    if method.name == "spin":
-        return True
-    return beta == 0 or not keep_historical or proto == synthetic
-
-
 def compute_loss(model, ex: Examples, idx: list[int], method: MethodConfig, *, beta: float, lam: float,
-                 keep_one: bool = False, packed: PackedExamples | None = None, skip: list[bool] | None = None):
-    """The loss object of `method` on examples `idx`, from one forward over the rows that can move it.
+                 keep_one: bool = False, packed: PackedExamples | None = None, skip: list[bool] | None = None,
+                 iteration: int = 0) -> M.Terms:
+    """The method's `methods.Terms` on examples `idx`, from one forward over the rows that can move it.
 
-    Row layout: [y] for SFT, [y; y'] for SPIN, [y; y'; y0] for the triplet methods, split back with
+    Row layout: the method's roles (`methods.Method.roles`): [y], [y; y'] or [y; y'; y0], split back with
     ``.chunk``; repeated rows are forwarded once and the rows of one prompt share its forward
     (`rows_logps`). Examples whose gradient is exactly zero (`zero_gradient`) are not forwarded: their
     policy log-probs enter the loss function as the constant 0 (y' == y and, where it counts, y0 == y', so
@@ -159,14 +151,8 @@ def compute_loss(model, ex: Examples, idx: list[int], method: MethodConfig, *, b
     config = getattr(model, "module", model).config  # DDP wraps the model; its config sits on .module
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     device = next(model.parameters()).device
-    if method.name == "sft":
-        if packed is not None:
-            return L.sft_loss(packed.logps(model, idx)[:, 0], packed.token_counts[idx, 0].to(device))
-        counts = torch.tensor([len(ex.annotated_ids[i]) for i in idx], dtype=torch.float32, device=device)
-        return L.sft_loss(rows_logps(model, [ex.prompt_ids[i] for i in idx], [ex.annotated_ids[i] for i in idx], pad),
-                          counts)
+    spec = method.spec
     t = torch.tensor(idx)
-    triplet = method.name != "spin"
     if skip is None:
         skip = skipped_examples(ex, method, beta)
     live = [k for k, i in enumerate(idx) if not skip[i]]
@@ -178,7 +164,7 @@ def compute_loss(model, ex: Examples, idx: list[int], method: MethodConfig, *, b
         if packed is not None:
             per_role = packed.logps(model, kept).unbind(-1)  # (n,) each: y, y'(, y0)
         else:
-            roles = (ex.annotated_ids, ex.synthetic_ids, ex.proto_ids) if triplet else (ex.annotated_ids, ex.synthetic_ids)
+            roles = [ex.role_ids(r) for r in spec.roles]
             rows = rows_logps(model, [ex.prompt_ids[i] for i in kept] * len(roles),
                               [r[i] for r in roles for i in kept], pad)  # rows: [y; y'] or [y; y'; y0] of the live ones
             per_role = rows.chunk(len(roles))
@@ -188,50 +174,60 @@ def compute_loss(model, ex: Examples, idx: list[int], method: MethodConfig, *, b
             pos = torch.tensor(live, device=device)
             parts = [part.new_zeros(B).index_copy(0, pos, part) for part in per_role]
     else:
-        parts = [torch.zeros(B, device=device) for _ in range(3 if triplet else 2)]
-    if method.name == "spin":
-        a, s = parts
-        return L.spin_loss(a, s, ex.ref_annotated[t].to(device), ex.ref_synthetic[t].to(device), lam=lam)
-    a, s, p = parts
-    mask = ex.historical_mask[t].to(device) if ex.historical_mask is not None else None
-    if method.name == "tspin_ref":
-        return L.tspin_ref_loss(a, s, p, ex.ref_annotated[t].to(device), ex.ref_synthetic[t].to(device),
-                                ex.ref_proto[t].to(device), lam=lam, beta=beta, historical_mask=mask)
-    return L.tspin_loss(a, s, p, alpha=method.alpha, beta=beta, historical_mask=mask)
+        parts = [torch.zeros(B, device=device) for _ in spec.roles]
+    policy = dict(zip(spec.roles, parts))
+
+    def at(x):  # a per-example tensor of `ex` at this batch's examples, on the model's device
+        return None if x is None else x[t].to(device)
+
+    if spec.reference:
+        ref = dict(ref_annotated=at(ex.ref_annotated), ref_synthetic=at(ex.ref_synthetic), ref_proto=at(ex.ref_proto))
+    else:
+        ref = {}
+    if packed is not None:
+        counts = packed.token_counts[idx, 0].to(device)
+    else:
+        counts = torch.tensor([len(ex.annotated_ids[i]) for i in idx], dtype=torch.float32, device=device)
+    lp = M.LogProbs(**policy, **ref, annotated_tokens=counts,
+                    historical_mask=at(ex.historical_mask) if spec.maskable else None)
+    return spec.loss(lp, {**method.knobs_at(iteration), "beta": beta, "lam": lam})
 
 
 def skipped_examples(ex: Examples, method: MethodConfig, beta: float) -> list[bool]:
-    """`zero_gradient` for every example of ``ex`` (a list indexed by example)."""
-    if method.name == "sft":
+    """`methods.zero_gradient` for every example of ``ex`` (a list indexed by example)."""
+    spec = method.spec
+    if spec.skip is None:
         return [False] * len(ex)
-    keep = ex.historical_mask.tolist() if ex.historical_mask is not None else [True] * len(ex)
-    proto = ex.proto_ids if method.name != "spin" else [None] * len(ex)
-    return [zero_gradient(method, beta, a, s, p, k)
+    keep = ex.historical_mask.tolist() if ex.historical_mask is not None and spec.maskable else [True] * len(ex)
+    proto = ex.proto_ids if spec.triplet else [None] * len(ex)
+    return [M.zero_gradient(spec, beta, a, s, p, k)
             for a, s, p, k in zip(ex.annotated_ids, ex.synthetic_ids, proto, keep)]
 
 
 def training_pack(model, ex: Examples, method: MethodConfig) -> PackedExamples | None:
-    """The iteration's examples packed once (y, y', y0 after one shared prompt), or None where the model takes no
-    4D mask (then every step packs its own rows, `rows_logps`)."""
-    if not supports_packing(model):
+    """The iteration's examples packed once (the method's roles after one shared prompt), or None where the model
+    takes no 4D mask (then every step packs its own rows, `rows_logps`)."""
+    roles = [ex.role_ids(r) for r in method.spec.roles]
+    if not supports_packing(model, max(longest_row(ex.prompt_ids, r) for r in roles)):
         return None
     config = getattr(model, "module", model).config
     pad = config.pad_token_id if config.pad_token_id is not None else 0
-    roles = [ex.annotated_ids]
-    if method.name != "sft":
-        roles.append(ex.synthetic_ids)
-        if method.name != "spin":
-            roles.append(ex.proto_ids)
     return PackedExamples(ex.prompt_ids, roles, pad)
 
 
 def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainConfig, iteration: int, seed: int,
                     cpu: bool = False, accelerator=None, local: bool = False, desc: str | None = None,
-                    progress: Callable[[int, int, str], None] | None = None) -> TrainResult:
+                    progress: Callable[[int, int, str], None] | None = None,
+                    checkpoint_dir: str | Path | None = None) -> TrainResult:
     """Train `model` in place for one iteration on `ex`. Returns per-step losses and timings.
 
     ``local=True`` trains in this process only, without DDP (used for the cached toy pi_0, which the main
     process makes while the others wait for the cache).
+
+    ``checkpoint_dir``: where this phase keeps its mid-phase checkpoint. Every ``train.checkpoint_every`` optimiser
+    steps (0: never) the main process saves the train state there; on entry a checkpoint found there is loaded and
+    training continues from the step after it, ending with the weights and TrainResult of an uninterrupted call.
+    The folder is deleted when the phase completes.
     """
     from accelerate import Accelerator
 
@@ -263,10 +259,31 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, train, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, train))
+    # A mid-phase checkpoint (see TRAIN_CHECKPOINT_FORMAT), loaded before prepare(); every process reads it, the
+    # main process writes it.
+    writes_checkpoints = local or state.is_main_process
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    fingerprint = {"iteration": iteration, "seed": seed, "steps": total, "examples": n, "method": method.name,
+                   "lr": lr}
+    resumed = None
+    if ckpt_dir is not None:
+        if writes_checkpoints:
+            for unfinished in ckpt_dir.glob(".tmp-*"):  # a write a kill interrupted
+                shutil.rmtree(unfinished, ignore_errors=True)
+        resumed = _load_train_checkpoint(ckpt_dir, fingerprint, named, opt, sched)
+        if resumed is None and writes_checkpoints:  # nothing usable there: clear it, so no stale step outranks ours
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
     # One process needs no wrapping (the model is already on its device): skipping prepare() also skips
     # free_memory()'s gc.collect() at the end, a fixed cost that showed up as overhead in benchmarks/.
     distributed = not local and world > 1
-    ddp_model, opt = accelerator.prepare(model, opt) if distributed else (model, opt)
+    # Under FSDP2 the trained model is a sharded copy whose weights are gathered back into `model` at the end
+    # (sharding.py: prepare_training / release_training); `params` then are its shards.
+    from .sharding import FSDP_MID_PHASE_CHECKPOINTS, prepare_training, release_training, uses_fsdp
+
+    if distributed and ckpt_dir is not None and train.checkpoint_every and uses_fsdp(accelerator):
+        raise NotImplementedError(FSDP_MID_PHASE_CHECKPOINTS)
+    ddp_model, opt, params = prepare_training(accelerator, model, opt, params) if distributed else (model, opt, params)
     backward = accelerator.backward if distributed else (lambda loss: loss.backward())
 
     result = TrainResult(lr=lr)
@@ -275,7 +292,20 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
     skip = skipped_examples(ex, method, beta)
     label = desc or f"train it{iteration} ({method.name})"
     bar = progress_bar(total, label, main=local or state.is_main_process)
+    start = 0
+    if resumed is not None:  # continue after the checkpoint's step, with its losses and its time counted
+        start = resumed["step"]
+        saved = resumed["result"]
+        result.step_losses = list(saved["step_losses"])
+        result.step_terms = {k: list(v) for k, v in saved["step_terms"].items()}
+        result.tokens = saved["tokens"]
+        t0 -= saved["seconds"]
+        bar.update(start)
+        if writes_checkpoints:
+            logger.info("resuming %s from step %d of %d (checkpoint %s)", label, start, total, resumed["path"])
     for step, global_idx in enumerate(batches):
+        if step < start:  # taken before the checkpoint (the batch order is a pure function of seed and iteration)
+            continue
         if world == 1 and train.grad_accum == 1:
             micro = [global_idx]  # the common case, without the per-step numpy round trip
         else:
@@ -291,7 +321,7 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
             ctx = contextlib.nullcontext() if sync or world == 1 else accelerator.no_sync(ddp_model)
             with ctx:
                 out = compute_loss(ddp_model, ex, idx, method, beta=beta, lam=lam, keep_one=distributed, packed=packed,
-                                   skip=skip)
+                                   skip=skip, iteration=iteration)
                 # sum of this process's per-example losses / global batch; DDP averages over processes,
                 # so multiply back by world: the result is the global mean whatever the split.
                 loss = out.losses.sum() * world / len(global_idx)
@@ -299,7 +329,8 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
                     backward(loss)
                     stepped = True
             step_loss += loss.detach() / world
-            term_names = [n for n in STEP_TERMS if getattr(out, n, None) is not None]
+            # the terms this method defines (SFT none; absent terms are NaN in `methods.Terms`)
+            term_names = term_names or [n for n in STEP_TERMS if bool(torch.isfinite(getattr(out, n)).any())]
             for k, n in enumerate(STEP_TERMS):
                 if n in term_names:  # same scaling as the loss: the global-batch mean after the reduce
                     step_terms[k] += getattr(out, n).detach().sum() / len(global_idx)
@@ -320,13 +351,101 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
             for k, n in enumerate(STEP_TERMS):
                 if n in term_names:
                     result.step_terms.setdefault(n, []).append(float(totals[k]))
+        every = train.checkpoint_every
+        if ckpt_dir is not None and writes_checkpoints and every and (step + 1) % every == 0 and step + 1 < total:
+            _save_train_checkpoint(ckpt_dir, step + 1, fingerprint, named, opt, sched, result, time.perf_counter() - t0)
         bar.update(1)
         if progress is not None:
             progress(step + 1, total, label)
     bar.close()
+    if ckpt_dir is not None and writes_checkpoints:  # the caller's outputs of the phase supersede the checkpoint
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     result.seconds = time.perf_counter() - t0
     result.steps = total
     if distributed:
-        accelerator.free_memory()  # drop accelerate's references to the DDP wrapper and optimiser
+        release_training(accelerator, model, ddp_model)  # FSDP2: the trained weights back into `model`
     model.eval()
     return result
+
+
+# Mid-phase checkpoints (`train.checkpoint_every`, `train_iteration(checkpoint_dir=...)`).
+#
+# Format: torch.save of state dicts, not accelerate's save_state/load_state, because (1) the one-process path never
+# calls accelerator.prepare(), so save_state would have no model or optimiser registered to save; (2) save_state
+# writes the whole model (under LoRA the frozen base too: a 7B copy every N steps) where only the trainable
+# parameters change; (3) the phase's own position (optimiser steps taken; the batch order is a pure function of
+# (seed, iteration)) and its partial TrainResult are not accelerate objects; (4) save_state writes into its folder
+# in place, while here a step's folder appears by one atomic rename. Saved: the trainable parameters, optimiser and
+# LR-scheduler state, torch's CPU (and CUDA) RNG states, the steps taken and the TrainResult so far, plus a
+# fingerprint of the phase (iteration, seed, steps, examples, method, lr) so a checkpoint is never applied to
+# another phase. Under DDP every process holds the same parameters and optimiser state: the main process writes
+# and every process reads (the run directory is shared, as for the rest of `tspin resume`), and the load happens
+# before prepare(), whose DDP wrapper broadcasts the main process's parameters anyway. A sharded model (FSDP)
+# would need each process's shard, i.e. accelerate's save_state with a sharded state dict: not covered here.
+TRAIN_CHECKPOINT_FORMAT = 1
+
+
+def _train_checkpoints(folder: Path) -> list[Path]:
+    """The complete step folders of a checkpoint folder, oldest first (``.tmp-*`` folders are unfinished writes)."""
+    if not folder.is_dir():
+        return []
+    found = [d for d in folder.glob("step_*") if d.is_dir() and d.name[5:].isdigit() and (d / "state.pt").is_file()]
+    return sorted(found, key=lambda d: int(d.name[5:]))
+
+
+def _save_train_checkpoint(folder: Path, step: int, fingerprint: dict, named: list, opt, sched,
+                           result: TrainResult, seconds: float) -> None:
+    """Write ``folder/step_<step>/state.pt`` via a temporary folder and one rename, then drop older steps: a kill
+    at any moment leaves the previous complete checkpoint (or the new one) readable."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final, tmp = folder / f"step_{step:06d}", folder / f".tmp-step_{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    state = {
+        "format": TRAIN_CHECKPOINT_FORMAT, "fingerprint": fingerprint, "step": step,
+        "params": {n: p.detach().cpu() for n, p in named},
+        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "result": {"step_losses": list(result.step_losses), "step_terms": {k: list(v) for k, v in result.step_terms.items()},
+                   "tokens": int(result.tokens), "seconds": float(seconds)},
+    }
+    with open(tmp / "state.pt", "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    shutil.rmtree(final, ignore_errors=True)  # only if this very step was saved before (never in one phase)
+    os.replace(tmp, final)
+    for old in _train_checkpoints(folder):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_train_checkpoint(folder: Path, fingerprint: dict, named: list, opt, sched) -> dict | None:
+    """Restore the newest complete checkpoint of ``folder`` into the parameters, optimiser, scheduler and RNG;
+    return its state (``step``, ``result``), or None where there is none or it belongs to another phase."""
+    found = _train_checkpoints(folder)
+    if not found:
+        return None
+    path = found[-1] / "state.pt"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file: training from step 0 is always correct
+        logger.warning("%s: unreadable train checkpoint (%s); training this phase from step 0", path, e)
+        return None
+    names = [n for n, _ in named]
+    if (state.get("format") != TRAIN_CHECKPOINT_FORMAT or state.get("fingerprint") != fingerprint
+            or list(state.get("params", {})) != names):
+        logger.warning("%s: train checkpoint of another phase or model (%s, expected %s); training this phase from "
+                       "step 0", path, state.get("fingerprint"), fingerprint)
+        return None
+    with torch.no_grad():
+        for n, p in named:
+            p.copy_(state["params"][n])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    state["path"] = path
+    return state

@@ -5,10 +5,10 @@ Each widget takes a live ``SelfPlaySession``, a finished run directory or record
 """
 
 from .advantages import AdvantageDecay
-from .alpha_beta import AlphaBetaPanel
+from .alpha_beta import AlphaBetaPanel, ObjectiveLab
 from .compare import RunComparison
 from .dashboard import Dashboard
 from .triplets import TripletBrowser
 from .workshop import workshop_tabs
 
-__all__ = ["AdvantageDecay", "AlphaBetaPanel", "Dashboard", "RunComparison", "TripletBrowser", "workshop_tabs"]
+__all__ = ["AdvantageDecay", "AlphaBetaPanel", "Dashboard", "ObjectiveLab", "RunComparison", "TripletBrowser", "workshop_tabs"]

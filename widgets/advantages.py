@@ -97,7 +97,7 @@ class AdvantageDecay(OpensTriplets, FigureSlots, W.VBox):
         self._slots["degenerate"].show(F.degenerate_shares({k: (A.degenerate_shares(r.examples), m[k]) for k, r in runs.items()}))
         ref = {k: r for k, r in runs.items() if A.reference_based(m[k])}  # margins on one scale
         self._slots["margin"].show(F.reward_margins({k: (A.reward_margin_split(r.examples), m[k]) for k, r in (ref or runs).items()}))
-        self._slots["score"].show(F.scores({k: (A.score_table(r.metrics), m[k]) for k, r in self.runs.items()}, score_name=A.score_name(next(iter(self.runs.values())).metrics) if self.runs else "accuracy"))
+        self._slots["score"].show(F.scores({k: (A.policy_scores(r.metrics), m[k]) for k, r in self.runs.items()}, score_name=A.score_name(next(iter(self.runs.values())).metrics) if self.runs else "accuracy"))
         self._slots["entropy"].show(F.token_entropy({k: (A.token_entropy_table(r.metrics, r.examples), m[k]) for k, r in runs.items()}))
         iters = sorted({t for r in runs.values() for t in A.iterations_of(r.examples)})
         keep = self.iteration.value if self.iteration.value in iters else (iters[-1] if iters else None)

@@ -1,10 +1,11 @@
-"""alpha / beta / lam panel: recompute the loss from cached log-probs as the sliders move.
+"""The objective lab: any registered objective over a saved run's log-probs, recomputed as its knobs move.
 
-Sliders: alpha (T-SPIN's entropy coefficient and reward scale), beta (historical weight), lam
-(SPIN's reward scale). From one iteration's cached log-probs it recomputes, with the training
-loss functions, each example's loss terms and gradient weights, the examples that drive the
-update, the loss landscape over (alpha, beta), and Proposition 1's opponent softmax(c/alpha)
-with its entropy. Moving a slider touches only cached tensors: no model runs.
+Pick an objective from the table of methods (`tspin_kit.methods`) and its knobs (alpha, beta, lam, and any
+knob the objective declares, e.g. the NLL anchor's weight). From one iteration's cached log-probs it
+recomputes, with the training loss functions, each example's loss terms and its gradient on log pi(y),
+log pi(y') and log pi(y0), the examples that drive the update, the loss landscape over (scale, beta), and
+Proposition 1's opponent softmax(c/alpha) with its entropy, next to the knobs training used at that iteration
+(the recorded config and per-iteration schedule). Moving a slider touches only cached tensors: no model runs.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from tspin_kit import analysis as A
 from tspin_kit import figures as F
+from tspin_kit import methods as M
 
 from ._common import (
     CARD_STYLE,
@@ -30,13 +32,12 @@ from ._common import (
     tips,
 )
 
-SCALE_GRID = np.geomspace(0.05, 5.0, 25)
 BETA_GRID = np.linspace(0.0, 1.0, 21)
 ENTROPY_ALPHAS = np.geomspace(0.05, 20.0, 60)
 
 
-class AlphaBetaPanel(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
-    """Interactive loss recomputation for one run. ``source``: session, run directory or records."""
+class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
+    """Interactive loss recomputation for one run, any objective. ``source``: session, run directory or records."""
 
     _redraw = "_on_data"  # the dashboard's iteration changes the cached tensors, not only the view
 
@@ -50,28 +51,28 @@ class AlphaBetaPanel(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
         iters = A.iterations_of(self.records.examples)
 
         self.iteration = W.Dropdown(options=iters, value=iteration if iteration is not None else (iters[-1] if iters else None), description="iteration")
-        self.kind = W.Dropdown(options=[("T-SPIN", "tspin"), ("SPIN", "spin"), ("T-SPIN_ref", "tspin_ref")], value=kind, description="loss")
+        self.kind = W.Dropdown(options=[(m.label, n) for n, m in M.table().items()], value=kind, description="objective")
         self.stage = W.ToggleButtons(
             options=[("log π_t (before training)", "before"), ("log π_t+1 (after)", "after")],
             value=stage or A.default_stage(kind),
             description="log-probs",
             style={"button_width": "190px"},
         )
-        self.alpha = W.FloatLogSlider(value=s["alpha"], base=10, min=-1.3, max=0.7, step=0.02, description="alpha", readout_format=".3f", continuous_update=True)
-        self.beta = W.FloatSlider(value=s["beta"], min=0.0, max=1.0, step=0.01, description="beta", readout_format=".2f", continuous_update=True)
-        self.lam = W.FloatLogSlider(value=s["lam"], base=10, min=-2, max=1, step=0.02, description="lam", readout_format=".3f", continuous_update=True)
+        # one slider per knob of the table (alpha, beta, lam first); the objective's own are enabled
+        self.knobs: dict[str, W.Widget] = {name: _slider(k) for name, k in M.KNOBS.items()}
+        self.alpha, self.beta, self.lam = self.knobs["alpha"], self.knobs["beta"], self.knobs["lam"]
+        self.reset = W.Button(description="training's values", tooltip="set every knob to what training used at this iteration")
         self.example = W.Dropdown(options=[], description="prompt #")
         self.summary = W.HTML()
         self.help = W.HTML()
         tips(
             (self.iteration, "iteration t whose cached log-probs the loss is recomputed from"),
-            (self.kind, "loss to recompute: T-SPIN (reference-free, alpha), SPIN (lam, log-ratios to pi_t), T-SPIN_ref"),
+            (self.kind, "objective to recompute: any method of the table of methods (tspin_kit/methods.py)"),
             (self.stage, "use log pi_t (the policy that generated y') or log pi_t+1 (after this iteration's training)"),
-            (self.alpha, "alpha: T-SPIN's entropy coefficient and reward scale, reward = alpha * log pi(z|x)"),
-            (self.beta, "beta: weight of the historical term l(alpha * v), v = log pi(y') - log pi(y0)"),
-            (self.lam, "lam: SPIN's reward scale, reward = lam * (log pi - log pi_ref)"),
             (self.example, "prompt whose candidates (y, y', y0) the opponent softmax(c/alpha) is shown for"),
+            *[(w, f"{name}: {M.KNOBS[name].help}") for name, w in self.knobs.items()],
         )
+        self._set_knobs(A.knobs_used(self.records, self.iteration.value, kind) if self.iteration.value is not None else {})
 
         self._quiet = False
         self._inputs = None
@@ -79,6 +80,7 @@ class AlphaBetaPanel(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
         self._candidates = None
         self.table = None  # the latest recompute_losses table
         self._slot("weights")
+        self._slot("gradients")
         self._slot("landscape")
         self._slot("drivers")
         self._slot("opponent")
@@ -86,22 +88,23 @@ class AlphaBetaPanel(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
 
         self._link_clicks("weights", "drivers")  # click a point or a bar: open that triplet
         g = self.errors.guard
-        self.alpha.observe(g(self._on_settings, "alpha"), names=["value"])
-        self.beta.observe(g(self._on_settings, "beta"), names=["value"])
-        self.lam.observe(g(self._on_settings, "lam"), names=["value"])
+        for name, w in self.knobs.items():
+            w.observe(g(self._on_settings, name), names=["value"])
+        self.reset.on_click(g(lambda _b: self._reset(), "training's values"))
         self.iteration.observe(g(self._on_data, "iteration"), names=["value"])
         self.stage.observe(g(self._on_data, "stage"), names=["value"])
         self.kind.observe(g(self._on_data, "loss"), names=["value"])
         self.example.observe(g(self._on_example, "prompt"), names=["value"])
 
         self.children = [
-            W.HTML("<h3 style='margin:4px 0'>α / β / λ: the loss from cached log-probs</h3>"),
+            W.HTML("<h3 style='margin:4px 0'>Objective lab: any objective's loss from cached log-probs</h3>"),
             W.HBox([self.iteration, self.kind]),
             self.stage,
-            W.HBox([self.alpha, self.beta, self.lam]),
+            W.HBox([*self.knobs.values(), self.reset], layout=W.Layout(flex_flow="row wrap")),
             self.help,
             self.summary,
             self._slots["weights"],
+            self._slots["gradients"],
             figure_row(self._slots["landscape"], self._slots["drivers"]),
             W.HTML("<h4 style='margin:4px 0'>Entropy view (Proposition 1)</h4>"),
             self.example,
@@ -121,15 +124,19 @@ class AlphaBetaPanel(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
             return
         t = self.iteration.value
         kind = self.kind.value
-        self.lam.disabled = kind == "tspin"
-        self.beta.disabled = kind == "spin"
-        self.help.value = _help(kind, self.settings, t)
+        spec = M.get(kind)
+        for name, w in self.knobs.items():  # only the objective's knobs move; the others are shown, disabled
+            w.disabled = name not in spec.knobs
+            w.layout.display = None if name in spec.knobs or name in ("alpha", "beta", "lam") else "none"
+        self.help.value = _help(spec, self.records, t)
         if t is None:
             self.summary.value = f"<div style='{CARD_STYLE}'>No finished iteration yet.</div>"
             return
         ex = self.records.examples
         self._inputs = A.loss_inputs(ex, t, self.stage.value, mask_proto_equal_annotated=self.settings["mask_proto_equal_annotated"])
-        self._landscape = A.loss_landscape(self._inputs, kind=kind, scales=SCALE_GRID, betas=BETA_GRID)
+        v = self._values()
+        lo, hi = M.KNOBS[spec.scale].slider if spec.scale else (0.05, 5.0)
+        self._landscape = A.loss_landscape(self._inputs, kind=kind, scales=np.geomspace(max(lo, 1e-3), hi, 25), betas=BETA_GRID, **v)
         # Entropy view: offer the prompts with the most distinct candidates first.
         part = ex[ex["iteration"] == t]
         distinct = (part["synthetic"] != part["annotated"]).astype(int) + (part["proto"] != part["annotated"]).astype(int) + (part["synthetic"] != part["proto"]).astype(int)
@@ -146,6 +153,23 @@ class AlphaBetaPanel(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
         self._slots["entropy"].show(F.token_entropy({A.run_label(self.records): (A.token_entropy_table(self.records.metrics, ex), self.settings["method"])}))
         self._on_settings()
 
+    def _values(self) -> dict[str, float]:
+        return {name: float(w.value) for name, w in self.knobs.items()}
+
+    def _set_knobs(self, values: dict) -> None:
+        quiet, self._quiet = getattr(self, "_quiet", False), True
+        try:
+            for name, v in values.items():
+                self.knobs[name].value = v
+        finally:
+            self._quiet = quiet
+
+    def _reset(self) -> None:
+        """Every knob of the objective back to what training used at this iteration (recorded schedule)."""
+        if self.iteration.value is not None:
+            self._set_knobs(A.knobs_used(self.records, self.iteration.value, self.kind.value))
+            self._on_settings()
+
     def _on_example(self, change=None) -> None:
         if self._quiet:
             return
@@ -161,21 +185,24 @@ class AlphaBetaPanel(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
 
     def _on_settings(self, change=None) -> None:
         """A slider moved: recompute every dependent figure from the cached tensors."""
-        if self._inputs is None:
+        if self._inputs is None or self._quiet:
             return
         kind = self.kind.value
-        alpha, beta, lam = float(self.alpha.value), float(self.beta.value), float(self.lam.value)
-        scale = A.loss_scale(kind, alpha, lam)
-        beta_used = 0.0 if kind == "spin" else beta
-        self.table = A.recompute_losses(self._inputs, kind=kind, alpha=alpha, beta=beta, lam=lam)
+        spec = M.get(kind)
+        v = self._values()
+        alpha, beta, lam = v.pop("alpha"), v.pop("beta"), v.pop("lam")
+        scale = A.loss_scale(kind, alpha, lam, **v)
+        beta_used = beta if "beta" in spec.knobs else 0.0
+        self.table = A.recompute_losses(self._inputs, kind=kind, alpha=alpha, beta=beta, lam=lam, **v)
         summary = A.loss_summary(self.table)
         top = A.top_drivers(self.table)
         self._slots["weights"].show(F.gradient_weights(self.table, kind=kind, scale=scale, beta=beta_used))
+        self._slots["gradients"].show(F.objective_gradients(self.table, spec.label))
         self._slots["drivers"].show(F.top_drivers(top))
         self._slots["landscape"].show(F.loss_landscape(self._landscape, kind=kind, scale=scale, beta=beta_used))
         self._update_opponent()
-        state = {"alpha": alpha, "beta": beta, "lam": lam, "kind": kind, "stage": self.stage.value, "iteration": self.iteration.value,
-                 "example": self.example.value}  # what the figures were computed from (browser tests)
+        state = {"alpha": alpha, "beta": beta, "lam": lam, **v, "kind": kind, "stage": self.stage.value,
+                 "iteration": self.iteration.value, "example": self.example.value}  # what the figures were computed from (browser tests)
         self.summary.value = _summary_html(summary, kind, alpha, beta_used, lam, top, state)
 
     def _update_opponent(self) -> None:
@@ -184,14 +211,30 @@ class AlphaBetaPanel(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
         self._slots["opponent"].show(F.opponent(A.opponent_table(c, alpha), A.opponent_entropy_curve(c, ENTROPY_ALPHAS), alpha, A.opponent_alpha(self.records)))
 
 
-def _help(kind: str, s: dict, t) -> str:
-    what = {
-        "tspin": "L = l(α·u) + β·l(α·v), u = log π(y) − log π(y'), v = log π(y') − log π(y0); λ unused",
-        "spin": "L = l(λ·[(log π(y) − log π_t(y)) − (log π(y') − log π_t(y'))]); β unused, α drives the entropy view only",
-        "tspin_ref": "L = l(λ·u) + β·l(λ·v) on log-ratios to π_t; α drives the entropy view only",
-    }[kind]
-    note = " Training used β = 0 at iteration 0." if t == 0 and s["method"].startswith("tspin") else ""
-    return f"<div style='{CARD_STYLE};opacity:0.85'>{html.escape(what)}. Run settings: α={s['alpha']:g}, β={s['beta']:g}, λ={s['lam']:g} ({html.escape(s['method'])}).{note}</div>"
+def _slider(k: M.Knob) -> W.Widget:
+    lo, hi = k.slider
+    if k.log_slider:
+        return W.FloatLogSlider(value=k.default, base=10, min=float(np.log10(lo)), max=float(np.log10(hi)), step=0.02,
+                                description=k.name, readout_format=".3f", continuous_update=True)
+    return W.FloatSlider(value=k.default, min=lo, max=hi, step=(hi - lo) / 100, description=k.name, readout_format=".2f",
+                         continuous_update=True)
+
+
+def _help(spec: M.Method, records, t) -> str:
+    """The objective's formula, and what training used at this iteration (recorded config and schedule)."""
+    s = A.run_settings(records)
+    run = M.get(s["method"])
+    if t is None:
+        used = ""
+    else:
+        knobs = A.knobs_used(records, t)
+        values = ", ".join(f"{M.KNOBS[k].symbol} = {v:g}" for k, v in knobs.items()) or "no knobs"
+        part = records.examples[records.examples["iteration"] == t]
+        loss = float(part["loss"].mean()) if "loss" in part and len(part) else float("nan")
+        used = (f" Training at iteration {t}: {html.escape(run.label)} with {values}; recorded mean loss "
+                f"{fmt(loss, '.4f')} nats (after training).")
+    return (f"<div id='tspin-objective-help' style='{CARD_STYLE};opacity:0.85'><b>{html.escape(spec.label)}</b>: "
+            f"{html.escape(spec.formula)}.{used}</div>")
 
 
 def _summary_html(s: dict, kind: str, alpha: float, beta: float, lam: float, top, state: dict | None = None) -> str:
@@ -209,3 +252,6 @@ def _empty_candidates():
     import pandas as pd
 
     return pd.DataFrame({"candidate": [], "role": [], "text": [], "logp": np.zeros(0), "confidence": np.zeros(0)})
+
+
+AlphaBetaPanel = ObjectiveLab  # the name the notebooks, the workshop and the dashboard use

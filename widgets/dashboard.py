@@ -23,6 +23,7 @@ import ipywidgets as W
 
 from tspin_kit import analysis as A
 from tspin_kit import figures as F
+from tspin_kit import methods as M
 from tspin_kit.alarms import Alarm, find_alarms
 
 from ._common import CARD_STYLE, ErrorLog, FigureSlots, fmt, resolve_source
@@ -253,7 +254,8 @@ class Dashboard(FigureSlots, W.VBox):
         self.iteration_html.value = iteration_html(rec, t)
         if iters:
             self._slots["decay"].show(F.advantage_decay({label: (A.advantage_summary(rec.examples), s["method"])}, "before", t))
-        self._slots["score"].show(F.scores({label: (A.score_table(rec.metrics), s["method"])}, t, score_name=A.score_name(rec.metrics)))
+        self._slots["score"].show(F.scores({label: (A.policy_scores(rec.metrics), s["method"])}, t, score_name=A.score_name(rec.metrics),
+                                           harness={label: getattr(rec, "harness", None)}))  # lm-eval scores, if any
         if change is not None:
             for v in self.views:
                 v.set_iteration(t)
@@ -274,9 +276,12 @@ def iteration_hint(iters: list, live: bool) -> str:
 def settings_html(s: dict) -> str:
     samp = ", ".join(f"{k}={v}" for k, v in s["sampling"].items()) or "–"
     planned = s["iterations_planned"] if s["iterations_planned"] is not None else "?"
+    values = {"alpha": s["alpha"], "beta": s["beta"], "lam": s["lam"], **s.get("params", {})}
+    spec = M.get(s["method"])  # only the knobs this method's loss reads
+    knobs = "".join(f" · {M.KNOBS[k].symbol} = {values.get(k, M.KNOBS[k].default):g}" for k in spec.knobs)
     return (
-        f"<div id='tspin-settings' style='{CARD_STYLE}'><b>{html.escape(F.METHOD_LABELS.get(s['method'], s['method']))}</b>"
-        f" · α = {s['alpha']:g} · β = {s['beta']:g} · λ = {s['lam']:g} · iterations {s['iterations_done']}/{planned}"
+        f"<div id='tspin-settings' style='{CARD_STYLE}'><b>{html.escape(F.method_label(s['method']))}</b>"
+        f"{knobs} · iterations {s['iterations_done']}/{planned}"
         f" · model {html.escape(str(s['model']))} · seed {s['seed']}<br><span style='opacity:0.8'>sampling: {html.escape(samp)}"
         + (f" · run dir <code>{html.escape(s['run_dir'])}</code>" if s["run_dir"] else "")
         + "</span></div>"

@@ -111,8 +111,7 @@ def stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory):
     """A server root with the notebooks, a run directory, and private Jupyter dirs."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from records_builder import build_records, write_run_dir
+    from tspin_kit.synthetic import build_records, write_run_dir
 
     root = tmp_path_factory.mktemp("browser")
     work = root / "work"

@@ -6,19 +6,14 @@ pane, which chromium then lays out. Before, BPE runs fell back to words or unlab
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.browser
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 @pytest.fixture(scope="module")
 def bpe_run(tmp_path_factory):
-    from bpe_world import save_gpt2_world, user_pairs, write_jsonl
+    from helpers.bpe_world import save_gpt2_world, user_pairs, write_jsonl
 
     from tspin_kit.config import RunConfig
     from tspin_kit.session import SelfPlaySession

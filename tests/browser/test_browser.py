@@ -13,9 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers.figcheck import contrast, expect_figures, page_figures, unreadable_lines
 from playwright.sync_api import expect
-
-from .figcheck import contrast, expect_figures, page_figures, unreadable_lines
 
 pytestmark = pytest.mark.browser
 

@@ -8,9 +8,9 @@ The module is imported in a blank chromium page (its named exports ``readable``,
 from __future__ import annotations
 
 import pytest
+from helpers.figcheck import contrast
 
 from .conftest import ROOT
-from .figcheck import contrast
 
 pytestmark = pytest.mark.browser
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from helpers.figcheck import expect_figures
 from playwright.sync_api import expect
 
 from .conftest import ROOT, lab
-from .figcheck import expect_figures
 from .test_browser import delete_sessions, menu, wait_kernel_idle
 
 pytestmark = pytest.mark.browser
