@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 EXTRAS  ?= dev
 
-.PHONY: demo test test-fast lab dashboard bench browser-deps clean
+.PHONY: demo test test-fast lint lab dashboard bench browser-deps clean
 
 # pip takes torch==2.13.0 (pinned in pyproject.toml) from the local CPU wheel on these machines;
 # on a GPU machine install the CUDA build of the same release first (README, "GPU install").
@@ -23,10 +23,15 @@ demo: $(STAMP)
 browser-deps:
 	bash scripts/install_browser.sh
 
-test: $(STAMP) browser-deps
+# house rules first (pyproject.toml [tool.ruff]): a lint or format finding fails the test run
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(STAMP) browser-deps lint
 	$(BIN)/python -m pytest tests -p no:cacheprovider
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) lint
 	$(BIN)/python -m pytest tests -p no:cacheprovider -m "not slow and not browser and not multiproc"
 
 lab: $(STAMP)

@@ -87,8 +87,11 @@ def emit(result: dict, table: str) -> None:
         sys.stdout.write(machine_line(result["machine"]) + "\n")
     targets = result.get("targets") or []
     if targets:
-        sys.stdout.write("targets: " + "; ".join(f"{t['target']}: {t['value']:.3g} -> {'met' if t['met'] else 'NOT met'}"
-                                               for t in targets) + "\n")
+        sys.stdout.write(
+            "targets: "
+            + "; ".join(f"{t['target']}: {t['value']:.3g} -> {'met' if t['met'] else 'NOT met'}" for t in targets)
+            + "\n"
+        )
     sys.stdout.flush()
 
 
@@ -134,8 +137,15 @@ def _perturb(rng: random.Random, a: int, b: int, p_correct: float) -> str:
     return str(max(0, c + delta))
 
 
-def toy_world(num: int, *, task: str = "addition", seed: int = 0, p_synth: float = 0.65, p_proto: float = 0.6,
-              repeats: bool = True):
+def toy_world(
+    num: int,
+    *,
+    task: str = "addition",
+    seed: int = 0,
+    p_synth: float = 0.65,
+    p_proto: float = 0.6,
+    repeats: bool = True,
+):
     """Realistic toy triplet data without sampling a model: (prompts, annotated, synthetic, proto) strings.
 
     y = the correct answer (tspin_kit.toy.make_world); y' and y0 = answers that are correct with the
@@ -190,7 +200,11 @@ def fill_reference(model, tokenizer, ex) -> None:
 
     from tspin_kit.generation import score_responses
 
-    for attr, ids in (("ref_annotated", ex.annotated_ids), ("ref_synthetic", ex.synthetic_ids), ("ref_proto", ex.proto_ids)):
+    for attr, ids in (
+        ("ref_annotated", ex.annotated_ids),
+        ("ref_synthetic", ex.synthetic_ids),
+        ("ref_proto", ex.proto_ids),
+    ):
         scored = score_responses(model, ex.prompt_ids, ids, pad_id=tokenizer.pad_token_id, batch_size=250)
         setattr(ex, attr, torch.tensor([s["logp"] for s in scored], dtype=torch.float32))
 
@@ -215,15 +229,19 @@ def apply_threads(args) -> None:
 def repeated_share(ex) -> dict:
     """Shares of repeated rows in Examples: y' == y and y0 == y (0 on data with no repeated rows)."""
     n = len(ex.prompt_ids)
-    return {"synthetic_equals_annotated": sum(s == a for s, a in zip(ex.synthetic_ids, ex.annotated_ids)) / n,
-            "proto_equals_annotated": sum(p == a for p, a in zip(ex.proto_ids, ex.annotated_ids)) / n}
+    return {
+        "synthetic_equals_annotated": sum(s == a for s, a in zip(ex.synthetic_ids, ex.annotated_ids)) / n,
+        "proto_equals_annotated": sum(p == a for p, a in zip(ex.proto_ids, ex.annotated_ids)) / n,
+    }
 
 
 def machine_line(info: dict) -> str:
     """The machine in one human-readable line (also in the JSON as "machine")."""
     libs = ", ".join(f"{k} {info[k]}" for k in ("torch", "transformers", "accelerate", "trl") if k in info)
-    return (f"machine: {info.get('cpu_model')}, {info.get('cpu_count')} cores, torch threads "
-            f"{info.get('torch_num_threads')}, load (1 min) {info.get('loadavg_1m', float('nan')):.2f}; {libs}")
+    return (
+        f"machine: {info.get('cpu_model')}, {info.get('cpu_count')} cores, torch threads "
+        f"{info.get('torch_num_threads')}, load (1 min) {info.get('loadavg_1m', float('nan')):.2f}; {libs}"
+    )
 
 
 def target(name: str, value: float, op: str, threshold: float, unit: str = "") -> dict:

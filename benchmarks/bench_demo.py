@@ -36,13 +36,19 @@ def run_demo(cli: list[str], cache: Path, iterations: int, extra_env: dict) -> d
     wall = time.perf_counter() - t0
     shutil.rmtree(out, ignore_errors=True)
     m = re.search(r"wall time:\s*([0-9.]+)\s*s", p.stdout)
-    return {"rc": p.returncode, "wall_s": wall, "demo_reported_s": float(m.group(1)) if m else float("nan"),
-            "stderr_tail": p.stderr[-1500:] if p.returncode else ""}
+    return {
+        "rc": p.returncode,
+        "wall_s": wall,
+        "demo_reported_s": float(m.group(1)) if m else float("nan"),
+        "stderr_tail": p.stderr[-1500:] if p.returncode else "",
+    }
 
 
 def main() -> None:
     ap = C.parse_quick()
-    ap.add_argument("--iterations", type=int, default=None, help="demo iterations (default 5, the CLI default; --quick 1)")
+    ap.add_argument(
+        "--iterations", type=int, default=None, help="demo iterations (default 5, the CLI default; --quick 1)"
+    )
     args = ap.parse_args()
     repeats = args.repeats or (1 if args.quick else 5)
     iterations = args.iterations or (1 if args.quick else 5)
@@ -56,8 +62,17 @@ def main() -> None:
     elif (C.ROOT / "tspin_kit" / "cli.py").exists():
         cli, how = [sys.executable, "-m", "tspin_kit.cli"], "python -m tspin_kit.cli"
     else:
-        C.emit({"benchmark": "demo", "quick": args.quick, "machine": C.machine_info(), "skipped": "no tspin CLI",
-                "targets": [], "met": False}, "tspin demo: no CLI found (tspin_kit/cli.py missing); nothing measured")
+        C.emit(
+            {
+                "benchmark": "demo",
+                "quick": args.quick,
+                "machine": C.machine_info(),
+                "skipped": "no tspin CLI",
+                "targets": [],
+                "met": False,
+            },
+            "tspin demo: no CLI found (tspin_kit/cli.py missing); nothing measured",
+        )
         return
 
     cold, warm = [], []
@@ -75,19 +90,29 @@ def main() -> None:
     tgt_w = C.target(f"tspin demo --iterations {iterations}, warm wall (median)", ws["median"], "<=", 60.0, " s")
     if not ok:
         tgt["met"] = tgt_w["met"] = False
-    result = {"benchmark": "demo", "quick": args.quick, "machine": C.machine_info(),
-              "settings": {"how": how, "iterations": iterations, "seeds": 1, "repeats": repeats, "all_rc_0": ok},
-              "cold_wall_s": cs, "warm_wall_s": ws,
-              "cold_demo_reported_s": C.stats([r["demo_reported_s"] for r in cold]),
-              "warm_demo_reported_s": C.stats([r["demo_reported_s"] for r in warm]),
-              "pi0_cost_s": C.stats([c["wall_s"] - w["wall_s"] for c, w in zip(cold, warm)]),
-              "errors": [r["stderr_tail"] for r in cold + warm if r["rc"]],
-              "targets": [tgt, tgt_w], "met": tgt["met"] and tgt_w["met"]}
-    rows = [["cold (fresh TSPIN_CACHE)", cs["median"], cs["min"], cs["max"], result["cold_demo_reported_s"]["median"]],
-            ["warm (pi_0 cached)", ws["median"], ws["min"], ws["max"], result["warm_demo_reported_s"]["median"]]]
+    result = {
+        "benchmark": "demo",
+        "quick": args.quick,
+        "machine": C.machine_info(),
+        "settings": {"how": how, "iterations": iterations, "seeds": 1, "repeats": repeats, "all_rc_0": ok},
+        "cold_wall_s": cs,
+        "warm_wall_s": ws,
+        "cold_demo_reported_s": C.stats([r["demo_reported_s"] for r in cold]),
+        "warm_demo_reported_s": C.stats([r["demo_reported_s"] for r in warm]),
+        "pi0_cost_s": C.stats([c["wall_s"] - w["wall_s"] for c, w in zip(cold, warm)]),
+        "errors": [r["stderr_tail"] for r in cold + warm if r["rc"]],
+        "targets": [tgt, tgt_w],
+        "met": tgt["met"] and tgt_w["met"],
+    }
+    rows = [
+        ["cold (fresh TSPIN_CACHE)", cs["median"], cs["min"], cs["max"], result["cold_demo_reported_s"]["median"]],
+        ["warm (pi_0 cached)", ws["median"], ws["min"], ws["max"], result["warm_demo_reported_s"]["median"]],
+    ]
     table = C.fmt_table(["tspin demo", "median s", "min s", "max s", "CLI-reported s"], rows)
-    table += (f"\n{how}, --iterations {iterations}, {repeats} repeats; cold <= 75 s: {'met' if tgt['met'] else 'NOT met'}, "
-              f"warm <= 60 s: {'met' if tgt_w['met'] else 'NOT met'}")
+    table += (
+        f"\n{how}, --iterations {iterations}, {repeats} repeats; cold <= 75 s: {'met' if tgt['met'] else 'NOT met'}, "
+        f"warm <= 60 s: {'met' if tgt_w['met'] else 'NOT met'}"
+    )
     if not ok:
         table += "\nsome runs failed: see errors in the JSON"
     C.emit(result, table)

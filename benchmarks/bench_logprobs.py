@@ -25,8 +25,10 @@ from pathlib import Path
 
 import _common as C
 
-SETTINGS = {"full": dict(vocab=150_000, response=1024, prompt=32, hidden=64, layers=2),
-            "quick": dict(vocab=32_000, response=256, prompt=16, hidden=64, layers=2)}
+SETTINGS = {
+    "full": dict(vocab=150_000, response=1024, prompt=32, hidden=64, layers=2),
+    "quick": dict(vocab=32_000, response=256, prompt=16, hidden=64, layers=2),
+}
 
 
 def old_sequence_logps(logits, input_ids, loss_mask):
@@ -49,10 +51,19 @@ def child(mode: str, s: dict) -> None:
     from tspin_kit.logprobs import collate, model_logps
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=s["vocab"], hidden_size=s["hidden"], intermediate_size=2 * s["hidden"],
-                      num_hidden_layers=s["layers"], num_attention_heads=4, num_key_value_heads=4,
-                      max_position_embeddings=s["prompt"] + s["response"] + 8, tie_word_embeddings=False,
-                      pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=s["vocab"],
+        hidden_size=s["hidden"],
+        intermediate_size=2 * s["hidden"],
+        num_hidden_layers=s["layers"],
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=s["prompt"] + s["response"] + 8,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     model = LlamaForCausalLM(cfg)
     model.config._attn_implementation = "sdpa"
     g = torch.Generator().manual_seed(1)
@@ -75,9 +86,18 @@ def child(mode: str, s: dict) -> None:
         seconds.append(time.perf_counter() - t0)
         del summed
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print("RESULT " + json.dumps({"mode": mode, "peak_over_baseline_mib": (peak - rss0) / 1024,
-                                  "peak_rss_mib": peak / 1024, "seconds": seconds[-1],
-                                  "grad_norm": float(torch.linalg.vector_norm(model.lm_head.weight.grad))}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "mode": mode,
+                "peak_over_baseline_mib": (peak - rss0) / 1024,
+                "peak_rss_mib": peak / 1024,
+                "seconds": seconds[-1],
+                "grad_norm": float(torch.linalg.vector_norm(model.lm_head.weight.grad)),
+            }
+        )
+    )
 
 
 def run_child(mode: str, which: str, threads) -> dict:
@@ -106,31 +126,53 @@ def main() -> None:
     for _ in range(repeats):  # interleaved, one process at a time
         for mode in ("old", "new"):
             results[mode].append(run_child(mode, which, args.threads))
-    out = {"benchmark": "logprobs", "quick": args.quick, "machine": C.machine_info(),
-           "settings": {**SETTINGS[which], "rows": 3, "setting": which, "repeats": repeats,
-                        "measure": "ru_maxrss after 2 forward+backward steps minus ru_maxrss with model and batch built, "
-                                   "fresh subprocess per sample; seconds: the second step"},
-           "modes": {}, "targets": []}
+    out = {
+        "benchmark": "logprobs",
+        "quick": args.quick,
+        "machine": C.machine_info(),
+        "settings": {
+            **SETTINGS[which],
+            "rows": 3,
+            "setting": which,
+            "repeats": repeats,
+            "measure": "ru_maxrss after 2 forward+backward steps minus ru_maxrss with model and batch built, "
+            "fresh subprocess per sample; seconds: the second step",
+        },
+        "modes": {},
+        "targets": [],
+    }
     rows = []
     for mode in ("old", "new"):
-        d = {"peak_over_baseline_mib": C.stats([r["peak_over_baseline_mib"] for r in results[mode]]),
-             "seconds": C.stats([r["seconds"] for r in results[mode]]),
-             "lm_head_grad_norm": results[mode][0]["grad_norm"]}
+        d = {
+            "peak_over_baseline_mib": C.stats([r["peak_over_baseline_mib"] for r in results[mode]]),
+            "seconds": C.stats([r["seconds"] for r in results[mode]]),
+            "lm_head_grad_norm": results[mode][0]["grad_norm"],
+        }
         out["modes"][mode] = d
-        rows.append([mode, d["peak_over_baseline_mib"]["median"],
-                     f"{d['peak_over_baseline_mib']['min']:.0f}..{d['peak_over_baseline_mib']['max']:.0f}",
-                     d["seconds"]["median"], f"{d['seconds']['min']:.2f}..{d['seconds']['max']:.2f}"])
+        rows.append(
+            [
+                mode,
+                d["peak_over_baseline_mib"]["median"],
+                f"{d['peak_over_baseline_mib']['min']:.0f}..{d['peak_over_baseline_mib']['max']:.0f}",
+                d["seconds"]["median"],
+                f"{d['seconds']['min']:.2f}..{d['seconds']['max']:.2f}",
+            ]
+        )
     old, new = out["modes"]["old"], out["modes"]["new"]
     ratio = old["peak_over_baseline_mib"]["median"] / max(new["peak_over_baseline_mib"]["median"], 1e-9)
     speed = new["seconds"]["median"] / old["seconds"]["median"]
     out["targets"].append(C.target("old peak / new peak (over baseline)", ratio, ">=", 3.0))
     out["targets"].append(C.target("new seconds / old seconds", speed, "<=", 1.0))
-    out["same_gradient"] = abs(old["lm_head_grad_norm"] - new["lm_head_grad_norm"]) <= 1e-4 * (1 + old["lm_head_grad_norm"])
+    out["same_gradient"] = abs(old["lm_head_grad_norm"] - new["lm_head_grad_norm"]) <= 1e-4 * (
+        1 + old["lm_head_grad_norm"]
+    )
     out["met"] = all(t["met"] for t in out["targets"])
     s = SETTINGS[which]
     table = C.fmt_table(["mode", "peak over baseline MiB", "min..max", "seconds", "min..max"], rows)
-    table += (f"\nvocab {s['vocab']:,}, 3 rows x ({s['prompt']} prompt + {s['response']} response) tokens, hidden "
-              f"{s['hidden']}, {s['layers']} layers; medians of {repeats}; lm_head grad norms equal: {out['same_gradient']}")
+    table += (
+        f"\nvocab {s['vocab']:,}, 3 rows x ({s['prompt']} prompt + {s['response']} response) tokens, hidden "
+        f"{s['hidden']}, {s['layers']} layers; medians of {repeats}; lm_head grad norms equal: {out['same_gradient']}"
+    )
     C.emit(out, table)
 
 

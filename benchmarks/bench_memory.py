@@ -47,9 +47,9 @@ def child(mode: str, size: str, num: int, epochs: int, data: str = "distinct") -
     import copy
     import resource
 
+    import accelerate  # noqa: F401  (imported in every mode, so the baseline includes it)
     import torch
 
-    import accelerate  # noqa: F401  (imported in every mode, so the baseline includes it)
     from tspin_kit import losses as L
     from tspin_kit import toy
     from tspin_kit.config import MethodConfig, TrainConfig
@@ -69,7 +69,9 @@ def child(mode: str, size: str, num: int, epochs: int, data: str = "distinct") -
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     if mode == "tspin":
-        train_iteration(model, ex, method=MethodConfig(name="tspin"), train=train_cfg, iteration=1, seed=0, cpu=not cuda)
+        train_iteration(
+            model, ex, method=MethodConfig(name="tspin"), train=train_cfg, iteration=1, seed=0, cpu=not cuda
+        )
     elif mode in ("spin", "spin_ref"):
         if mode == "spin_ref":
             C.fill_reference(model, tok, ex)
@@ -83,8 +85,9 @@ def child(mode: str, size: str, num: int, epochs: int, data: str = "distinct") -
             for s in range(0, num, 64):
                 idx = list(range(s, min(s + 64, num)))
                 P = [ex.prompt_ids[i] for i in idx]
-                b = collate(P * 2, [ex.annotated_ids[i] for i in idx] + [ex.synthetic_ids[i] for i in idx],
-                            tok.pad_token_id).to(dev)
+                b = collate(
+                    P * 2, [ex.annotated_ids[i] for i in idx] + [ex.synthetic_ids[i] for i in idx], tok.pad_token_id
+                ).to(dev)
                 with torch.no_grad():
                     ra, rs = model_logps(ref, b).summed.chunk(2)
                 a, sy = model_logps(model, b).summed.chunk(2)
@@ -94,16 +97,34 @@ def child(mode: str, size: str, num: int, epochs: int, data: str = "distinct") -
                 opt.step()
                 opt.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - t0
-    out = {"mode": mode, "size": size, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "rss_before_mib": rss0 / 1024, "n_params": n_params, "seconds": seconds}
+    out = {
+        "mode": mode,
+        "size": size,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_mib": rss0 / 1024,
+        "n_params": n_params,
+        "seconds": seconds,
+    }
     if cuda:
         out["cuda_max_allocated_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(out))
 
 
 def run_child(mode, size, num, epochs, data="distinct") -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", mode, "--size", size, "--num", str(num),
-           "--epochs", str(epochs), "--data", data]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        mode,
+        "--size",
+        size,
+        "--num",
+        str(num),
+        "--epochs",
+        str(epochs),
+        "--data",
+        data,
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True)
     for line in p.stdout.splitlines():
         if line.startswith("RESULT "):
@@ -119,8 +140,12 @@ def main() -> None:
     ap.add_argument("--num", type=int, default=None, help="training examples (default 1000; --quick 256)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=2, help="children run in parallel (memory is per process)")
-    ap.add_argument("--data", choices=["distinct", "toy"], default="distinct",
-                    help="distinct: no repeated rows (default; every row is forwarded); toy: y' == y for ~65%%")
+    ap.add_argument(
+        "--data",
+        choices=["distinct", "toy"],
+        default="distinct",
+        help="distinct: no repeated rows (default; every row is forwarded); toy: y' == y for ~65%%",
+    )
     args = ap.parse_args()
     num = args.num or (256 if args.quick else 1000)
     if args.child:
@@ -135,48 +160,81 @@ def main() -> None:
         results = list(pool.map(lambda j: run_child(j[0], j[1], num, args.epochs, args.data), jobs))
 
     by = {(s, m): [r for r in results if r["size"] == s and r["mode"] == m] for s in sizes for m in modes}
-    out = {"benchmark": "memory", "quick": args.quick, "machine": C.machine_info(),
-           "settings": {"examples": num, "epochs": args.epochs, "data": args.data, "batch_size": 64, "repeats": repeats, "sizes": sizes,
-                        "measure": "ru_maxrss of a fresh subprocess minus a baseline subprocess (model + data only)"},
-           "sizes": {}, "targets": []}
+    out = {
+        "benchmark": "memory",
+        "quick": args.quick,
+        "machine": C.machine_info(),
+        "settings": {
+            "examples": num,
+            "epochs": args.epochs,
+            "data": args.data,
+            "batch_size": 64,
+            "repeats": repeats,
+            "sizes": sizes,
+            "measure": "ru_maxrss of a fresh subprocess minus a baseline subprocess (model + data only)",
+        },
+        "sizes": {},
+        "targets": [],
+    }
     rows = []
     for s in sizes:
         base = C.stats([r["peak_rss_mib"] for r in by[(s, "baseline")]])
         d = {"n_params": by[(s, "baseline")][0]["n_params"], "baseline_peak_rss_mib": base, "modes": {}}
         for m in modes:
             peaks = [r["peak_rss_mib"] for r in by[(s, m)]]
-            dm = {"peak_rss_mib": C.stats(peaks),
-                  "over_baseline_mib": C.stats([p - base["median"] for p in peaks]),
-                  "seconds": C.stats([r["seconds"] for r in by[(s, m)]])}
+            dm = {
+                "peak_rss_mib": C.stats(peaks),
+                "over_baseline_mib": C.stats([p - base["median"] for p in peaks]),
+                "seconds": C.stats([r["seconds"] for r in by[(s, m)]]),
+            }
             if "cuda_max_allocated_mib" in by[(s, m)][0]:
                 dm["cuda_max_allocated_mib"] = C.stats([r["cuda_max_allocated_mib"] for r in by[(s, m)]])
             d["modes"][m] = dm
-            rows.append([s, m, dm["peak_rss_mib"]["median"], dm["over_baseline_mib"]["median"],
-                         f"{dm['over_baseline_mib']['min']:.1f}..{dm['over_baseline_mib']['max']:.1f}",
-                         dm.get("cuda_max_allocated_mib", {}).get("median", float("nan")), dm["seconds"]["median"]])
+            rows.append(
+                [
+                    s,
+                    m,
+                    dm["peak_rss_mib"]["median"],
+                    dm["over_baseline_mib"]["median"],
+                    f"{dm['over_baseline_mib']['min']:.1f}..{dm['over_baseline_mib']['max']:.1f}",
+                    dm.get("cuda_max_allocated_mib", {}).get("median", float("nan")),
+                    dm["seconds"]["median"],
+                ]
+            )
         t_over = d["modes"]["tspin"]["over_baseline_mib"]["median"]
         s_over = d["modes"]["spin"]["over_baseline_mib"]["median"]
         d["tspin_minus_spin_mib"] = t_over - s_over
         d["tspin_over_spin_ratio"] = t_over / s_over if s_over > 0 else float("nan")
         # Informational target (method.md: T-SPIN needs no second model): T-SPIN's training peak above
         # baseline should not exceed 2x SPIN's (3 rows vs 2 rows of activations, same weights).
-        tgt = C.target(f"{s}: T-SPIN peak over baseline / SPIN peak over baseline", d["tspin_over_spin_ratio"], "<=", 2.0)
+        tgt = C.target(
+            f"{s}: T-SPIN peak over baseline / SPIN peak over baseline", d["tspin_over_spin_ratio"], "<=", 2.0
+        )
         d.update(tgt)
         out["targets"].append(tgt)
         ref_over = d["modes"]["spin_ref"]["over_baseline_mib"]["median"]
         copy_over = d["modes"]["spin_frozen_copy"]["over_baseline_mib"]["median"]
         d["spin_ref_minus_frozen_copy_mib"] = ref_over - copy_over
-        tgt2 = C.target(f"{s}: SPIN with precomputed reference minus textbook SPIN with a frozen copy (peak over baseline, MiB)",
-                        ref_over - copy_over, "<=", 0.0, " MiB")
+        tgt2 = C.target(
+            f"{s}: SPIN with precomputed reference minus textbook SPIN with a frozen copy (peak over baseline, MiB)",
+            ref_over - copy_over,
+            "<=",
+            0.0,
+            " MiB",
+        )
         d["no_frozen_copy"] = tgt2
         out["targets"].append(tgt2)
         out["sizes"][s] = d
     out["met"] = all(t["met"] for t in out["targets"])
-    table = C.fmt_table(["size", "mode", "peak RSS MiB", "over baseline MiB", "min..max", "cuda max MiB", "seconds"], rows)
+    table = C.fmt_table(
+        ["size", "mode", "peak RSS MiB", "over baseline MiB", "min..max", "cuda max MiB", "seconds"], rows
+    )
     for s in sizes:
         d = out["sizes"][s]
-        table += (f"\n{s} ({d['n_params']:,} params): T-SPIN - SPIN = {d['tspin_minus_spin_mib']:+.1f} MiB, "
-                  f"ratio {d['tspin_over_spin_ratio']:.2f} (over baseline, medians of {repeats})")
+        table += (
+            f"\n{s} ({d['n_params']:,} params): T-SPIN - SPIN = {d['tspin_minus_spin_mib']:+.1f} MiB, "
+            f"ratio {d['tspin_over_spin_ratio']:.2f} (over baseline, medians of {repeats})"
+        )
     C.emit(out, table)
 
 

@@ -48,12 +48,22 @@ def main() -> None:
     tgt = C.target(f"tspin reproduce ({seeds} seeds x {iters} iterations) wall", st["median"], "<", round(limit), " s")
     if any(rcs):
         tgt["met"] = False
-    result = {"benchmark": "reproduce", "quick": args.quick, "machine": C.machine_info(), "wall_s": st,
-              "reported_s": C.stats(reported), "rc": rcs, "settings": settings if not any(rcs) else None,
-              "targets": [tgt], "met": tgt["met"]}
-    table = (f"tspin reproduce {'--quick ' if args.quick else ''}({seeds} seeds x {iters} iterations, 7 arms): "
-             f"wall median {st['median']:.0f} s over {st['n']} run(s) (min {st['min']:.0f}, max {st['max']:.0f})\n"
-             f"target {tgt['target']}: {'met' if tgt['met'] else 'NOT met'}")
+    result = {
+        "benchmark": "reproduce",
+        "quick": args.quick,
+        "machine": C.machine_info(),
+        "wall_s": st,
+        "reported_s": C.stats(reported),
+        "rc": rcs,
+        "settings": settings if not any(rcs) else None,
+        "targets": [tgt],
+        "met": tgt["met"],
+    }
+    table = (
+        f"tspin reproduce {'--quick ' if args.quick else ''}({seeds} seeds x {iters} iterations, 7 arms): "
+        f"wall median {st['median']:.0f} s over {st['n']} run(s) (min {st['min']:.0f}, max {st['max']:.0f})\n"
+        f"target {tgt['target']}: {'met' if tgt['met'] else 'NOT met'}"
+    )
     C.emit(result, table)
 
 

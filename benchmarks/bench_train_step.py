@@ -37,8 +37,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--task", default="addition", choices=["addition", "scratchpad"])
-    ap.add_argument("--data", default="distinct", choices=["distinct", "toy"],
-                    help="distinct: no repeated rows (default); toy: the toy task's shares of y' == y, y0 == y")
+    ap.add_argument(
+        "--data",
+        default="distinct",
+        choices=["distinct", "toy"],
+        help="distinct: no repeated rows (default); toy: the toy task's shares of y' == y, y0 == y",
+    )
     args = ap.parse_args()
     C.apply_threads(args)
     repeats = args.repeats or (2 if args.quick else 15)
@@ -58,11 +62,20 @@ def main() -> None:
     ex, _ = C.toy_examples(tok, bs, task=args.task, repeats=args.data == "toy")
     C.fill_reference(base, tok, ex)
     pad = tok.pad_token_id
-    train_cfg = TrainConfig(optimizer="adamw", lr=2e-5, epochs=steps, batch_size=bs, warmup_ratio=0.0,
-                            schedule="constant", max_grad_norm=1.0)
-    methods = {"tspin": MethodConfig(name="tspin", alpha=1.0, beta=0.1),
-               "spin": MethodConfig(name="spin", lam=1.0),
-               "sft": MethodConfig(name="sft")}
+    train_cfg = TrainConfig(
+        optimizer="adamw",
+        lr=2e-5,
+        epochs=steps,
+        batch_size=bs,
+        warmup_ratio=0.0,
+        schedule="constant",
+        max_grad_norm=1.0,
+    )
+    methods = {
+        "tspin": MethodConfig(name="tspin", alpha=1.0, beta=0.1),
+        "spin": MethodConfig(name="spin", lam=1.0),
+        "sft": MethodConfig(name="sft"),
+    }
 
     def rows(name):
         P, A, S, Y0 = ex.prompt_ids, ex.annotated_ids, ex.synthetic_ids, ex.proto_ids
@@ -75,13 +88,23 @@ def main() -> None:
     beta = {m: cfg.beta_at(1) for m, cfg in methods.items()}
 
     def live(name):  # the examples tspin_kit forwards (not those with an exactly zero gradient)
-        return [i for i in range(bs) if not zero_gradient(methods[name], beta[name], ex.annotated_ids[i],
-                                                              ex.synthetic_ids[i], ex.proto_ids[i] if name != "spin" else None)]
+        return [
+            i
+            for i in range(bs)
+            if not zero_gradient(
+                methods[name],
+                beta[name],
+                ex.annotated_ids[i],
+                ex.synthetic_ids[i],
+                ex.proto_ids[i] if name != "spin" else None,
+            )
+        ]
 
     def packed(name):
         keep = live(name)
         roles = {"sft": [ex.annotated_ids], "spin": [ex.annotated_ids, ex.synthetic_ids]}.get(
-            name, [ex.annotated_ids, ex.synthetic_ids, ex.proto_ids])
+            name, [ex.annotated_ids, ex.synthetic_ids, ex.proto_ids]
+        )
         pk = pack_rows([ex.prompt_ids[i] for i in keep] * len(roles), [r[i] for r in roles for i in keep], pad)
         return keep, len(roles), pk, pk.attention_mask(torch.float32)
 
@@ -175,7 +198,7 @@ def main() -> None:
     for r in range(repeats):
         # the two variants of one method run back to back (their ratio sees the same machine load);
         # methods rotate and the bare/kit order alternates between repeats
-        ms = names[r % len(names):] + names[: r % len(names)]
+        ms = names[r % len(names) :] + names[: r % len(names)]
         vs = ("bare", "kit", "padded") if r % 2 == 0 else ("padded", "kit", "bare")
         order = [(m, v) for m in ms for v in vs]
         got, cpu = {}, {}
@@ -196,12 +219,26 @@ def main() -> None:
             cpu_ratios[m].append(cpu[(m, "kit")] / cpu[(m, "bare")] - 1)
             loop_ratios[m].append(loop_times[m][-1] / got[(m, "bare")] - 1)
 
-    result = {"benchmark": "train_step", "quick": args.quick, "machine": C.machine_info(),
-              "settings": {"batch_size": bs, "steps_per_run": steps, "repeats": repeats, "task": args.task,
-                           "model": "toy tiny Llama (hidden 128, 2 layers)", "optimizer": "AdamW lr 2e-5",
-                           "max_grad_norm": 1.0, "tspin": "alpha 1, beta 0.1 (iteration 1)", "spin": "lam 1",
-                           "data": args.data, "repeated_rows": C.repeated_share(ex)},
-              "methods": {}, "targets": []}
+    result = {
+        "benchmark": "train_step",
+        "quick": args.quick,
+        "machine": C.machine_info(),
+        "settings": {
+            "batch_size": bs,
+            "steps_per_run": steps,
+            "repeats": repeats,
+            "task": args.task,
+            "model": "toy tiny Llama (hidden 128, 2 layers)",
+            "optimizer": "AdamW lr 2e-5",
+            "max_grad_norm": 1.0,
+            "tspin": "alpha 1, beta 0.1 (iteration 1)",
+            "spin": "lam 1",
+            "data": args.data,
+            "repeated_rows": C.repeated_share(ex),
+        },
+        "methods": {},
+        "targets": [],
+    }
     table_rows = []
     for m in methods:
         real, padded = token_counts[m]
@@ -209,43 +246,80 @@ def main() -> None:
         bare_step = [t / steps for t in times[(m, "bare")]]
         ov = C.stats(ratios[m])
         d = {
-            "rows_per_step": batches[m].input_ids.shape[0], "distinct_rows_per_step": packs[m][2].num_distinct,
-            "packed_sequences_per_step": int(packs[m][2].input_ids.shape[0]), "tokens_per_step": real,
-            "packed_tokens_incl_padding_per_step": padded, "textbook_padded_row_tokens_per_step": padded_tokens[m],
+            "rows_per_step": batches[m].input_ids.shape[0],
+            "distinct_rows_per_step": packs[m][2].num_distinct,
+            "packed_sequences_per_step": int(packs[m][2].input_ids.shape[0]),
+            "tokens_per_step": real,
+            "packed_tokens_incl_padding_per_step": padded,
+            "textbook_padded_row_tokens_per_step": padded_tokens[m],
             "kit_over_textbook_padded_time": C.stats(padded_ratios[m]),
-            "kit_seconds_per_step": C.stats(kit_step), "bare_seconds_per_step": C.stats(bare_step),
+            "kit_seconds_per_step": C.stats(kit_step),
+            "bare_seconds_per_step": C.stats(bare_step),
             "kit_loop_seconds_per_step": C.stats([t / steps for t in loop_times[m]]),
-            "kit_steps_per_s": C.stats([1 / t for t in kit_step]), "bare_steps_per_s": C.stats([1 / t for t in bare_step]),
+            "kit_steps_per_s": C.stats([1 / t for t in kit_step]),
+            "bare_steps_per_s": C.stats([1 / t for t in bare_step]),
             "kit_tokens_per_s": C.stats([real / t for t in kit_step]),
             "bare_tokens_per_s": C.stats([real / t for t in bare_step]),
-            "overhead": ov, "overhead_loop_only": C.stats(loop_ratios[m]),
+            "overhead": ov,
+            "overhead_loop_only": C.stats(loop_ratios[m]),
             # robust companions on a shared machine: CPU time of the process (deepcopy of the 1.3 MB model
             # included on both sides), and the ratio of the fastest runs (least disturbed by other jobs)
             "overhead_cpu_time": C.stats(cpu_ratios[m]),
             "overhead_of_min_times": min(times[(m, "kit")]) / min(times[(m, "bare")]) - 1,
         }
-        tgt = C.target(f"{m} framework overhead vs a bare loop on the same rows (kit/bare - 1, median)", ov["median"],
-                       "<=", 0.02)
+        tgt = C.target(
+            f"{m} framework overhead vs a bare loop on the same rows (kit/bare - 1, median)", ov["median"], "<=", 0.02
+        )
         d.update(tgt)
         result["methods"][m] = d
         result["targets"].append(tgt)
-        table_rows.append([m, d["rows_per_step"], real, d["bare_steps_per_s"]["median"], d["kit_steps_per_s"]["median"],
-                           d["kit_tokens_per_s"]["median"], f"{100 * ov['median']:+.1f}% [{100 * ov['min']:+.1f}, {100 * ov['max']:+.1f}]",
-                           f"{100 * d['overhead_loop_only']['median']:+.1f}%",
-                           f"{100 * d['overhead_cpu_time']['median']:+.1f}%", f"{100 * d['overhead_of_min_times']:+.1f}%",
-                           f"{d['kit_over_textbook_padded_time']['median']:.2f}x", tgt["met"]])
+        table_rows.append(
+            [
+                m,
+                d["rows_per_step"],
+                real,
+                d["bare_steps_per_s"]["median"],
+                d["kit_steps_per_s"]["median"],
+                d["kit_tokens_per_s"]["median"],
+                f"{100 * ov['median']:+.1f}% [{100 * ov['min']:+.1f}, {100 * ov['max']:+.1f}]",
+                f"{100 * d['overhead_loop_only']['median']:+.1f}%",
+                f"{100 * d['overhead_cpu_time']['median']:+.1f}%",
+                f"{100 * d['overhead_of_min_times']:+.1f}%",
+                f"{d['kit_over_textbook_padded_time']['median']:.2f}x",
+                tgt["met"],
+            ]
+        )
     # T-SPIN vs SPIN step cost (same framework, same run)
     tv = [a / b for a, b in zip(times[("tspin", "kit")], times[("spin", "kit")])]
     result["tspin_over_spin_step_time"] = C.stats(tv)
-    tgt = C.target("T-SPIN step / SPIN step (tspin_kit, median)", result["tspin_over_spin_step_time"]["median"], "<=", 1.2, "x")
+    tgt = C.target(
+        "T-SPIN step / SPIN step (tspin_kit, median)", result["tspin_over_spin_step_time"]["median"], "<=", 1.2, "x"
+    )
     result["targets"].append(tgt)
     result["met"] = all(t["met"] for t in result["targets"])
-    table = C.fmt_table(["method", "rows", "tokens", "bare steps/s", "kit steps/s", "kit tok/s",
-                         "overhead median [min,max]", "loop-only", "cpu-time", "min/min", "kit/padded", "<=2%"], table_rows)
+    table = C.fmt_table(
+        [
+            "method",
+            "rows",
+            "tokens",
+            "bare steps/s",
+            "kit steps/s",
+            "kit tok/s",
+            "overhead median [min,max]",
+            "loop-only",
+            "cpu-time",
+            "min/min",
+            "kit/padded",
+            "<=2%",
+        ],
+        table_rows,
+    )
     table += f"\nT-SPIN step / SPIN step time (tspin_kit): median {result['tspin_over_spin_step_time']['median']:.2f}x"
-    table += (f"\n{repeats} repeats x {steps} steps, batch {bs}, data {args.data} (y' == y share "
-              f"{result['settings']['repeated_rows']['synthetic_equals_annotated']:.2f}), torch threads "
-              f"{result['machine']['torch_num_threads']}")
+    table += (
+        f"\n{repeats} repeats x {steps} steps, batch {bs}, data {args.data} (y' == y share "
+        f"{result['settings']['repeated_rows']['synthetic_equals_annotated']:.2f}), torch threads "
+        f"{result['machine']['torch_num_threads']}"
+    )
     C.emit(result, table)
 
 

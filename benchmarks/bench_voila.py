@@ -21,8 +21,16 @@ from pathlib import Path
 import _common as C
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 def free_port() -> int:
@@ -41,22 +49,51 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     root = Path(tempfile.mkdtemp(prefix="bench_voila_"))
-    env = {**os.environ, "TSPIN_SMOKE": "0" if args.full else "1", "TSPIN_RUNS": str(root / "runs"),
-           "TSPIN_PROGRESS": "0", "JUPYTER_PATH": str(C.ROOT / "widgets" / "share"),
-           "JUPYTER_CONFIG_DIR": str(root / "cfg"), "JUPYTER_RUNTIME_DIR": str(root / "rt"), "IPYTHONDIR": str(root / "ipy"),
-           "PYTHONPATH": str(C.ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "TSPIN_SMOKE": "0" if args.full else "1",
+        "TSPIN_RUNS": str(root / "runs"),
+        "TSPIN_PROGRESS": "0",
+        "JUPYTER_PATH": str(C.ROOT / "widgets" / "share"),
+        "JUPYTER_CONFIG_DIR": str(root / "cfg"),
+        "JUPYTER_RUNTIME_DIR": str(root / "rt"),
+        "IPYTHONDIR": str(root / "ipy"),
+        "PYTHONPATH": str(C.ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     shutil.copy(C.ROOT / "notebooks" / "dashboard.ipynb", root / "dashboard.ipynb")
     t0 = time.perf_counter()
     smoke = "False" if args.full else "True"
-    subprocess.run([sys.executable, "-c", "from tspin_kit import presets; "
-                    f"presets.run_toy(presets.toy_config('tspin', smoke={smoke}))"],
-                   env=env, cwd=root, check=True, capture_output=True, timeout=900)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from tspin_kit import presets; presets.run_toy(presets.toy_config('tspin', smoke={smoke}))",
+        ],
+        env=env,
+        cwd=root,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     make_run_s = time.perf_counter() - t0
     port = free_port()
     log = open(root / "voila.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "voila", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
-                             "--template=tspin", str(root / "dashboard.ipynb")], env=env, cwd=root, stdout=log,
-                            stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "voila",
+            "--no-browser",
+            f"--port={port}",
+            "--Voila.ip=127.0.0.1",
+            "--template=tspin",
+            str(root / "dashboard.ipynb"),
+        ],
+        env=env,
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     renders = []
     try:
         for _ in range(600):
@@ -80,12 +117,20 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     st = C.stats(renders)
     tgt = C.target("Voila first render of dashboard.ipynb (median)", st["median"], "<=", 10.0, " s")
-    result = {"benchmark": "voila", "quick": args.quick, "machine": C.machine_info(),
-              "settings": {"mode": "full" if args.full else "smoke", "repeats": repeats, "make_run_s": make_run_s},
-              "first_render_s": st, "targets": [tgt], "met": tgt["met"]}
-    table = (f"Voila first render of notebooks/dashboard.ipynb ({result['settings']['mode']} run, made first in "
-             f"{make_run_s:.0f} s): median {st['median']:.1f} s (min {st['min']:.1f}, max {st['max']:.1f}, n={st['n']})\n"
-             f"target {tgt['target']}: {'met' if tgt['met'] else 'NOT met'}")
+    result = {
+        "benchmark": "voila",
+        "quick": args.quick,
+        "machine": C.machine_info(),
+        "settings": {"mode": "full" if args.full else "smoke", "repeats": repeats, "make_run_s": make_run_s},
+        "first_render_s": st,
+        "targets": [tgt],
+        "met": tgt["met"],
+    }
+    table = (
+        f"Voila first render of notebooks/dashboard.ipynb ({result['settings']['mode']} run, made first in "
+        f"{make_run_s:.0f} s): median {st['median']:.1f} s (min {st['min']:.1f}, max {st['max']:.1f}, n={st['n']})\n"
+        f"target {tgt['target']}: {'met' if tgt['met'] else 'NOT met'}"
+    )
     C.emit(result, table)
 
 

@@ -87,16 +87,42 @@ def main() -> None:
 
     def trl_args(precompute: bool):
         return DPOConfig(
-            output_dir=out_dir, per_device_train_batch_size=bs, num_train_epochs=epochs, learning_rate=lr,
-            lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch",
-            beta=lam, loss_type=["sigmoid"], precompute_ref_log_probs=precompute, max_length=None,
-            bf16=False, fp16=False, gradient_checkpointing=False, use_cpu=True,
-            report_to=[], save_strategy="no", eval_strategy="no", logging_strategy="no", disable_tqdm=True,
-            dataloader_num_workers=0, seed=0,
+            output_dir=out_dir,
+            per_device_train_batch_size=bs,
+            num_train_epochs=epochs,
+            learning_rate=lr,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            optim="adamw_torch",
+            beta=lam,
+            loss_type=["sigmoid"],
+            precompute_ref_log_probs=precompute,
+            max_length=None,
+            bf16=False,
+            fp16=False,
+            gradient_checkpointing=False,
+            use_cpu=True,
+            report_to=[],
+            save_strategy="no",
+            eval_strategy="no",
+            logging_strategy="no",
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            seed=0,
         )
 
-    train_cfg = TrainConfig(optimizer="adamw", lr=lr, epochs=epochs, batch_size=bs, warmup_ratio=0.0,
-                            schedule="constant", weight_decay=0.0, max_grad_norm=1.0)
+    train_cfg = TrainConfig(
+        optimizer="adamw",
+        lr=lr,
+        epochs=epochs,
+        batch_size=bs,
+        warmup_ratio=0.0,
+        schedule="constant",
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+    )
     method = MethodConfig(name="spin", lam=lam)
 
     def trl_trainer(base, ds, precompute: bool):
@@ -120,8 +146,9 @@ def main() -> None:
         n = len(ex)
         t0 = time.perf_counter()
         # y and y' in one call, as the session scores them: each distinct row once, each prompt once
-        sc = score_responses(model, ex.prompt_ids * 2, ex.annotated_ids + ex.synthetic_ids, pad_id=tok.pad_token_id,
-                             batch_size=250)
+        sc = score_responses(
+            model, ex.prompt_ids * 2, ex.annotated_ids + ex.synthetic_ids, pad_id=tok.pad_token_id, batch_size=250
+        )
         ex.ref_annotated = torch.tensor([s["logp"] for s in sc[:n]], dtype=torch.float32)
         ex.ref_synthetic = torch.tensor([s["logp"] for s in sc[n:]], dtype=torch.float32)
         t1 = time.perf_counter()
@@ -131,20 +158,36 @@ def main() -> None:
 
     # the tokenisation TRL uses must be tspin_kit's
     identical = True
-    for d, (ex, ds) in worlds.items():
+    for _d, (ex, ds) in worlds.items():
         td = trl_trainer(toy.build_model(tok), ds, False).train_dataset
         identical &= all(
-            list(td[i]["prompt_ids"]) == ex.prompt_ids[i] and list(td[i]["chosen_ids"]) == ex.annotated_ids[i]
-            and list(td[i]["rejected_ids"]) == ex.synthetic_ids[i] for i in range(len(td)))
+            list(td[i]["prompt_ids"]) == ex.prompt_ids[i]
+            and list(td[i]["chosen_ids"]) == ex.annotated_ids[i]
+            and list(td[i]["rejected_ids"]) == ex.synthetic_ids[i]
+            for i in range(len(td))
+        )
 
-    result = {"benchmark": "vs_trl", "quick": args.quick, "machine": C.machine_info(),
-              "settings": {"examples": num, "epochs": epochs, "batch_size": bs, "lr": lr, "lam_beta": lam,
-                           "repeats": repeats, "optimizer": "AdamW wd 0, constant lr, clip 1.0",
-                           "trl_reference": "precompute_ref_log_probs=True, no ref_model; precompute timed and added",
-                           "kit_reference": "score_responses once on [y; y'] (timed)",
-                           "data": {d: C.repeated_share(worlds[d][0]) for d in datas},
-                           "tokenisation_identical": identical, "trl_version": __import__("trl").__version__},
-              "sizes": {}, "targets": []}
+    result = {
+        "benchmark": "vs_trl",
+        "quick": args.quick,
+        "machine": C.machine_info(),
+        "settings": {
+            "examples": num,
+            "epochs": epochs,
+            "batch_size": bs,
+            "lr": lr,
+            "lam_beta": lam,
+            "repeats": repeats,
+            "optimizer": "AdamW wd 0, constant lr, clip 1.0",
+            "trl_reference": "precompute_ref_log_probs=True, no ref_model; precompute timed and added",
+            "kit_reference": "score_responses once on [y; y'] (timed)",
+            "data": {d: C.repeated_share(worlds[d][0]) for d in datas},
+            "tokenisation_identical": identical,
+            "trl_version": __import__("trl").__version__,
+        },
+        "sizes": {},
+        "targets": [],
+    }
     rows = []
     for s in sizes:
         base = toy.build_model(tok, toy.ToyModelSize(**SIZES[s]))
@@ -172,29 +215,65 @@ def main() -> None:
                 trl_loss.append(a[2])
                 kit_loss.append(b[2])
             st = C.stats(ratios)
-            dd = {"trl_seconds": C.stats(trl_t), "trl_precompute_seconds": C.stats(pre_t), "kit_seconds": C.stats(kit_t),
-                  "kit_reference_seconds": C.stats(ref_t), "ratio": st, "steps": {"trl": trl_steps, "kit": kit_steps},
-                  "mean_train_loss": {"trl": C.stats(trl_loss), "kit": C.stats(kit_loss)}}
+            dd = {
+                "trl_seconds": C.stats(trl_t),
+                "trl_precompute_seconds": C.stats(pre_t),
+                "kit_seconds": C.stats(kit_t),
+                "kit_reference_seconds": C.stats(ref_t),
+                "ratio": st,
+                "steps": {"trl": trl_steps, "kit": kit_steps},
+                "mean_train_loss": {"trl": C.stats(trl_loss), "kit": C.stats(kit_loss)},
+            }
             if live_t:
                 dd["trl_live_reference_seconds"] = C.stats(live_t)
             if d == "distinct":
-                tgt = C.target(f"{s}, no repeated rows: TRL (precomputed reference) / tspin_kit time (median)",
-                               st["median"], ">=", 1.3, "x")
+                tgt = C.target(
+                    f"{s}, no repeated rows: TRL (precomputed reference) / tspin_kit time (median)",
+                    st["median"],
+                    ">=",
+                    1.3,
+                    "x",
+                )
                 dd.update(tgt)
                 result["targets"].append(tgt)
             result["sizes"][s][d] = dd
-            rows.append([s, d, f"{trl_steps}/{kit_steps}", dd["trl_seconds"]["median"], dd["trl_precompute_seconds"]["median"],
-                         dd["kit_seconds"]["median"], dd["kit_reference_seconds"]["median"],
-                         f"{st['median']:.2f}x [{st['min']:.2f}, {st['max']:.2f}]",
-                         f"{dd['mean_train_loss']['trl']['median']:.4f}/{dd['mean_train_loss']['kit']['median']:.4f}",
-                         dd["met"] if "met" in dd else "(context)"])
+            rows.append(
+                [
+                    s,
+                    d,
+                    f"{trl_steps}/{kit_steps}",
+                    dd["trl_seconds"]["median"],
+                    dd["trl_precompute_seconds"]["median"],
+                    dd["kit_seconds"]["median"],
+                    dd["kit_reference_seconds"]["median"],
+                    f"{st['median']:.2f}x [{st['min']:.2f}, {st['max']:.2f}]",
+                    f"{dd['mean_train_loss']['trl']['median']:.4f}/{dd['mean_train_loss']['kit']['median']:.4f}",
+                    dd["met"] if "met" in dd else "(context)",
+                ]
+            )
     shutil.rmtree(out_dir, ignore_errors=True)
     result["met"] = all(t["met"] for t in result["targets"])
-    table = C.fmt_table(["size", "data", "steps trl/kit", "TRL s", "TRL precompute s", "kit s", "kit ref s",
-                         "TRL/kit median [min,max]", "loss trl/kit", ">=1.3x"], rows)
-    table += (f"\n{num} examples x {epochs} epochs, batch {bs}, {repeats} repeats; data 'distinct' = no repeated rows "
-              f"(the headline), 'toy' = y' == y for {100 * result['settings']['data'].get('toy', {}).get('synthetic_equals_annotated', float('nan')):.0f}% "
-              f"of prompts; TRL tokenisation identical to tspin_kit: {identical}")
+    table = C.fmt_table(
+        [
+            "size",
+            "data",
+            "steps trl/kit",
+            "TRL s",
+            "TRL precompute s",
+            "kit s",
+            "kit ref s",
+            "TRL/kit median [min,max]",
+            "loss trl/kit",
+            ">=1.3x",
+        ],
+        rows,
+    )
+    table += (
+        f"\n{num} examples x {epochs} epochs, batch {bs}, {repeats} repeats; data 'distinct' = no repeated rows "
+        "(the headline), 'toy' = y' == y for "
+        f"{100 * result['settings']['data'].get('toy', {}).get('synthetic_equals_annotated', float('nan')):.0f}% "
+        f"of prompts; TRL tokenisation identical to tspin_kit: {identical}"
+    )
     C.emit(result, table)
 
 

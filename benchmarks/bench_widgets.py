@@ -72,7 +72,9 @@ def slider_compute(inputs, candidates, landscape, alpha, beta):
     F.gradient_weights(table, kind="tspin", scale=alpha, beta=beta)
     F.top_drivers(top)
     F.loss_landscape(landscape, kind="tspin", scale=alpha, beta=beta)
-    F.opponent(A.opponent_table(candidates, alpha), A.opponent_entropy_curve(candidates, np.geomspace(0.05, 20.0, 60)), alpha)
+    F.opponent(
+        A.opponent_table(candidates, alpha), A.opponent_entropy_curve(candidates, np.geomspace(0.05, 20.0, 60)), alpha
+    )
 
 
 def bench_case(name: str, records, run_dir: Path, repeats: int) -> dict:
@@ -88,7 +90,9 @@ def bench_case(name: str, records, run_dir: Path, repeats: int) -> dict:
 
     # alpha / beta: compute only, then through the widget (FigureWidget updates included)
     inputs = A.loss_inputs(records.examples, last, "before")
-    candidates = A.candidate_confidences(records.examples, last, int(records.examples["example_id"].iloc[0]), alpha_run=A.opponent_alpha(records))
+    candidates = A.candidate_confidences(
+        records.examples, last, int(records.examples["example_id"].iloc[0]), alpha_run=A.opponent_alpha(records)
+    )
     landscape = A.loss_landscape(inputs, kind="tspin", scales=np.geomspace(0.05, 5, 25), betas=np.linspace(0, 1, 21))
     alphas = cycle([0.3, 0.5, 0.8, 1.3, 2.0])
     betas = cycle([0.05, 0.2, 0.4, 0.6])
@@ -168,18 +172,41 @@ def main(argv=None) -> int:
 
     one_case = results[-1]
     targets = [
-        C.target("alpha move, widget, 50k triplets in one iteration (ms)", one_case["alpha_widget_ms"], "<=", TARGETS_MS["slider"]),
-        C.target("beta move, widget, 50k triplets in one iteration (ms)", one_case["beta_widget_ms"], "<=", TARGETS_MS["slider"]),
+        C.target(
+            "alpha move, widget, 50k triplets in one iteration (ms)",
+            one_case["alpha_widget_ms"],
+            "<=",
+            TARGETS_MS["slider"],
+        ),
+        C.target(
+            "beta move, widget, 50k triplets in one iteration (ms)",
+            one_case["beta_widget_ms"],
+            "<=",
+            TARGETS_MS["slider"],
+        ),
     ]
-    for key in ("table_sort_numeric_ms", "table_sort_text_ms", "table_search_first_ms", "table_search_ms", "table_page_ms", "table_row_click_ms"):
+    for key in (
+        "table_sort_numeric_ms",
+        "table_sort_text_ms",
+        "table_search_first_ms",
+        "table_search_ms",
+        "table_page_ms",
+        "table_row_click_ms",
+    ):
         targets.append(C.target(f"triplet table: {key} [{one_case['case']}]", one_case[key], "<=", TARGETS_MS["table"]))
     for r in results:
         for key in ("iteration_alpha_beta_panel_ms", "iteration_triplet_browser_ms", "iteration_dashboard_ms"):
             if key in r:
                 targets.append(C.target(f"{key} [{r['case']}]", r[key], "<=", TARGETS_MS["iteration"]))
         targets.append(C.target(f"open_dashboard_ms [{r['case']}]", r["open_dashboard_ms"], "<=", TARGETS_MS["open"]))
-    report = {"machine": C.machine_info(), "repeats": args.repeats, "targets_ms": TARGETS_MS, "records_build_s": round(build_s, 1),
-              "results": results, "targets": targets}
+    report = {
+        "machine": C.machine_info(),
+        "repeats": args.repeats,
+        "targets_ms": TARGETS_MS,
+        "records_build_s": round(build_s, 1),
+        "results": results,
+        "targets": targets,
+    }
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 

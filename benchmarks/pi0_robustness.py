@@ -38,14 +38,22 @@ def main() -> None:
         for nudge in range(args.nudges + 1):
             settings = toy.InitialPolicySettings(epochs=args.epochs, lr=float(lr), schedule=schedule)
             t0 = time.perf_counter()
-            model, tok = toy.train_initial_policy(args.task, train, settings, perturb=args.size if nudge else 0.0,
-                                                  perturb_seed=nudge)
+            model, tok = toy.train_initial_policy(
+                args.task, train, settings, perturb=args.size if nudge else 0.0, perturb_seed=nudge
+            )
             seconds = time.perf_counter() - t0
             acc = sum(toy.heldout_correct(model, tok, args.task, held)) / len(held)
             rows.append({"recipe": recipe, "nudge": nudge, "accuracy": acc, "train_seconds": seconds})
     del torch
-    out = {"benchmark": "pi0_robustness", "task": args.task, "epochs": args.epochs, "nudge_size": args.size,
-           "machine": _common.machine_info(), "rows": rows, "spread": {}}
+    out = {
+        "benchmark": "pi0_robustness",
+        "task": args.task,
+        "epochs": args.epochs,
+        "nudge_size": args.size,
+        "machine": _common.machine_info(),
+        "rows": rows,
+        "spread": {},
+    }
     lines = [f"{'recipe':<16}{'nudge':>8}{'accuracy':>10}{'train s':>9}"]
     for r in rows:
         lines.append(f"{r['recipe']:<16}{r['nudge']:>8}{r['accuracy']:>10.3f}{r['train_seconds']:>9.1f}")

@@ -21,7 +21,15 @@ from pathlib import Path
 import _common as C
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_train_step", "bench_generation", "bench_memory", "bench_vs_trl", "bench_demo", "bench_reproduce", "bench_voila"]
+SCRIPTS = [
+    "bench_train_step",
+    "bench_generation",
+    "bench_memory",
+    "bench_vs_trl",
+    "bench_demo",
+    "bench_reproduce",
+    "bench_voila",
+]
 
 
 def main() -> int:
@@ -56,12 +64,18 @@ def main() -> int:
         res["wall_s"] = wall
         collected[name] = res
         for t in res.get("targets", []):
-            rows.append([name, t["target"], f"{t['value']:.3g}", "quick" if res.get("quick") else "full", t["met"], wall])
+            rows.append(
+                [name, t["target"], f"{t['value']:.3g}", "quick" if res.get("quick") else "full", t["met"], wall]
+            )
         if not res.get("targets"):
             rows.append([name, res.get("skipped", "(no target)"), "", "", False, wall])
-    summary = {"benchmarks": collected, "machine": C.machine_info(), "quick": not args.full,
-               "met": all(t["met"] for r in collected.values() for t in r.get("targets", [])) and not failed,
-               "failed": failed}
+    summary = {
+        "benchmarks": collected,
+        "machine": C.machine_info(),
+        "quick": not args.full,
+        "met": all(t["met"] for r in collected.values() for t in r.get("targets", [])) and not failed,
+        "failed": failed,
+    }
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1, default=str))
     C.emit(summary, C.fmt_table(["benchmark", "target", "value", "mode", "met", "script s"], rows))

@@ -21,13 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_port
+# imported after the sys.path insert above, which makes `tests` importable from a checkout
+from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, free_port, stop, wait_port  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "img" / "dashboard.png")
     args = p.parse_args(argv)
     from playwright.sync_api import expect, sync_playwright
@@ -84,12 +83,8 @@ def main(argv=None) -> int:
         try:
             wait_port(port, 60, proc, log)
             with sync_playwright() as pw:
-                browser = pw.chromium.launch(
-                    executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-                )
-                page = browser.new_page(
-                    viewport={"width": 1280, "height": 1500}, device_scale_factor=1
-                )
+                browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+                page = browser.new_page(viewport={"width": 1280, "height": 1500}, device_scale_factor=1)
                 page.set_default_timeout(120_000)
                 page.goto(f"http://127.0.0.1:{port}/", timeout=120_000)
                 status = page.locator("#tspin-status")

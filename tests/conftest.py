@@ -126,18 +126,14 @@ def normalise_records(df):
 # ----------------------------------------------------------------------------- tiny pretrained folders
 
 
-def save_tiny_llama(
-    folder: Path, *, chat_template: bool, pad_token: bool = True, seed: int = 1
-) -> Path:
+def save_tiny_llama(folder: Path, *, chat_template: bool, pad_token: bool = True, seed: int = 1) -> Path:
     """A randomly initialised tiny Llama + the toy character tokenizer, saved like a hub checkpoint."""
     from tspin_kit import toy
 
     tok = toy.build_tokenizer()
     model = toy.build_model(
         tok,
-        toy.ToyModelSize(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
-        ),
+        toy.ToyModelSize(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
         seed=seed,
     )
     if not chat_template:
@@ -188,14 +184,11 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
-
 @pytest.fixture(scope="session")
 def toy_world():
     from tspin_kit import toy
 
-    train, held_out = toy.make_world(
-        "addition", SMALL["model"]["toy_sft_examples"], SMALL["data"]["eval_size"]
-    )
+    train, held_out = toy.make_world("addition", SMALL["model"]["toy_sft_examples"], SMALL["data"]["eval_size"])
     return train, held_out
 
 
@@ -245,7 +238,9 @@ def stepped_run(tmp_path_factory) -> SteppedRun:
     run_dir = tmp_path_factory.mktemp("stepped") / "run"
     s = SelfPlaySession(small_config(run_dir))
     r = SteppedRun(session=s, run_dir=run_dir)
-    cb = lambda done, total, phase: r.progress.append((done, total, phase))
+
+    def cb(done, total, phase):
+        r.progress.append((done, total, phase))
 
     r.phases.append(s.next_phase)
     r.errors["train_before_prepare"] = _capture(s.train)

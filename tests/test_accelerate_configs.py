@@ -10,14 +10,28 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
-COMMON = {"compute_environment", "distributed_type", "mixed_precision", "num_processes", "num_machines",
-          "machine_rank", "use_cpu"}
+COMMON = {
+    "compute_environment",
+    "distributed_type",
+    "mixed_precision",
+    "num_processes",
+    "num_machines",
+    "machine_rank",
+    "use_cpu",
+}
 NEEDS = {  # distributed_type -> (required keys, required values of its section)
     "NO": ({"gpu_ids"}, None, {}),
     "MULTI_GPU": ({"gpu_ids"}, None, {}),
-    "FSDP": ({"fsdp_config"}, "fsdp_config", {"fsdp_version": 2, "fsdp_reshard_after_forward": True,
-                                              "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-                                              "fsdp_state_dict_type": "SHARDED_STATE_DICT"}),
+    "FSDP": (
+        {"fsdp_config"},
+        "fsdp_config",
+        {
+            "fsdp_version": 2,
+            "fsdp_reshard_after_forward": True,
+            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+        },
+    ),
     "DEEPSPEED": ({"deepspeed_config"}, "deepspeed_config", {"zero_stage": 3, "zero3_save_16bit_model": True}),
 }
 

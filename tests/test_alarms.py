@@ -26,15 +26,19 @@ def literal(method: str, iterations: list[dict], label: str | None = None):
     frames, rows = [], []
     for t, it in enumerate(iterations):
         n = len(it["after"])
-        frames.append(pd.DataFrame({
-            "iteration": t,
-            "example_id": range(n),
-            "reward_margin": it.get("margin", [float("nan")] * n),
-            "annotated_logp_before": it.get("before", it["after"]),
-            "annotated_logp_after": it["after"],
-            "synthetic_equals_annotated": it.get("equal", [False] * n),
-            "misaligned": it.get("misaligned", [False] * n),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "iteration": t,
+                    "example_id": range(n),
+                    "reward_margin": it.get("margin", [float("nan")] * n),
+                    "annotated_logp_before": it.get("before", it["after"]),
+                    "annotated_logp_after": it["after"],
+                    "synthetic_equals_annotated": it.get("equal", [False] * n),
+                    "misaligned": it.get("misaligned", [False] * n),
+                }
+            )
+        )
         rows.append({"iteration": t, "score_before": float("nan"), "score_after": it.get("score", float("nan"))})
     manifest = {"config": {"method": {"name": method}}}
     if label:
@@ -68,8 +72,9 @@ def test_spin_run_in_trouble_fires_every_flag_at_the_hand_computed_iterations():
     assert alarms[0].message == "it1: SPIN's reward margin after training fell to 0.08 (from 0.30 at it0, 27% of it)"
     assert (alarms[0].value, alarms[0].baseline) == pytest.approx((0.08, 0.3))
     assert alarms[1].message == "it1: reward/log pi misalignment rose to 50% of examples (from 0% at it0, +50 points)"
-    assert alarms[3].message == ("it2: mean log pi(y) of annotated responses after training fell to -5.00 nats "
-                                 "(from -4.00 under pi_1, -1.00)")
+    assert alarms[3].message == (
+        "it2: mean log pi(y) of annotated responses after training fell to -5.00 nats (from -4.00 under pi_1, -1.00)"
+    )
     assert alarms[4].message == "it2: y' == y for 100% of pairs (2 of 2; threshold 80%)"
     assert str(alarms[4]).startswith("[critical] SPIN s0: it2: y' == y")
 
@@ -100,9 +105,16 @@ def test_thresholds_move_the_flags():
     healthy_equal = [{"after": [-5.0, -5.0]}, {"after": [-4.5, -4.0], "equal": [True, False]}]
     th = AlarmThresholds(degenerate_share=0.5)
     alarms = find_alarms(literal("spin", healthy_equal), th)
-    assert [(a.iteration, a.name, a.severity, a.example_ids) for a in alarms] == [(1, "degenerate_share", "warning", (0,))]
+    assert [(a.iteration, a.name, a.severity, a.example_ids) for a in alarms] == [
+        (1, "degenerate_share", "warning", (0,))
+    ]
     # A displacement threshold above the 1.0-nat drop silences it; the margin needs a baseline > 0.
-    assert "likelihood_displacement" not in {a.name for a in find_alarms(literal("spin", SPIN_TROUBLE), AlarmThresholds(displacement_nats=1.5, displacement_nats_critical=3))}
+    assert "likelihood_displacement" not in {
+        a.name
+        for a in find_alarms(
+            literal("spin", SPIN_TROUBLE), AlarmThresholds(displacement_nats=1.5, displacement_nats_critical=3)
+        )
+    }
     no_baseline = [{"margin": [0.0, 0.0], "after": [-5.0, -5.0]}, {"margin": [-0.1, 0.0], "after": [-5.0, -5.0]}]
     assert find_alarms(literal("spin", no_baseline)) == []
     # top_examples caps the ranked lists
@@ -110,12 +122,15 @@ def test_thresholds_move_the_flags():
     assert first.example_ids == (1,)
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"margin_collapse_ratio_critical": 0.5}, "margin_collapse_ratio_critical"),
-    ({"degenerate_share": 1.5, "degenerate_share_critical": 1.6}, "degenerate_share"),
-    ({"displacement_nats_critical": 0.1}, "displacement_nats_critical"),
-    ({"top_examples": 0}, "top_examples"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"margin_collapse_ratio_critical": 0.5}, "margin_collapse_ratio_critical"),
+        ({"degenerate_share": 1.5, "degenerate_share_critical": 1.6}, "degenerate_share"),
+        ({"displacement_nats_critical": 0.1}, "displacement_nats_critical"),
+        ({"top_examples": 0}, "top_examples"),
+    ],
+)
 def test_bad_thresholds_fail_at_construction(kwargs, field):
     with pytest.raises(ValueError, match=field):
         AlarmThresholds(**kwargs)
@@ -126,8 +141,15 @@ def _flagged(method, scores, equal_at=(), misaligned_at=()):
     ``misaligned_at`` (margins constant, log pi(y) constant), with the given score_after curve."""
     its = []
     for t, s in enumerate(scores):
-        its.append({"margin": [1.0, 1.0], "after": [-5.0, -5.0], "score": s,
-                    "equal": [t in equal_at] * 2, "misaligned": [t in misaligned_at, False]})
+        its.append(
+            {
+                "margin": [1.0, 1.0],
+                "after": [-5.0, -5.0],
+                "score": s,
+                "equal": [t in equal_at] * 2,
+                "misaligned": [t in misaligned_at, False],
+            }
+        )
     return literal(method, its)
 
 
@@ -143,21 +165,69 @@ def test_validate_alarms_counts_hits_misses_and_unforetold_drops():
     b = _flagged("tspin", [0.60, 0.61, 0.585, 0.595], equal_at=(0,))
     table = validate_alarms([a, b], drop_points=2.0, horizon=2)
     assert list(table.index) == [*ALARM_NAMES, "any"]
-    assert table.loc["degenerate_share"].to_dict() == {"fired": 3, "before_drop": 1, "without_drop": 1, "unjudged": 1, "drops": 4, "drops_caught": 2, "drops_missed": 2}
-    assert table.loc["misalignment_rising"].to_dict() == {"fired": 1, "before_drop": 1, "without_drop": 0, "unjudged": 0, "drops": 4, "drops_caught": 1, "drops_missed": 3}
-    assert table.loc["reward_margin_collapse"].to_dict() == {"fired": 0, "before_drop": 0, "without_drop": 0, "unjudged": 0, "drops": 4, "drops_caught": 0, "drops_missed": 4}
-    assert table.loc["any"].to_dict() == {"fired": 4, "before_drop": 2, "without_drop": 1, "unjudged": 1, "drops": 4, "drops_caught": 3, "drops_missed": 1}
+    assert table.loc["degenerate_share"].to_dict() == {
+        "fired": 3,
+        "before_drop": 1,
+        "without_drop": 1,
+        "unjudged": 1,
+        "drops": 4,
+        "drops_caught": 2,
+        "drops_missed": 2,
+    }
+    assert table.loc["misalignment_rising"].to_dict() == {
+        "fired": 1,
+        "before_drop": 1,
+        "without_drop": 0,
+        "unjudged": 0,
+        "drops": 4,
+        "drops_caught": 1,
+        "drops_missed": 3,
+    }
+    assert table.loc["reward_margin_collapse"].to_dict() == {
+        "fired": 0,
+        "before_drop": 0,
+        "without_drop": 0,
+        "unjudged": 0,
+        "drops": 4,
+        "drops_caught": 0,
+        "drops_missed": 4,
+    }
+    assert table.loc["any"].to_dict() == {
+        "fired": 4,
+        "before_drop": 2,
+        "without_drop": 1,
+        "unjudged": 1,
+        "drops": 4,
+        "drops_caught": 3,
+        "drops_missed": 1,
+    }
 
     # horizon 1: drops A d=2 (52 -> 49), d=4 (49.5 -> 46.5); B d=2 (61 -> 58.5): 3 drops, B's missed.
     one = validate_alarms([a, b], horizon=1)
-    assert one.loc["any"].to_dict() == {"fired": 4, "before_drop": 2, "without_drop": 1, "unjudged": 1, "drops": 3, "drops_caught": 2, "drops_missed": 1}
+    assert one.loc["any"].to_dict() == {
+        "fired": 4,
+        "before_drop": 2,
+        "without_drop": 1,
+        "unjudged": 1,
+        "drops": 3,
+        "drops_caught": 2,
+        "drops_missed": 1,
+    }
     # In points already (not fractions): the same curve x100 gives the same table.
     a100 = _flagged("spin", [50, 52, 49, 49.5, 46.5], equal_at=(1, 4), misaligned_at=(3,))
     b100 = _flagged("tspin", [60, 61, 58.5, 59.5], equal_at=(0,))
     assert validate_alarms([a100, b100]).equals(table)
     # drops of 2.9 points: A's d=2 (52 -> 49) and d=4 (49.5 -> 46.5), both foretold; B's 2.5 is no longer one
     three = validate_alarms([a100, b100], drop_points=2.9)
-    assert three.loc["any"].to_dict() == {"fired": 4, "before_drop": 2, "without_drop": 1, "unjudged": 1, "drops": 2, "drops_caught": 2, "drops_missed": 0}
+    assert three.loc["any"].to_dict() == {
+        "fired": 4,
+        "before_drop": 2,
+        "without_drop": 1,
+        "unjudged": 1,
+        "drops": 2,
+        "drops_caught": 2,
+        "drops_missed": 0,
+    }
     with pytest.raises(ValueError, match="horizon"):
         validate_alarms([a], horizon=0)
 
@@ -168,7 +238,9 @@ def test_validate_alarms_counts_hits_misses_and_unforetold_drops():
 @pytest.fixture(scope="module")
 def spin_run_dir(tmp_path_factory):
     # build_records' SPIN margin shrinks with iterations: at 4 iterations it collapses below 30% of it0's.
-    return write_run_dir(build_records("spin", n_examples=60, n_iterations=4, seed=1), tmp_path_factory.mktemp("alarms") / "spin")
+    return write_run_dir(
+        build_records("spin", n_examples=60, n_iterations=4, seed=1), tmp_path_factory.mktemp("alarms") / "spin"
+    )
 
 
 def test_tspin_report_prints_and_renders_the_alarms(spin_run_dir, capsys, tmp_path):

@@ -106,8 +106,18 @@ def test_run_label_prefers_manifest_label(tspin):
 
 def test_default_kind_and_stage():
     # the lab starts on the run's own objective; an SFT run (no y' to compare) on a T-SPIN what-if
-    assert [A.default_loss_kind(m) for m in ("sft", "spin", "tspin", "tspin_no_history", "tspin_ref")] == ["tspin", "spin", "tspin", "tspin_no_history", "tspin_ref"]
-    assert (A.default_stage("tspin"), A.default_stage("spin"), A.default_stage("tspin_ref")) == ("before", "after", "after")
+    assert [A.default_loss_kind(m) for m in ("sft", "spin", "tspin", "tspin_no_history", "tspin_ref")] == [
+        "tspin",
+        "spin",
+        "tspin",
+        "tspin_no_history",
+        "tspin_ref",
+    ]
+    assert (A.default_stage("tspin"), A.default_stage("spin"), A.default_stage("tspin_ref")) == (
+        "before",
+        "after",
+        "after",
+    )
 
 
 # --------------------------------------------------------------------------- per-iteration tables
@@ -195,7 +205,9 @@ def test_misalignment_spin_vs_tspin(spin, tspin):
     table = A.misalignment_table(spin.examples, 1)
     part = spin.examples[spin.examples["iteration"] == 1]
     assert table["misaligned"].tolist() == part["misaligned"].tolist()
-    assert table["logp_margin"].to_numpy() == pytest.approx((part["annotated_logp_after"] - part["synthetic_logp_after"]).to_numpy())
+    assert table["logp_margin"].to_numpy() == pytest.approx(
+        (part["annotated_logp_after"] - part["synthetic_logp_after"]).to_numpy()
+    )
     shares = A.misalignment_shares(spin.examples)
     assert shares["misaligned_share"].max() > 0.05  # SPIN's reward disagrees with log pi
     # T-SPIN's reward is alpha * log pi: misalignment is zero by construction.
@@ -426,11 +438,20 @@ def test_confidences_scale_with_the_runs_alpha():
 def test_opponent_alpha_is_the_trained_alpha_of_reference_free_tspin():
     assert A.opponent_alpha(build_records("tspin", n_examples=4, n_iterations=1, alpha=0.5)) == 0.5
     assert A.opponent_alpha(build_records("tspin_no_history", n_examples=4, n_iterations=1, alpha=2.0)) == 2.0
-    assert A.opponent_alpha(build_records("spin", n_examples=4, n_iterations=1, alpha=0.5)) == 1.0  # alpha unused by SPIN
+    assert (
+        A.opponent_alpha(build_records("spin", n_examples=4, n_iterations=1, alpha=0.5)) == 1.0
+    )  # alpha unused by SPIN
 
 
 def test_opponent_distribution_and_entropy():
-    cands = pd.DataFrame({"candidate": ["a", "b", "c"], "role": ["annotated", "synthetic", "proto"], "text": ["1", "2", "3"], "confidence": [0.0, -LN3, -10.0]})
+    cands = pd.DataFrame(
+        {
+            "candidate": ["a", "b", "c"],
+            "role": ["annotated", "synthetic", "proto"],
+            "text": ["1", "2", "3"],
+            "confidence": [0.0, -LN3, -10.0],
+        }
+    )
     p = A.opponent_table(cands, 1.0)["probability"].to_numpy()
     assert p.sum() == pytest.approx(1.0)
     assert p[0] / p[1] == pytest.approx(3.0)  # softmax(c / 1): ratio exp(ln 3)
@@ -460,7 +481,9 @@ def test_run_directory_round_trip_through_load_run(tmp_path, spin):
     rec = load_run(tmp_path / "run")
     assert len(rec.examples) == len(spin.examples)
     assert A.iterations_of(rec.examples) == [0, 1, 2]
-    assert A.advantage_summary(rec.examples)["mean"].to_numpy() == pytest.approx(A.advantage_summary(spin.examples)["mean"].to_numpy())
+    assert A.advantage_summary(rec.examples)["mean"].to_numpy() == pytest.approx(
+        A.advantage_summary(spin.examples)["mean"].to_numpy()
+    )
     assert read_run_dir(tmp_path / "run").examples.shape == spin.examples.shape
     assert isinstance(rec.examples["annotated_token_logps_after"].iloc[0][0], float)
 

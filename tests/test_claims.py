@@ -36,14 +36,19 @@ def test_first_draw_is_the_data_and_interval_uses_the_rest():
 
 
 def test_curve_and_masked_curve_literal():
-    cube = np.array([[[1, 0, 1, 0], [1, 1, 1, 0]],
-                     [[0, 0, 0, 0], [1, 1, 1, 1]]], dtype=float)  # (2 seeds, 2 times, 4 units)
+    cube = np.array(
+        [[[1, 0, 1, 0], [1, 1, 1, 0]], [[0, 0, 0, 0], [1, 1, 1, 1]]], dtype=float
+    )  # (2 seeds, 2 times, 4 units)
     r = C.Resample(np.array([0, 1]), {"problems": np.array([0, 1, 2, 3])})
     assert C.curve(cube, r).tolist() == [0.25, 0.875]
     r2 = C.Resample(np.array([0, 0]), {"problems": np.array([3, 3, 0, 0])})
     assert C.curve(cube, r2).tolist() == [0.5, 0.5]
-    mask = np.array([[[True, True, False, False], [True, False, False, False]],
-                     [[False, False, False, False], [True, True, True, True]]])
+    mask = np.array(
+        [
+            [[True, True, False, False], [True, False, False, False]],
+            [[False, False, False, False], [True, True, True, True]],
+        ]
+    )
     r3 = C.Resample(np.array([0, 1]), {"examples": np.arange(4)})
     # time 0: values where mask: seed0 units 0,1 -> (1 + 0) / 2; time 1: seed0 unit 0 (1), seed1 all (4) -> 5 / 5
     assert C.masked_curve(cube, mask, r3, "examples").tolist() == [0.5, 1.0]
@@ -54,10 +59,17 @@ def test_curve_and_masked_curve_literal():
 def test_peak_drop_is_cross_fitted():
     # 1 seed; pi_0 + 3 iterations; 4 problems; halves: problems 0,1 -> half 0, problems 2,3 -> half 1
     halves = np.array([0, 0, 1, 1])
-    cube = np.array([[[0, 0, 0, 0],     # pi_0 (ignored)
-                      [0, 0, 1, 1],     # Iter0
-                      [1, 1, 0, 1],     # Iter1
-                      [0, 1, 0, 0]]], float)  # Iter2 (last)
+    cube = np.array(
+        [
+            [
+                [0, 0, 0, 0],  # pi_0 (ignored)
+                [0, 0, 1, 1],  # Iter0
+                [1, 1, 0, 1],  # Iter1
+                [0, 1, 0, 0],
+            ]
+        ],
+        float,
+    )  # Iter2 (last)
     r = C.Resample(np.array([0]), {"problems": np.arange(4)})
     # pick on half 0 (problems 0,1): curve [0, 1, 0.5] -> Iter1; measure on half 1: [1, 0.5, 0] -> 0.5 - 0 = 0.5
     # pick on half 1 (problems 2,3): curve [1, 0.5, 0] -> Iter0; measure on half 0: [0, 1, 0.5] -> 0 - 0.5 = -0.5
@@ -76,8 +88,12 @@ def _fake_arms(n_seeds=3, iters=4, problems=200, examples=50, seed=0):
         p = np.asarray(curve)[None, :, None] * np.ones((n_seeds, iters + 1, problems))
         return (rng.random(p.shape) < p).astype(float)
 
-    scores = {"sft": cube([0.5, 0.6, 0.6, 0.6, 0.6]), "spin": cube([0.5, 0.8, 0.7, 0.6, 0.5]),
-              "tspin": cube([0.5, 0.6, 0.65, 0.7, 0.7]), "tspin_no_history": cube([0.5, 0.5, 0.5, 0.5, 0.5])}
+    scores = {
+        "sft": cube([0.5, 0.6, 0.6, 0.6, 0.6]),
+        "spin": cube([0.5, 0.8, 0.7, 0.6, 0.5]),
+        "tspin": cube([0.5, 0.6, 0.65, 0.7, 0.7]),
+        "tspin_no_history": cube([0.5, 0.5, 0.5, 0.5, 0.5]),
+    }
     shape = (n_seeds, iters, examples)
     pairs = {}
     for arm in ("sft", "spin", "tspin"):
@@ -86,7 +102,8 @@ def _fake_arms(n_seeds=3, iters=4, problems=200, examples=50, seed=0):
             "misaligned": ((rng.random(shape) < 0.1) & (arm == "spin")).astype(float),
             "synthetic_equals_annotated": deg,
             "reward_margin": np.broadcast_to(np.linspace(0.4, 0.1, iters)[None, :, None], shape).copy()
-            if arm == "spin" else np.full(shape, np.nan),
+            if arm == "spin"
+            else np.full(shape, np.nan),
             "current_advantage_before": np.where(deg > 0, 0.0, 2.0),
             "current_advantage_after": np.where(deg > 0, 0.0, 2.0),
             "historical_advantage_before": np.zeros(shape),
@@ -102,7 +119,8 @@ def test_evaluate_gives_the_verdicts_the_data_carry():
     v = {c["id"]: c for c in res["claims"]}
     assert v["a"]["verdict"] == C.REPRODUCED  # SPIN 0.8 -> 0.5, T-SPIN rising
     assert v["b"]["verdict"] == C.REPRODUCED and v["b"]["parts"][0]["estimate"] == pytest.approx(
-        100 * (scores["tspin"][:, -1].mean() - scores["tspin_no_history"][:, -1].mean()))
+        100 * (scores["tspin"][:, -1].mean() - scores["tspin_no_history"][:, -1].mean())
+    )
     assert v["e"]["verdict"] == C.REPRODUCED
     assert v["f1"]["verdict"] == C.REPRODUCED and v["f1"]["parts"][0]["estimate"] == pytest.approx(0.3)
     assert v["f2"]["verdict"] == C.REPRODUCED

@@ -20,11 +20,7 @@ from tspin_kit.cli import main
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for p in sorted(Path(folder).rglob("*"))
-        if p.is_file()
-    }
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 def cli(*args: str) -> int:
@@ -78,9 +74,7 @@ BAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize(
-    "override,message", BAD_CONFIGS, ids=[m.split(":")[0].split(" =")[0] for _, m in BAD_CONFIGS]
-)
+@pytest.mark.parametrize("override,message", BAD_CONFIGS, ids=[m.split(":")[0].split(" =")[0] for _, m in BAD_CONFIGS])
 def test_bad_config_values(finished, tmp_path, caplog, override, message):
     before = snapshot(finished)
     path = write_yaml(tmp_path / "bad.yaml", small_config_dict(finished, **override))
@@ -103,13 +97,9 @@ def test_invalid_yaml(tmp_path, caplog):
 
 def test_different_config_on_the_same_run_dir(finished, tmp_path, caplog):
     before = snapshot(finished)
-    path = write_yaml(
-        tmp_path / "other.yaml", small_config_dict(finished, iterations=1, method={"beta": 0.5})
-    )
+    path = write_yaml(tmp_path / "other.yaml", small_config_dict(finished, iterations=1, method={"beta": 0.5}))
     assert cli("run", "--config", str(path)) == 2
-    assert (
-        "different config (method.beta: 0.1 != 0.5)" in caplog.text and str(finished) in caplog.text
-    )
+    assert "different config (method.beta: 0.1 != 0.5)" in caplog.text and str(finished) in caplog.text
     assert snapshot(finished) == before
 
 
@@ -131,23 +121,15 @@ def test_empty_response_in_jsonl_names_the_row(tmp_path, caplog):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = write_yaml(
         tmp_path / "e.yaml",
-        small_config_dict(
-            tmp_path / "run", data={"source": str(data), "eval_size": 2, "num_examples": None}
-        ),
+        small_config_dict(tmp_path / "run", data={"source": str(data), "eval_size": 2, "num_examples": None}),
     )
     assert cli("run", "--config", str(path)) == 2
-    assert (
-        "pairs.jsonl" in caplog.text
-        and "row 5, column 'response'" in caplog.text
-        and "empty" in caplog.text
-    )
+    assert "pairs.jsonl" in caplog.text and "row 5, column 'response'" in caplog.text and "empty" in caplog.text
     assert not (tmp_path / "run").exists()
 
 
 def test_prompt_longer_than_max_length_names_the_row(tmp_path, caplog, stepped_run):
-    path = write_yaml(
-        tmp_path / "m.yaml", small_config_dict(tmp_path / "run", model={"max_length": 5})
-    )
+    path = write_yaml(tmp_path / "m.yaml", small_config_dict(tmp_path / "run", model={"max_length": 5}))
     assert cli("run", "--config", str(path)) == 2
     assert (
         "model.max_length" in caplog.text
@@ -225,9 +207,7 @@ def test_installed_script_exit_code(tmp_path):
     tspin = Path(sys.executable).with_name("tspin")
     assert tspin.exists() or shutil.which("tspin"), "the tspin console script is not installed"
     tspin = tspin if tspin.exists() else Path(shutil.which("tspin"))
-    path = write_yaml(
-        tmp_path / "bad.yaml", small_config_dict(tmp_path / "run", method={"alpha": 0})
-    )
+    path = write_yaml(tmp_path / "bad.yaml", small_config_dict(tmp_path / "run", method={"alpha": 0}))
     out = subprocess.run(
         [str(tspin), "run", "--config", str(path)],
         check=False,

@@ -74,9 +74,7 @@ def test_yaml_round_trip(tmp_path):
     back = RunConfig.from_yaml(path)
     assert back == cfg and back.to_dict() == cfg.to_dict()
     assert back.method.lam_at(2) == 5.0 and back.train.lr_at(9) == 1e-7
-    assert (
-        yaml.safe_load(path.read_text())["method"]["name"] == "spin"
-    )  # sections as plain mappings
+    assert yaml.safe_load(path.read_text())["method"]["name"] == "spin"  # sections as plain mappings
 
 
 def test_dict_sections_are_accepted_in_the_constructor():
@@ -157,9 +155,7 @@ def test_schedules():
         0.5,
     ]
     assert [MethodConfig(lam=0.1, lam_schedule=None).lam_at(t) for t in range(2)] == [0.1, 0.1]
-    assert (
-        MethodConfig(name="spin").uses_reference and MethodConfig(name="tspin_ref").uses_reference
-    )
+    assert MethodConfig(name="spin").uses_reference and MethodConfig(name="tspin_ref").uses_reference
     assert not MethodConfig(name="tspin").uses_reference
     assert [TrainConfig(lr=1e-5).lr_at(t) for t in (0, 4)] == [1e-5, 1e-5]
 
@@ -178,24 +174,38 @@ def test_config_diff_lists_dotted_keys():
 def test_overrides_are_dotted_yaml_values(tmp_path):
     from tspin_kit.config import parse_overrides
 
-    assert parse_overrides(["method.beta=0.2", "train.lr=1e-5", "train.lr_schedule=[5e-7, 1e-7]", "cpu=true",
-                            "run_dir=null", "method.name=spin"]) == {
-        "method": {"beta": 0.2, "name": "spin"}, "train": {"lr": "1e-5", "lr_schedule": ["5e-7", "1e-7"]},  # YAML's reading
-        "cpu": True, "run_dir": None}
+    assert parse_overrides(
+        [
+            "method.beta=0.2",
+            "train.lr=1e-5",
+            "train.lr_schedule=[5e-7, 1e-7]",
+            "cpu=true",
+            "run_dir=null",
+            "method.name=spin",
+        ]
+    ) == {
+        "method": {"beta": 0.2, "name": "spin"},
+        "train": {"lr": "1e-5", "lr_schedule": ["5e-7", "1e-7"]},  # YAML's reading
+        "cpu": True,
+        "run_dir": None,
+    }
     path = tmp_path / "c.yaml"
     path.write_text("method: {name: tspin, beta: 0.1}\ntrain: {lr: 2.0e-5}\n")
     cfg = RunConfig.from_yaml(path, ["method.beta=0.2", "train.lr=1e-5"])
     assert cfg.method.beta == 0.2 and cfg.train.lr == 1e-5 and cfg.method.name == "tspin"
 
 
-@pytest.mark.parametrize("override,message", [
-    ("method.betta=0.2", "with overrides method.betta=0.2: method: unknown field(s) betta; expected some of alpha"),
-    ("method.beta=-1", "method.beta = -1: expected a number >= 0"),
-    ("train.lr=fast", "train.lr = 'fast': expected a number"),
-    ("trian.lr=1e-5", "run: unknown field(s) trian"),
-    ("method.beta", "override 'method.beta': expected KEY=VALUE"),
-    ("method..beta=1", "expected KEY=VALUE with a dotted key"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("method.betta=0.2", "with overrides method.betta=0.2: method: unknown field(s) betta; expected some of alpha"),
+        ("method.beta=-1", "method.beta = -1: expected a number >= 0"),
+        ("train.lr=fast", "train.lr = 'fast': expected a number"),
+        ("trian.lr=1e-5", "run: unknown field(s) trian"),
+        ("method.beta", "override 'method.beta': expected KEY=VALUE"),
+        ("method..beta=1", "expected KEY=VALUE with a dotted key"),
+    ],
+)
 def test_override_errors_match_the_yaml_messages(tmp_path, override, message):
     path = tmp_path / "c.yaml"
     path.write_text("iterations: 1\n")
@@ -218,8 +228,9 @@ def test_lr_schedule_without_a_dot_is_read_as_numbers(tmp_path):
 def test_unknown_toy_world_is_a_config_error():
     with pytest.raises(ConfigError) as err:
         RunConfig.from_dict({"data": {"source": "toy:foo"}}, source="f.yaml")
-    assert str(err.value) == ("f.yaml: data.source = 'toy:foo': expected 'toy:addition' or 'toy:scratchpad' "
-                              "(or a file, folder or hub id)")
+    assert str(err.value) == (
+        "f.yaml: data.source = 'toy:foo': expected 'toy:addition' or 'toy:scratchpad' (or a file, folder or hub id)"
+    )
 
 
 def test_spin_and_sft_have_no_beta():
@@ -261,10 +272,14 @@ def test_too_few_rows_names_the_fields_not_their_sum(tmp_path):
     path.write_text("".join(f'{{"prompt": "p{i}", "response": "r{i}"}}\n' for i in range(1200)))
     with pytest.raises(ConfigError) as err:
         DataSettings(source=str(path)).load()
-    assert str(err.value) == (f"file '{path}' has 1200 rows, fewer than data.num_examples (1000) + data.eval_size "
-                              "(500) = 1500; set data.num_examples to at most 700 (or null: every row not held out)")
+    assert str(err.value) == (
+        f"file '{path}' has 1200 rows, fewer than data.num_examples (1000) + data.eval_size "
+        "(500) = 1500; set data.num_examples to at most 700 (or null: every row not held out)"
+    )
     train, held = DataSettings(source=str(path), num_examples=None).load()
-    assert len(train) == 700 and len(held) == 500 and sorted(list(train["row"]) + list(held["row"])) == list(range(1200))
+    assert (
+        len(train) == 700 and len(held) == 500 and sorted(list(train["row"]) + list(held["row"])) == list(range(1200))
+    )
 
 
 # ----------------------------------------------------------------------------- sampling.backend
@@ -300,6 +315,8 @@ def test_pyproject_has_the_vllm_extra():
     from pathlib import Path
 
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
-    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
     assert any(req.startswith("vllm") for req in extras["vllm"])
     assert "vllm" not in " ".join(extras["dev"])  # never pulled in by dev (it pins its own torch)

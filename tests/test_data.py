@@ -70,18 +70,21 @@ def write_ultrachat_parquet(path: Path) -> list[dict[str, str]]:
     """Write a 4-row UltraChat-shaped parquet; return the expected first-turn pairs."""
     conversations = [
         # Multi-turn: only the first user turn and the reply right after it count.
-        ["How do bees make honey?", "They evaporate nectar.", "Why evaporate?",
-         "To lower water content.", "Thanks!", "You're welcome."],
+        [
+            "How do bees make honey?",
+            "They evaporate nectar.",
+            "Why evaporate?",
+            "To lower water content.",
+            "Thanks!",
+            "You're welcome.",
+        ],
         ["Write a haiku about rain.", "Soft rain on tin\nin the dark room\nsleep comes"],
         ["Translate 'cat' to French.", "chat", "And 'dog'?", "chien"],
         ["Is 91 prime?", "No: 91 = 7 * 13."],
     ]
     rows = []
     for i, texts in enumerate(conversations):
-        messages = [
-            {"content": text, "role": "user" if k % 2 == 0 else "assistant"}
-            for k, text in enumerate(texts)
-        ]
+        messages = [{"content": text, "role": "user" if k % 2 == 0 else "assistant"} for k, text in enumerate(texts)]
         rows.append({"prompt": texts[0], "prompt_id": f"{i:064x}", "messages": messages})
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=ULTRACHAT_SCHEMA), path)
@@ -110,8 +113,7 @@ def assert_pairs(ds: datasets.Dataset, expected: list[dict]) -> None:
 
 def test_config_defaults():
     config = DataConfig()
-    assert (config.prompt_column, config.response_column, config.messages_column) == (
-        "prompt", "response", "messages")
+    assert (config.prompt_column, config.response_column, config.messages_column) == ("prompt", "response", "messages")
     assert config.num_examples is None and config.fraction is None and config.seed == 0
 
 
@@ -158,22 +160,29 @@ def test_records_with_config_sets_subsample():
 
 def test_records_chat_messages_take_first_exchange():
     records = [
-        {"messages": [
-            {"role": "system", "content": "Be brief."},  # system turns are dropped
-            {"role": "user", "content": "Capital of France?"},
-            {"role": "assistant", "content": "Paris."},
-            {"role": "user", "content": "And Italy?"},
-            {"role": "assistant", "content": "Rome."},
-        ]},
-        {"messages": [
-            {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello!"},
-        ]},
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},  # system turns are dropped
+                {"role": "user", "content": "Capital of France?"},
+                {"role": "assistant", "content": "Paris."},
+                {"role": "user", "content": "And Italy?"},
+                {"role": "assistant", "content": "Rome."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"},
+            ]
+        },
     ]
-    assert_pairs(load_annotated(records=records), [
-        {"prompt": "Capital of France?", "response": "Paris."},
-        {"prompt": "Hi", "response": "Hello!"},
-    ])
+    assert_pairs(
+        load_annotated(records=records),
+        [
+            {"prompt": "Capital of France?", "response": "Paris."},
+            {"prompt": "Hi", "response": "Hello!"},
+        ],
+    )
 
 
 def test_records_as_dataset_object():
@@ -181,8 +190,10 @@ def test_records_as_dataset_object():
 
 
 def test_answer_column_is_kept_and_others_dropped():
-    records = [{"prompt": "1+1=", "response": "2", "answer": "2", "extra": 0},
-               {"prompt": "2+2=", "response": "4", "answer": "4", "extra": 1}]
+    records = [
+        {"prompt": "1+1=", "response": "2", "answer": "2", "extra": 0},
+        {"prompt": "2+2=", "response": "4", "answer": "4", "extra": 1},
+    ]
     ds = load_annotated(records=records)
     assert ds.column_names == ["prompt", "response", "answer"]
     assert ds["answer"] == ["2", "4"]
@@ -220,8 +231,10 @@ def test_csv_file(tmp_path):
 
 
 def test_jsonl_chat_messages_file(tmp_path):
-    rows = [{"messages": [{"role": "user", "content": p["prompt"]},
-                          {"role": "assistant", "content": p["response"]}]} for p in PAIRS]
+    rows = [
+        {"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["response"]}]}
+        for p in PAIRS
+    ]
     path = write_jsonl(tmp_path / "chat.jsonl", rows)
     assert_pairs(load_annotated(str(path)), PAIRS)
 
@@ -234,10 +247,12 @@ def test_save_to_disk_folder(tmp_path):
 
 def test_save_to_disk_dataset_dict_picks_split(tmp_path):
     folder = tmp_path / "saved_dict"
-    datasets.DatasetDict({
-        "train": datasets.Dataset.from_list(PAIRS),
-        "test": datasets.Dataset.from_list(PAIRS[:1]),
-    }).save_to_disk(str(folder))
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list(PAIRS),
+            "test": datasets.Dataset.from_list(PAIRS[:1]),
+        }
+    ).save_to_disk(str(folder))
     assert_pairs(load_annotated(DataConfig(source=str(folder), split="test")), PAIRS[:1])
     with pytest.raises(DataError, match=r"has splits \['train', 'test'\]: set DataConfig.split"):
         load_annotated(str(folder))
@@ -252,12 +267,13 @@ def test_ultrachat_fixture_has_the_hub_schema(tmp_path):
     path = tmp_path / "data" / "train_sft-00000-of-00001.parquet"
     write_ultrachat_parquet(path)
     loaded = datasets.load_dataset("parquet", data_files=str(path), split="train")
-    assert loaded.features == datasets.Features({
-        "prompt": datasets.Value("string"),
-        "prompt_id": datasets.Value("string"),
-        "messages": datasets.List({"content": datasets.Value("string"),
-                                   "role": datasets.Value("string")}),
-    })
+    assert loaded.features == datasets.Features(
+        {
+            "prompt": datasets.Value("string"),
+            "prompt_id": datasets.Value("string"),
+            "messages": datasets.List({"content": datasets.Value("string"), "role": datasets.Value("string")}),
+        }
+    )
 
 
 def test_ultrachat_takes_first_turn_only(tmp_path):
@@ -291,8 +307,11 @@ def test_ultrachat_rejects_unknown_split(tmp_path):
 
 def test_ultrachat_needs_messages_column(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
-    with pytest.raises(DataError, match=r"expected a 'messages' column of chat turns; found "
-                                        r"columns \['prompt', 'response'\]"):
+    with pytest.raises(
+        DataError,
+        match=r"expected a 'messages' column of chat turns; found "
+        r"columns \['prompt', 'response'\]",
+    ):
         load_ultrachat(data_files=path)
 
 
@@ -300,8 +319,11 @@ def test_ultrachat_needs_messages_column(tmp_path):
 
 
 def test_unreachable_hub_id_names_the_id(offline):
-    with pytest.raises(DataError, match=r"hub dataset 'no-such-org/no-such-dataset' \(split "
-                                        r"'train'\) could not be loaded"):
+    with pytest.raises(
+        DataError,
+        match=r"hub dataset 'no-such-org/no-such-dataset' \(split "
+        r"'train'\) could not be loaded",
+    ):
         load_annotated(DataConfig(source="no-such-org/no-such-dataset", split="train"))
 
 
@@ -342,15 +364,13 @@ def test_subsample_same_rows_from_file_and_records(tmp_path):
 
 def test_subsample_larger_than_data_raises(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
-    with pytest.raises(DataError, match=re.escape(f"file '{path}': num_examples=5 but the data "
-                                                  "has only 3 rows")):
+    with pytest.raises(DataError, match=re.escape(f"file '{path}': num_examples=5 but the data has only 3 rows")):
         load_annotated(DataConfig(source=str(path), num_examples=5))
 
 
 def test_subsample_helper_on_a_dataset():
     ds = datasets.Dataset.from_list(numbered_pairs(20))
-    assert subsample(ds, num_examples=4, seed=2)["prompt"] == subsample(
-        ds, num_examples=4, seed=2)["prompt"]
+    assert subsample(ds, num_examples=4, seed=2)["prompt"] == subsample(ds, num_examples=4, seed=2)["prompt"]
     assert len(subsample(ds, fraction=0.5)) == 10
     assert subsample(ds) is ds
     with pytest.raises(DataError, match="num_examples=21 but the data has only 20 rows"):
@@ -386,12 +406,15 @@ def test_split_train_eval_is_disjoint_and_seeded():
     assert len(split_train_eval(ds, 0.2, seed=0)[1]) == 2
 
 
-@pytest.mark.parametrize(("eval_size", "message"), [
-    (0, "eval_size as a count must be >= 1"),
-    (1.0, r"eval_size as a fraction must be in \(0, 1\)"),
-    (10, "eval_size=10 leaves no training rows: the dataset has 10 rows"),
-    ("3", "eval_size must be an int >= 1 or a float"),
-])
+@pytest.mark.parametrize(
+    ("eval_size", "message"),
+    [
+        (0, "eval_size as a count must be >= 1"),
+        (1.0, r"eval_size as a fraction must be in \(0, 1\)"),
+        (10, "eval_size=10 leaves no training rows: the dataset has 10 rows"),
+        ("3", "eval_size must be an int >= 1 or a float"),
+    ],
+)
 def test_split_train_eval_rejects_bad_sizes(eval_size, message):
     ds = datasets.Dataset.from_list(numbered_pairs(10))
     with pytest.raises(DataError, match=message):
@@ -403,8 +426,10 @@ def test_split_train_eval_rejects_bad_sizes(eval_size, message):
 
 def test_missing_columns_lists_found_and_expected(tmp_path):
     path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "q", "answer": "a"}])
-    pattern = (re.escape(f"file '{path}': expected columns 'prompt' and 'response', or a "
-                         "'messages' column of chat turns; found columns ['question', 'answer']"))
+    pattern = re.escape(
+        f"file '{path}': expected columns 'prompt' and 'response', or a "
+        "'messages' column of chat turns; found columns ['question', 'answer']"
+    )
     with pytest.raises(DataError, match=pattern):
         load_annotated(str(path))
 
@@ -417,18 +442,15 @@ def test_only_prompt_column_is_missing_columns():
 def test_empty_prompt_names_file_row_and_column(tmp_path):
     rows = [dict(PAIRS[0]), {"prompt": "", "response": "r"}]
     path = write_jsonl(tmp_path / "bad.jsonl", rows)
-    pattern = re.escape(f"file '{path}', row 1, column 'prompt': the text is empty or "
-                        "whitespace-only")
+    pattern = re.escape(f"file '{path}', row 1, column 'prompt': the text is empty or whitespace-only")
     with pytest.raises(DataError, match=pattern):
         load_annotated(str(path))
 
 
 def test_whitespace_response_names_file_row_and_column(tmp_path):
     path = tmp_path / "bad.parquet"
-    datasets.Dataset.from_list(PAIRS + [{"prompt": "p", "response": " \n\t"}]).to_parquet(
-        str(path))
-    pattern = re.escape(f"file '{path}', row 3, column 'response': the text is empty or "
-                        "whitespace-only")
+    datasets.Dataset.from_list(PAIRS + [{"prompt": "p", "response": " \n\t"}]).to_parquet(str(path))
+    pattern = re.escape(f"file '{path}', row 3, column 'response': the text is empty or whitespace-only")
     with pytest.raises(DataError, match=pattern):
         load_annotated(str(path))
 
@@ -447,24 +469,28 @@ def test_missing_key_in_a_record_is_reported():
 
 
 def test_non_string_value_in_records():
-    with pytest.raises(DataError, match=r"records, row 0, column 'prompt': expected a string, "
-                                        r"got int 42"):
+    with pytest.raises(
+        DataError,
+        match=r"records, row 0, column 'prompt': expected a string, "
+        r"got int 42",
+    ):
         load_annotated(records=[{"prompt": 42, "response": "r"}])
 
 
 def test_non_string_column_in_file(tmp_path):
-    path = write_jsonl(tmp_path / "numbers.jsonl", [{"prompt": "p", "response": 1},
-                                                    {"prompt": "q", "response": 2}])
+    path = write_jsonl(tmp_path / "numbers.jsonl", [{"prompt": "p", "response": 1}, {"prompt": "q", "response": 2}])
     pattern = re.escape(f"file '{path}', row 0, column 'response': expected a string, got int")
     with pytest.raises(DataError, match=pattern):
         load_annotated(str(path))
 
 
 def test_messages_without_user_turn():
-    records = [{"messages": [{"role": "system", "content": "s"},
-                             {"role": "assistant", "content": "a"}]}]
-    with pytest.raises(DataError, match=r"records, row 0, column 'messages': no user turn "
-                                        r"\(roles found: \['system', 'assistant'\]\)"):
+    records = [{"messages": [{"role": "system", "content": "s"}, {"role": "assistant", "content": "a"}]}]
+    with pytest.raises(
+        DataError,
+        match=r"records, row 0, column 'messages': no user turn "
+        r"\(roles found: \['system', 'assistant'\]\)",
+    ):
         load_annotated(records=records)
 
 
@@ -474,25 +500,32 @@ def test_messages_without_assistant_reply_after_user(tmp_path):
         {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "u"}]},
     ]
     path = write_jsonl(tmp_path / "chat.jsonl", rows)
-    pattern = re.escape(f"file '{path}', row 1, column 'messages': no assistant reply after the "
-                        "first user turn (turn 1; roles found: ['assistant', 'user'])")
+    pattern = re.escape(
+        f"file '{path}', row 1, column 'messages': no assistant reply after the "
+        "first user turn (turn 1; roles found: ['assistant', 'user'])"
+    )
     with pytest.raises(DataError, match=pattern):
         load_annotated(str(path))
 
 
 def test_messages_with_empty_content():
-    records = [{"messages": [{"role": "user", "content": "u"},
-                             {"role": "assistant", "content": "  "}]}]
-    with pytest.raises(DataError, match=r"row 0, column 'messages\[1\].content': the text is "
-                                        r"empty"):
+    records = [{"messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "  "}]}]
+    with pytest.raises(
+        DataError,
+        match=r"row 0, column 'messages\[1\].content': the text is "
+        r"empty",
+    ):
         load_annotated(records=records)
 
 
-@pytest.mark.parametrize(("messages", "message"), [
-    ("just a string", "expected a list of {'role', 'content'} turns, got str"),
-    (None, "expected a list of {'role', 'content'} turns, got NoneType"),
-    ([{"role": "user"}], "turn 0 is not a {'role', 'content'} dict"),
-])
+@pytest.mark.parametrize(
+    ("messages", "message"),
+    [
+        ("just a string", "expected a list of {'role', 'content'} turns, got str"),
+        (None, "expected a list of {'role', 'content'} turns, got NoneType"),
+        ([{"role": "user"}], "turn 0 is not a {'role', 'content'} dict"),
+    ],
+)
 def test_messages_of_the_wrong_shape(messages, message):
     with pytest.raises(DataError, match=re.escape(message)):
         load_annotated(records=[{"messages": messages}])
@@ -512,16 +545,18 @@ def test_missing_relative_file_is_not_sent_to_the_hub():
 def test_unsupported_extension(tmp_path):
     path = tmp_path / "pairs.txt"
     path.write_text("prompt\tresponse\n")
-    with pytest.raises(DataError, match=re.escape(f"file '{path}': unsupported extension "
-                                                  "'.txt'; supported: ['.csv', '.json'")):
+    with pytest.raises(
+        DataError, match=re.escape(f"file '{path}': unsupported extension '.txt'; supported: ['.csv', '.json'")
+    ):
         load_annotated(str(path))
 
 
 def test_folder_that_is_not_a_saved_dataset(tmp_path):
     folder = tmp_path / "plain_folder"
     folder.mkdir()
-    with pytest.raises(DataError, match=re.escape(f"folder '{folder}' is not a dataset written "
-                                                  "by Dataset.save_to_disk")):
+    with pytest.raises(
+        DataError, match=re.escape(f"folder '{folder}' is not a dataset written by Dataset.save_to_disk")
+    ):
         load_annotated(str(folder))
 
 
@@ -580,15 +615,17 @@ def test_empty_records():
 
 def test_empty_parquet_with_columns(tmp_path):
     path = tmp_path / "empty.parquet"
-    pq.write_table(pa.table({"prompt": pa.array([], pa.string()),
-                             "response": pa.array([], pa.string())}), path)
+    pq.write_table(pa.table({"prompt": pa.array([], pa.string()), "response": pa.array([], pa.string())}), path)
     with pytest.raises(DataError, match=re.escape(f"file '{path}': the dataset is empty (0 rows)")):
         load_annotated(str(path))
 
 
 def test_toy_source_is_redirected_to_toy_module():
-    with pytest.raises(ValueError, match=r"'toy:addition' is a toy world: build it with "
-                                         r"tspin_kit.toy"):
+    with pytest.raises(
+        ValueError,
+        match=r"'toy:addition' is a toy world: build it with "
+        r"tspin_kit.toy",
+    ):
         load_annotated("toy:addition")
 
 

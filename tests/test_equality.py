@@ -18,12 +18,15 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import small_config
 
 from tspin_kit import losses as L
 from tspin_kit import toy
 from tspin_kit.config import MethodConfig, TrainConfig
 from tspin_kit.generation import derive_seed, score_responses
 from tspin_kit.logprobs import collate, model_logps, pack_rows, packed_logps, rows_logps
+from tspin_kit.methods import get as method_spec
+from tspin_kit.methods import zero_gradient
 from tspin_kit.training import (
     Examples,
     compute_loss,
@@ -32,10 +35,6 @@ from tspin_kit.training import (
     train_iteration,
     training_pack,
 )
-from tspin_kit.methods import get as method_spec
-from tspin_kit.methods import zero_gradient
-
-from conftest import small_config
 
 TOK = toy.build_tokenizer()
 EOS = TOK.eos_token_id
@@ -97,8 +96,9 @@ def full_loss(model, ex: Examples, idx, method: MethodConfig, *, beta: float, la
     a, s, p = model_logps(model, collate(P * 3, A + S + Y0, PAD)).summed.chunk(3)
     mask = ex.historical_mask[t] if ex.historical_mask is not None else None
     if method.name == "tspin_ref":
-        return L.tspin_ref_loss(a, s, p, ex.ref_annotated[t], ex.ref_synthetic[t], ex.ref_proto[t], lam=lam,
-                                beta=beta, historical_mask=mask)
+        return L.tspin_ref_loss(
+            a, s, p, ex.ref_annotated[t], ex.ref_synthetic[t], ex.ref_proto[t], lam=lam, beta=beta, historical_mask=mask
+        )
     return L.tspin_loss(a, s, p, alpha=method.alpha, beta=beta, historical_mask=mask)
 
 
@@ -121,11 +121,13 @@ def test_pack_rows_literal_layout():
     assert packed.mask.tolist() == [[True, True], [True, False], [True, False]]
     allowed = packed.attention_mask(torch.float32)[0, 0] == 0
     # token 3 (branch 2) sees the prompt and itself, not branch 1
-    assert allowed.tolist() == [[True, False, False, False, False],
-                                [True, True, False, False, False],
-                                [True, True, True, False, False],
-                                [True, True, True, True, False],
-                                [True, True, False, False, True]]
+    assert allowed.tolist() == [
+        [True, False, False, False, False],
+        [True, True, False, False, False],
+        [True, True, True, False, False],
+        [True, True, True, True, False],
+        [True, True, False, False, True],
+    ]
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -148,7 +150,9 @@ def test_packed_rows_equal_separate_padded_rows_in_values_and_gradients(attn):
     torch.testing.assert_close(got.summed, full.summed, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(got.entropy, full.entropy, rtol=1e-6, atol=1e-6)
     for i in range(len(R)):
-        torch.testing.assert_close(got.token_logps[i][got.mask[i]], full.token_logps[i][full.mask[i]], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(
+            got.token_logps[i][got.mask[i]], full.token_logps[i][full.mask[i]], rtol=1e-6, atol=1e-6
+        )
     assert_grads_close(grads(model), want)
 
 
@@ -156,8 +160,12 @@ def test_rows_logps_padded_fallback_equals_packed():
     model = tiny_model()
     ex = examples()
     P, R = ex.prompt_ids * 2, ex.annotated_ids + ex.synthetic_ids
-    torch.testing.assert_close(rows_logps(model, P, R, PAD, share_prompt=True),
-                               rows_logps(model, P, R, PAD, share_prompt=False), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        rows_logps(model, P, R, PAD, share_prompt=True),
+        rows_logps(model, P, R, PAD, share_prompt=False),
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 # ----------------------------------------------------------------------------- skipping zero-gradient examples
@@ -175,8 +183,16 @@ def test_zero_gradient_rule():
     assert not zero_gradient(sft, 0.1, y, y, y)
 
 
-CASES = [("spin", 0.0, False), ("tspin", 0.1, False), ("tspin", 0.0, False), ("tspin", 0.1, True),
-         ("tspin_no_history", 0.0, False), ("tspin_ref", 0.1, False), ("tspin_ref", 0.0, True), ("sft", 0.0, False)]
+CASES = [
+    ("spin", 0.0, False),
+    ("tspin", 0.1, False),
+    ("tspin", 0.0, False),
+    ("tspin", 0.1, True),
+    ("tspin_no_history", 0.0, False),
+    ("tspin_ref", 0.1, False),
+    ("tspin_ref", 0.0, True),
+    ("sft", 0.0, False),
+]
 
 
 @pytest.mark.parametrize("per_iteration_pack", [False, True])
@@ -189,9 +205,18 @@ def test_compute_loss_equals_the_full_computation(name, beta, masked, per_iterat
     if masked:
         ex.historical_mask = torch.tensor([p != a for p, a in zip(ex.proto_ids, ex.annotated_ids)])
     method, lam, idx = MethodConfig(name=name), 0.7, list(range(len(ex)))
-    skipped = [i for i in idx if zero_gradient(method.spec, beta, ex.annotated_ids[i], ex.synthetic_ids[i],
-                                                   ex.proto_ids[i] if name != "spin" else None,
-                                                   bool(ex.historical_mask[i]) if masked else True)]
+    skipped = [
+        i
+        for i in idx
+        if zero_gradient(
+            method.spec,
+            beta,
+            ex.annotated_ids[i],
+            ex.synthetic_ids[i],
+            ex.proto_ids[i] if name != "spin" else None,
+            bool(ex.historical_mask[i]) if masked else True,
+        )
+    ]
     # y' == y in 1, 2, 6, 7; the triplets among them are constant only with beta = 0 or y0 == y' (2, 7); the mask
     # (y0 == y) adds nothing new here, it only drops terms that 2 and 7 already make constant
     expected_skips = {"spin": [1, 2, 6, 7], "sft": []}.get(name, [1, 2, 6, 7] if beta == 0 else [2, 7])
@@ -229,7 +254,7 @@ def reference_iteration(model, ex: Examples, method: MethodConfig, train: TrainC
     batches = []
     for _ in range(train.epochs):
         perm = rng.permutation(len(ex)).tolist()
-        batches += [perm[i:i + train.batch_size] for i in range(0, len(ex), train.batch_size)]
+        batches += [perm[i : i + train.batch_size] for i in range(0, len(ex), train.batch_size)]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, train, train.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(len(batches), train))
@@ -256,8 +281,17 @@ def test_train_iteration_equals_the_full_computation_even_when_a_whole_step_is_s
     method = MethodConfig(name=name, beta=0.1)
     train = TrainConfig(optimizer="adamw", lr=1e-3, epochs=2, batch_size=4, warmup_ratio=0.0, max_grad_norm=1.0)
     iteration, seed = 1, 0
-    dead = {i for i in range(16) if zero_gradient(method.spec, method.beta_at(iteration), ex.annotated_ids[i],
-                                                  ex.synthetic_ids[i], ex.proto_ids[i] if name != "spin" else None)}
+    dead = {
+        i
+        for i in range(16)
+        if zero_gradient(
+            method.spec,
+            method.beta_at(iteration),
+            ex.annotated_ids[i],
+            ex.synthetic_ids[i],
+            ex.proto_ids[i] if name != "spin" else None,
+        )
+    }
     # choose the seed whose shuffle puts four zero-gradient examples into one step after a live one
     for seed in range(500):
         batches = _batches(16, 4, 2, iteration, seed)
@@ -282,7 +316,7 @@ def _batches(n, bs, epochs, iteration, seed):
     out = []
     for _ in range(epochs):
         perm = rng.permutation(n).tolist()
-        out += [perm[i:i + bs] for i in range(0, n, bs)]
+        out += [perm[i : i + bs] for i in range(0, n, bs)]
     return out
 
 
@@ -312,7 +346,9 @@ def test_score_responses_of_all_roles_in_one_call_equals_scoring_each_role_alone
             got = together[k * len(ids) + i]
             assert got["logp"] == pytest.approx(float(alone.summed[i]), rel=1e-6, abs=1e-6)
             assert got["entropy"] == pytest.approx(float(alone.entropy[i]), rel=1e-6, abs=1e-6)
-            np.testing.assert_allclose(got["token_logps"], alone.token_logps[i][alone.mask[i]].numpy(), rtol=1e-6, atol=1e-6)
+            np.testing.assert_allclose(
+                got["token_logps"], alone.token_logps[i][alone.mask[i]].numpy(), rtol=1e-6, atol=1e-6
+            )
 
 
 # ----------------------------------------------------------------------------- sessions
@@ -327,7 +363,10 @@ def test_session_records_equal_each_role_scored_alone(tmp_path):
     ex = s.examples
     from tspin_kit.store import read_parquet
 
-    syn = [list(map(int, x)) + [EOS] for x in read_parquet(tmp_path / "run/iterations/iter_000/generated.parquet")["synthetic_ids"]]
+    syn = [
+        list(map(int, x)) + [EOS]
+        for x in read_parquet(tmp_path / "run/iterations/iter_000/generated.parquet")["synthetic_ids"]
+    ]
     pro = [list(map(int, x)) + [EOS] for x in read_parquet(tmp_path / "run/proto.parquet")["proto_ids"]]
     ids = {"annotated": ex.annotated_ids, "synthetic": syn, "proto": pro}
     s.model.eval()
@@ -349,7 +388,9 @@ def test_sft_records_switch(tmp_path):
         s = SelfPlaySession(cfg)
         sampled = []
         orig = s._sample
-        s._sample = lambda seed, desc, *a, _log=sampled, _orig=orig, **k: _log.append(desc) or _orig(seed, desc, *a, **k)
+        s._sample = lambda seed, desc, *a, _log=sampled, _orig=orig, **k: (
+            _log.append(desc) or _orig(seed, desc, *a, **k)
+        )
         s.run()
         runs[on] = (load_run(cfg.run_dir), sampled, s)
     on, off = runs[True], runs[False]

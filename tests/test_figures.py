@@ -17,7 +17,10 @@ from tspin_kit.synthetic import build_records
 
 @pytest.fixture(scope="module")
 def runs():
-    return {"T-SPIN": build_records("tspin", n_examples=60, n_iterations=3), "SPIN": build_records("spin", n_examples=60, n_iterations=3, seed=1)}
+    return {
+        "T-SPIN": build_records("tspin", n_examples=60, n_iterations=3),
+        "SPIN": build_records("spin", n_examples=60, n_iterations=3, seed=1),
+    }
 
 
 def validated(fig: go.Figure) -> go.Figure:
@@ -80,7 +83,10 @@ def test_vanishing_advantages_and_reward_margins(runs):
     assert np.asarray(spin_nd.y) == pytest.approx(expected)
     right = {t.name: t for t in fig.data if t.xaxis == "x2"}
     assert set(right) == {"SFT (SFT control)", "SPIN", "T-SPIN"}
-    assert right["SFT (SFT control)"].line.color == F.method_color("sft") and right["SFT (SFT control)"].line.dash == "dash"
+    assert (
+        right["SFT (SFT control)"].line.color == F.method_color("sft")
+        and right["SFT (SFT control)"].line.dash == "dash"
+    )
     assert {t.name for t in fig.data if t.showlegend} == set(all_runs)
     assert len(fig.layout.shapes) == 2
     margins = validated(F.reward_margins({k: (A.reward_margin_split(r.examples), m[k]) for k, r in all_runs.items()}))
@@ -144,7 +150,9 @@ def test_landscape_drivers_opponent(runs):
     bars = validated(F.top_drivers(top))
     assert list(bars.data[0].y) == [f"#{e}" for e in top["example_id"]]
     cands = A.candidate_confidences(runs["T-SPIN"].examples, 1, 3, alpha_run=A.opponent_alpha(runs["T-SPIN"]))
-    opp = validated(F.opponent(A.opponent_table(cands, 0.5), A.opponent_entropy_curve(cands, np.geomspace(0.05, 20, 10)), 0.5, 1.0))
+    opp = validated(
+        F.opponent(A.opponent_table(cands, 0.5), A.opponent_entropy_curve(cands, np.geomspace(0.05, 20, 10)), 0.5, 1.0)
+    )
     assert "c = 1·log π(z|x)" in opp.layout.title.text
     assert list(opp.data[0].marker.color) == [F.ROLE_COLORS[r] for r in cands["role"]]
     assert "entropy (nats)" in axis_titles(opp)
@@ -160,8 +168,16 @@ def test_run_comparison_and_report_figures(runs, tmp_path):
     fig = validated(F.run_comparison(table, ["score", "misaligned_share"]))
     assert len(fig.data) == 4 and fig.layout.yaxis2.tickformat == ".0%"
     figs = F.report_figures(runs)
-    assert set(figs) == {"advantage_decay", "degenerate_shares", "scores", "token_entropy", "misalignment", "run_comparison",
-                         "vanishing_advantages", "reward_margins"}
+    assert set(figs) == {
+        "advantage_decay",
+        "degenerate_shares",
+        "scores",
+        "token_entropy",
+        "misalignment",
+        "run_comparison",
+        "vanishing_advantages",
+        "reward_margins",
+    }
     for name, f in figs.items():
         validated(f)
         path = tmp_path / f"{name}.html"

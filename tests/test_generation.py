@@ -126,9 +126,7 @@ def test_stops_at_eos_and_strips_pads():
 def test_sampled_responses_hold_no_special_tokens(pi0):
     model, tok = pi0
     out = _sample(model, tok, _ids(tok) * 4, max_new_tokens=12)
-    assert all(
-        tok.pad_token_id not in r and tok.eos_token_id not in r and len(r) <= 12 for r in out
-    )
+    assert all(tok.pad_token_id not in r and tok.eos_token_id not in r and len(r) <= 12 for r in out)
 
 
 def test_same_seed_same_samples_other_seed_other_samples(pi0):
@@ -154,9 +152,7 @@ def test_chunks_are_seeded_independently(pi0):
     full = _sample(model, tok, ids, batch_size=4, seed=3)
     assert full[:4] == _sample(model, tok, ids[:4], batch_size=4, seed=3)  # chunk 0 alone
     other_tail = ids[:4] + _ids(tok, ["10+10="] * 4)
-    assert (
-        _sample(model, tok, other_tail, batch_size=4, seed=3)[:4] == full[:4]
-    )  # chunk 1 changed, chunk 0 not
+    assert _sample(model, tok, other_tail, batch_size=4, seed=3)[:4] == full[:4]  # chunk 1 changed, chunk 0 not
     # chunk 1 uses its own seed, not chunk 0's: the same prompts sampled as chunk 0 differ
     assert full[4:] != full[:4]
 

@@ -52,20 +52,26 @@ def task_dir(tmp_path_factory):
         wrong = str(int(r["answer"]) + rng.choice([-10, -1, 1, 10]))
         choices = [r["answer"], wrong]
         rng.shuffle(choices)
-        rows.append({"prompt": r["prompt"], "answer": r["answer"], "choices": choices, "label": choices.index(r["answer"])})
+        rows.append(
+            {"prompt": r["prompt"], "answer": r["answer"], "choices": choices, "label": choices.index(r["answer"])}
+        )
     data = root / "problems.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tasks = root / "tasks"
     tasks.mkdir()
-    common = (f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
-              "doc_to_text: \"{{prompt}}\"\n")
+    common = (
+        f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+        'doc_to_text: "{{prompt}}"\n'
+    )
     (tasks / "toy_add_em.yaml").write_text(
-        "task: toy_add_em\n" + common + "output_type: generate_until\ndoc_to_target: \"{{answer}}\"\n"
-        "generation_kwargs:\n  until: [\"\\n\"]\n  max_gen_toks: 8\n  do_sample: false\n"
-        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n")
+        "task: toy_add_em\n" + common + 'output_type: generate_until\ndoc_to_target: "{{answer}}"\n'
+        'generation_kwargs:\n  until: ["\\n"]\n  max_gen_toks: 8\n  do_sample: false\n'
+        "metric_list:\n  - metric: exact_match\n    aggregation: mean\n    higher_is_better: true\n"
+    )
     (tasks / "toy_add_mc.yaml").write_text(
-        "task: toy_add_mc\n" + common + "output_type: multiple_choice\ndoc_to_choice: \"{{choices}}\"\n"
-        "doc_to_target: \"{{label}}\"\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n")
+        "task: toy_add_mc\n" + common + 'output_type: multiple_choice\ndoc_to_choice: "{{choices}}"\n'
+        'doc_to_target: "{{label}}"\nmetric_list:\n  - metric: acc\n    aggregation: mean\n    higher_is_better: true\n'
+    )
     return tasks
 
 
@@ -99,8 +105,11 @@ def test_eval_harness_config_round_trip_and_checks():
     old = {k: v for k, v in RunConfig().to_dict().items() if k != "eval_harness"}
     assert config_diff(old, RunConfig().to_dict()) == []
     assert config_diff(RunConfig().to_dict(), cfg.to_dict())[0].startswith("eval_harness:")
-    for bad, field in (({"tasks": []}, "eval_harness.tasks"), ({"tasks": ["a"], "limit": 0}, "eval_harness.limit"),
-                       ({"task": ["a"]}, "unknown field")):
+    for bad, field in (
+        ({"tasks": []}, "eval_harness.tasks"),
+        ({"tasks": ["a"], "limit": 0}, "eval_harness.limit"),
+        ({"task": ["a"]}, "unknown field"),
+    ):
         with pytest.raises(ConfigError, match=field):
             RunConfig.from_dict({"eval_harness": bad})
 
@@ -109,14 +118,25 @@ def test_results_rows_groups_and_second_axis(tmp_path):
     """lm-eval's result dict -> rows; a group's subtasks are kept but only the named group is drawn; an lm-eval
     score beside a log-likelihood score goes on a second axis."""
     from tspin_kit import figures as F
-    from tspin_kit.harness import record_scores, results_frame, harness_table, shown
+    from tspin_kit.harness import harness_table, record_scores, results_frame, shown
 
-    res = {"results": {"grp": {"alias": "grp", "acc,none": 0.5, "acc_stderr,none": 0.1},
-                       "sub_a": {"alias": " - sub_a", "acc,none": 0.4, "acc_stderr,none": "N/A"},
-                       "sub_b": {"alias": " - sub_b", "acc,none": 0.6, "acc_stderr,none": 0.2,
-                                 "exact_match,strict": 0.3, "exact_match_stderr,strict": 0.05}},
-           "n-samples": {"sub_a": {"original": 10, "effective": 5}}, "n-shot": {"sub_a": 0},
-           "higher_is_better": {"sub_a": {"acc": True}}, "lm_eval_version": "0.4.x"}
+    res = {
+        "results": {
+            "grp": {"alias": "grp", "acc,none": 0.5, "acc_stderr,none": 0.1},
+            "sub_a": {"alias": " - sub_a", "acc,none": 0.4, "acc_stderr,none": "N/A"},
+            "sub_b": {
+                "alias": " - sub_b",
+                "acc,none": 0.6,
+                "acc_stderr,none": 0.2,
+                "exact_match,strict": 0.3,
+                "exact_match_stderr,strict": 0.05,
+            },
+        },
+        "n-samples": {"sub_a": {"original": 10, "effective": 5}},
+        "n-shot": {"sub_a": 0},
+        "higher_is_better": {"sub_a": {"acc": True}},
+        "lm_eval_version": "0.4.x",
+    }
     rows = results_frame(res, 2, tasks=["grp"], limit=5)
     assert len(rows) == 4 and (rows["iteration"] == 1).all() and (rows["policy"] == 2).all()
     assert rows.set_index("task")["requested"].to_dict() == {"grp": True, "sub_a": False, "sub_b": False}
@@ -166,8 +186,9 @@ def evaluated(stepped_run, task_dir, tmp_path_factory):
     shutil.copytree(stepped_run.run_dir, run)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = main(["eval", str(run), "--tasks", ",".join(TASKS), "--include-path", str(task_dir),
-                   "--limit", str(LIMIT)])
+        rc = main(
+            ["eval", str(run), "--tasks", ",".join(TASKS), "--include-path", str(task_dir), "--limit", str(LIMIT)]
+        )
     return run, rc, out.getvalue()
 
 
@@ -215,8 +236,23 @@ def test_eval_again_replaces_that_policys_rows_and_report_shows_them(evaluated, 
     run, rc, _ = evaluated
     assert rc == 0
     before = load_run(run).harness
-    assert main(["eval", str(run), "--tasks", "toy_add_mc", "--include-path", str(task_dir), "--limit", "4",
-                 "--policies", "last"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(run),
+                "--tasks",
+                "toy_add_mc",
+                "--include-path",
+                str(task_dir),
+                "--limit",
+                "4",
+                "--policies",
+                "last",
+            ]
+        )
+        == 0
+    )
     after = load_run(run).harness
     assert len(after) == len(before)
     mine = after[(after["policy"] == 2) & (after["task"] == "toy_add_mc")]
@@ -280,12 +316,28 @@ def test_eval_harness_scores_each_iteration_without_changing_the_run(task_dir, t
     pd.testing.assert_frame_equal(with_h.examples, without.examples)
     for k in ("score_before", "score_after", "loss_mean"):
         assert with_h.metrics[k].tolist() == without.metrics[k].tolist()
-    a, b = read_safetensors(tmp_path / "with/weights/policy_001"), read_safetensors(tmp_path / "without/weights/policy_001")
+    a, b = (
+        read_safetensors(tmp_path / "with/weights/policy_001"),
+        read_safetensors(tmp_path / "without/weights/policy_001"),
+    )
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
 
     # `tspin eval` on the LoRA run: the adapter of each policy on the rebuilt toy pi_0 gives the hook's scores
     before = h.set_index(["policy", "task", "metric"])["value"]
-    assert main(["eval", str(tmp_path / "with"), "--tasks", ",".join(TASKS), "--include-path", str(task_dir),
-                 "--limit", "8"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(tmp_path / "with"),
+                "--tasks",
+                ",".join(TASKS),
+                "--include-path",
+                str(task_dir),
+                "--limit",
+                "8",
+            ]
+        )
+        == 0
+    )
     again = load_run(tmp_path / "with").harness.set_index(["policy", "task", "metric"])["value"]
     pd.testing.assert_series_equal(again.sort_index(), before.sort_index())

@@ -18,9 +18,7 @@ MODULES = sorted(f"tspin_kit.{m.name}" for m in pkgutil.iter_modules(tspin_kit._
 
 
 def test_module_list_is_complete():
-    assert {"tspin_kit.session", "tspin_kit.losses", "tspin_kit.store", "tspin_kit.cli"} <= set(
-        MODULES
-    )
+    assert {"tspin_kit.session", "tspin_kit.losses", "tspin_kit.store", "tspin_kit.cli"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -42,7 +40,8 @@ def test_engine_does_not_import_the_ui_layer():
         "import importlib, json, sys\n"
         f"for name in {MODULES!r}:\n"
         "    importlib.import_module(name)\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('ipywidgets', 'anywidget', 'widgets', 'traitlets', 'IPython'))\n"
+        "bad = sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('ipywidgets', 'anywidget', 'widgets', 'traitlets', 'IPython'))\n"
         "print(json.dumps(bad))\n"
     )
     out = subprocess.run(

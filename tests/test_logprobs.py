@@ -7,16 +7,14 @@ import math
 import pytest
 import torch
 
+from tspin_kit import logprobs as LP
+from tspin_kit import toy
 from tspin_kit.logprobs import collate, collate_pairs, collate_triplets, model_logps, sequence_logps
 
 
 def naive_summed(logits, ids, loss_mask):
     """The expression sequence_logps must equal: gather(log_softmax) at the next token, masked, summed."""
-    lp = (
-        torch.log_softmax(logits[:, :-1].double(), -1)
-        .gather(-1, ids[:, 1:].unsqueeze(-1))
-        .squeeze(-1)
-    )
+    lp = torch.log_softmax(logits[:, :-1].double(), -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     return (lp * loss_mask[:, 1:]).sum(-1), lp
 
 
@@ -32,9 +30,7 @@ def test_sequence_logps_equals_naive_gather(dtype):
     expected, per_token = naive_summed(logits, ids, loss_mask)
     tol = 1e-10 if dtype == torch.float64 else 1e-5
     torch.testing.assert_close(out.summed.double(), expected, atol=tol, rtol=tol)
-    torch.testing.assert_close(
-        out.token_logps.double(), per_token * loss_mask[:, 1:], atol=tol, rtol=tol
-    )
+    torch.testing.assert_close(out.token_logps.double(), per_token * loss_mask[:, 1:], atol=tol, rtol=tol)
     assert out.summed[0] == 0
     assert out.mask.shape == (n, t - 1) and out.mask.dtype == torch.bool
     assert torch.equal(out.mask, loss_mask[:, 1:].bool())
@@ -46,9 +42,7 @@ def test_half_precision_logits_are_upcast():
     ids, mask = torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4)
     out = sequence_logps(logits, ids, mask)
     assert out.summed.dtype == torch.float32
-    torch.testing.assert_close(
-        out.summed.double(), naive_summed(logits.float(), ids, mask)[0], atol=1e-5, rtol=1e-5
-    )
+    torch.testing.assert_close(out.summed.double(), naive_summed(logits.float(), ids, mask)[0], atol=1e-5, rtol=1e-5)
 
 
 def test_shift_on_a_hand_made_row():
@@ -59,16 +53,12 @@ def test_shift_on_a_hand_made_row():
     Position 2's logits predict a token after the sequence: dropped (set to a huge value to prove it).
     So log pi(response) = ln(3/4) + ln(1/5).
     """
-    logits = torch.tensor(
-        [[[0.0, math.log(3)], [math.log(4), 0.0], [1e4, -1e4]]], dtype=torch.float64
-    )
+    logits = torch.tensor([[[0.0, math.log(3)], [math.log(4), 0.0], [1e4, -1e4]]], dtype=torch.float64)
     ids = torch.tensor([[0, 1, 1]])
     loss_mask = torch.tensor([[0, 1, 1]])
     out = sequence_logps(logits, ids, loss_mask)
     assert out.summed.item() == pytest.approx(math.log(3 / 4) + math.log(1 / 5), abs=1e-6)
-    assert out.token_logps[0].tolist() == pytest.approx(
-        [math.log(3 / 4), math.log(1 / 5)], abs=1e-6
-    )
+    assert out.token_logps[0].tolist() == pytest.approx([math.log(3 / 4), math.log(1 / 5)], abs=1e-6)
     # the prompt token is never scored: masking position 1 keeps only the last token's log-prob
     only_last = sequence_logps(logits, ids, torch.tensor([[0, 0, 1]]))
     assert only_last.summed.item() == pytest.approx(math.log(1 / 5), abs=1e-6)
@@ -128,9 +118,7 @@ def test_collate_triplets_literal_layout():
     ]
     # .chunk(3) recovers (annotated, synthetic, proto) in that order
     a, s, p = b.input_ids.chunk(3)
-    assert (
-        a[1, :4].tolist() == [7, 11, 12, 2] and s[0, :4].tolist() == [5, 6, 20, 2] and p[0, 2] == 30
-    )
+    assert a[1, :4].tolist() == [7, 11, 12, 2] and s[0, :4].tolist() == [5, 6, 20, 2] and p[0, 2] == 30
 
 
 def test_collate_pairs_and_length_check():
@@ -158,8 +146,9 @@ def test_rows_logps_forwards_each_distinct_row_once_with_the_same_values_and_gra
     from tspin_kit.logprobs import rows_logps
 
     tok = toy.build_tokenizer()
-    model = toy.build_model(tok, toy.ToyModelSize(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                  num_attention_heads=2), seed=3).double()
+    model = toy.build_model(
+        tok, toy.ToyModelSize(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2), seed=3
+    ).double()
     enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     prompts = [enc("12+34="), enc("50+50=")]
     ann = [enc("46") + [tok.eos_token_id], enc("100") + [tok.eos_token_id]]
@@ -189,9 +178,6 @@ def test_rows_logps_forwards_each_distinct_row_once_with_the_same_values_and_gra
 # response positions' hidden states in chunks (checkpointed under autograd). Each path is tested against the
 # naive expression on the model's own full logits, in values and in gradients, with chunks small enough that
 # every path takes several of them.
-
-from tspin_kit import logprobs as LP
-from tspin_kit import toy
 
 TOK = toy.build_tokenizer()
 PAD = TOK.pad_token_id
@@ -228,8 +214,9 @@ def check_values_and_grads(model, lean_fn, weights, tol=1e-5):
     (got.summed.double() * weights).sum().backward()
     torch.testing.assert_close(got.summed.double(), want, atol=tol, rtol=tol)
     for i in range(len(RESPONSES)):
-        torch.testing.assert_close(got.token_logps[i][got.mask[i]].double(), want_tok[i][batch.loss_mask[i, 1:].bool()],
-                                   atol=tol, rtol=tol)
+        torch.testing.assert_close(
+            got.token_logps[i][got.mask[i]].double(), want_tok[i][batch.loss_mask[i, 1:].bool()], atol=tol, rtol=tol
+        )
     got_grads = param_grads(model)
     assert got_grads.keys() == want_grads.keys()
     for name, g in want_grads.items():
@@ -346,8 +333,17 @@ def _tiny_mistral(window: int):
     from transformers import MistralConfig, MistralForCausalLM
 
     torch.manual_seed(0)
-    cfg = MistralConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, max_position_embeddings=64, sliding_window=window, pad_token_id=0)
+    cfg = MistralConfig(
+        vocab_size=40,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        sliding_window=window,
+        pad_token_id=0,
+    )
     cfg._attn_implementation = "eager"
     return MistralForCausalLM(cfg).eval()
 

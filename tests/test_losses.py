@@ -114,9 +114,7 @@ def test_tspin_ref_loss_literal_values():
     v = 0 - ln 3 = -ln 3 -> historical 0.5 * l(-ln 3) = 0.5 * log 4 = log 2, w_hist = 3/8
     rewards: ln 3, 0, ln 3
     """
-    out = tspin_ref_loss(
-        t(-2.0), t(-3.0), t(-1.0), t(-2.0 - LN3), t(-3.0), t(-1.0 - LN3), lam=1.0, beta=0.5
-    )
+    out = tspin_ref_loss(t(-2.0), t(-3.0), t(-1.0), t(-2.0 - LN3), t(-3.0), t(-1.0 - LN3), lam=1.0, beta=0.5)
     close(out.losses, [math.log(4 / 3) + LOG2])
     close(out.current_advantage, [LN3])
     close(out.historical_advantage, [-LN3])
@@ -370,9 +368,7 @@ def test_tspin_ref_with_zero_reference_equals_tspin():
     annotated, synthetic, proto = _random_triplet(seed=9)
     zeros = torch.zeros_like(annotated)
     mask = torch.tensor([True, True, False, True, False, True])
-    ref = tspin_ref_loss(
-        annotated, synthetic, proto, zeros, zeros, zeros, lam=0.8, beta=0.3, historical_mask=mask
-    )
+    ref = tspin_ref_loss(annotated, synthetic, proto, zeros, zeros, zeros, lam=0.8, beta=0.3, historical_mask=mask)
     free = tspin_loss(annotated, synthetic, proto, alpha=0.8, beta=0.3, historical_mask=mask)
     for name, value in free.to_dict().items():
         torch.testing.assert_close(ref.to_dict()[name], value, atol=1e-12, rtol=0)

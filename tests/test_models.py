@@ -16,9 +16,7 @@ def test_load_a_saved_folder(tiny_model_dirs):
     assert tok.pad_token_id == 0 and tok.eos_token_id == 2 and not tok.chat_template
     assert model.generation_config.pad_token_id == 0
     assert next(model.parameters()).dtype == torch.float32
-    chat_model, chat_tok = load_pretrained(
-        ModelConfig(name_or_path=str(tiny_model_dirs["chat"]), dtype="bfloat16")
-    )
+    chat_model, chat_tok = load_pretrained(ModelConfig(name_or_path=str(tiny_model_dirs["chat"]), dtype="bfloat16"))
     assert chat_tok.chat_template == toy.CHAT_TEMPLATE
     assert next(chat_model.parameters()).dtype == torch.bfloat16
 
@@ -29,16 +27,12 @@ def test_missing_folder_and_unknown_hub_id(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(
-        ModelError, match=r"model.name_or_path = 'nobody-xyz/not-a-model': could not load"
-    ):
+    with pytest.raises(ModelError, match=r"model.name_or_path = 'nobody-xyz/not-a-model': could not load"):
         load_pretrained(ModelConfig(name_or_path="nobody-xyz/not-a-model"))
 
 
 def test_tokenizer_without_pad_token_is_an_error(tiny_model_dirs):
-    with pytest.raises(
-        ModelError, match=r"no_pad: the tokenizer has no pad token; set one before training"
-    ):
+    with pytest.raises(ModelError, match=r"no_pad: the tokenizer has no pad token; set one before training"):
         load_pretrained(ModelConfig(name_or_path=str(tiny_model_dirs["no_pad"])))
 
 
@@ -62,22 +56,14 @@ def test_apply_lora_freezes_the_base():
     ids = torch.tensor([[1, 20, 21, 22]])
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, base(input_ids=ids).logits)
-    only_q = apply_lora(
-        toy.build_model(tok, seed=0), ModelConfig(lora_r=2, lora_target_modules="q_proj, v_proj")
-    )
-    names = {
-        k.split(".lora_")[0].rsplit(".", 1)[-1]
-        for k, p in only_q.named_parameters()
-        if p.requires_grad
-    }
+    only_q = apply_lora(toy.build_model(tok, seed=0), ModelConfig(lora_r=2, lora_target_modules="q_proj, v_proj"))
+    names = {k.split(".lora_")[0].rsplit(".", 1)[-1] for k, p in only_q.named_parameters() if p.requires_grad}
     assert names == {"q_proj", "v_proj"}
 
 
 def test_max_length_of(tiny_model_dirs):
     model, tok = load_pretrained(ModelConfig(name_or_path=str(tiny_model_dirs["plain"])))
-    assert (
-        max_length_of(model, tok, ModelConfig()) == 256
-    )  # the toy model and tokenizer both say 256
+    assert max_length_of(model, tok, ModelConfig()) == 256  # the toy model and tokenizer both say 256
     assert max_length_of(model, tok, ModelConfig(max_length=64)) == 64
     tok.model_max_length = int(1e30)  # "no limit" sentinel of tokenizers without one
     model.config.max_position_embeddings = 128
@@ -112,9 +98,15 @@ def test_gradient_checkpointing_gives_the_same_training(pi0, toy_world, lora_r):
         # transformers checkpoints a block's forward (its own hooks stay outside), and the recomputation stops once
         # it has what the backward needs: a pre-hook on the block's MLP sees the forward and the recomputation
         hook = core.model.layers[0].mlp.register_forward_pre_hook(lambda *a, calls=calls: calls.append(1))
-        res = train_iteration(model, ex, method=MethodConfig(name="tspin"),
-                              train=TrainConfig(optimizer="adamw", lr=1e-3, epochs=3, batch_size=16, warmup_ratio=0.0),
-                              iteration=1, seed=0, cpu=True)
+        res = train_iteration(
+            model,
+            ex,
+            method=MethodConfig(name="tspin"),
+            train=TrainConfig(optimizer="adamw", lr=1e-3, epochs=3, batch_size=16, warmup_ratio=0.0),
+            iteration=1,
+            seed=0,
+            cpu=True,
+        )
         hook.remove()
         # one forward per step, and with checkpointing one recomputation per step in the backward
         assert len(calls) == (6 if on else 3), calls

@@ -117,8 +117,9 @@ def one_process_runs(tmp_path_factory, stepped_run):
 
 
 def run_two(cmd: list[str], tmp_path: Path) -> str:
-    out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=600, env=subprocess_env(),
-                         cwd=tmp_path)
+    out = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=600, env=subprocess_env(), cwd=tmp_path
+    )
     assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
     assert "rank 0 of 2: 128 rows" in out.stdout and "rank 1 of 2: 128 rows" in out.stdout
     return out.stdout
@@ -129,8 +130,10 @@ def max_weight_difference(one_dir: Path, two_dir: Path) -> float:
     absolute difference."""
     worst = 0.0
     for t in (1, 2):
-        w1, w2 = (read_safetensors(one_dir / "weights" / f"policy_{t:03d}"),
-                  read_safetensors(two_dir / "weights" / f"policy_{t:03d}"))
+        w1, w2 = (
+            read_safetensors(one_dir / "weights" / f"policy_{t:03d}"),
+            read_safetensors(two_dir / "weights" / f"policy_{t:03d}"),
+        )
         assert w1.keys() == w2.keys()
         for k in w1:
             assert w2[k].shape == w1[k].shape and w2[k].dtype == w1[k].dtype, k
@@ -147,8 +150,9 @@ def assert_same_run(one_dir: Path, two_dir: Path) -> float:
     pd.testing.assert_series_equal(one.examples["annotated"], two.examples["annotated"])
     # training splits each global batch over the processes; the gradient is the same global mean
     worst = max_weight_difference(one_dir, two_dir)
-    pd.testing.assert_series_equal(one.examples["annotated_logp_after"], two.examples["annotated_logp_after"],
-                                   atol=1e-3, rtol=0)
+    pd.testing.assert_series_equal(
+        one.examples["annotated_logp_after"], two.examples["annotated_logp_after"], atol=1e-3, rtol=0
+    )
     for t in (0, 1):
         a = pd.read_json(one_dir / "iterations" / f"iter_{t:03d}" / "train.json", typ="series")
         b = pd.read_json(two_dir / "iterations" / f"iter_{t:03d}" / "train.json", typ="series")
@@ -167,8 +171,20 @@ def test_two_processes_match_one(tmp_path, one_process_runs):
     script.write_text(SCRIPT)
     cfg = write_yaml(tmp_path / "two.yaml", small_config_dict(two_dir, **OVER))
     torchrun = Path(REPO / ".venv" / "bin" / "torchrun")
-    run_two([str(torchrun) if torchrun.exists() else "torchrun", "--nproc_per_node", "2", "--master_addr",
-             "127.0.0.1", "--master_port", str(free_port()), str(script), str(cfg)], tmp_path)
+    run_two(
+        [
+            str(torchrun) if torchrun.exists() else "torchrun",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            str(script),
+            str(cfg),
+        ],
+        tmp_path,
+    )
     assert_same_run(one_process_runs(0), two_dir)
 
 
@@ -176,15 +192,17 @@ def cpu_fsdp2_config(path: Path) -> Path:
     """configs/accelerate/fsdp2.yaml (its fsdp_config section as shipped) for 2 CPU processes in full precision."""
     cfg = yaml.safe_load((REPO / "configs" / "accelerate" / "fsdp2.yaml").read_text())
     cfg.pop("gpu_ids", None)
-    cfg.update(use_cpu=True, num_processes=2, mixed_precision="no", main_process_ip="127.0.0.1",
-               main_process_port=free_port())
+    cfg.update(
+        use_cpu=True, num_processes=2, mixed_precision="no", main_process_ip="127.0.0.1", main_process_port=free_port()
+    )
     return write_yaml(path, cfg)
 
 
 @pytest.mark.slow
 @pytest.mark.multiproc
-@pytest.mark.parametrize("lora_r,checkpointing", [(0, False), (4, True)],
-                         ids=["full", "lora-gradient-checkpointing-chunked-head"])
+@pytest.mark.parametrize(
+    "lora_r,checkpointing", [(0, False), (4, True)], ids=["full", "lora-gradient-checkpointing-chunked-head"]
+)
 def test_two_fsdp2_processes_match_one(tmp_path, one_process_runs, lora_r, checkpointing):
     """FSDP2 on 2 CPU processes: full fine-tuning; and LoRA with gradient checkpointing on and the output layer
     applied in chunks of 4 positions, each recomputed in the backward (the one-process reference has neither:
@@ -196,9 +214,19 @@ def test_two_fsdp2_processes_match_one(tmp_path, one_process_runs, lora_r, check
     cfg = write_yaml(tmp_path / "two.yaml", small_config_dict(two_dir, **OVER, model=model))
     launch_cfg = cpu_fsdp2_config(tmp_path / "accelerate_fsdp2_cpu.yaml")
     accelerate = Path(REPO / ".venv" / "bin" / "accelerate")
-    run_two([str(accelerate) if accelerate.exists() else "accelerate", "launch", "--config_file", str(launch_cfg),
-             str(script), str(cfg), str(tmp_path), *([str(4 * len(toy.build_tokenizer()))] if lora_r else [])],
-            tmp_path)
+    run_two(
+        [
+            str(accelerate) if accelerate.exists() else "accelerate",
+            "launch",
+            "--config_file",
+            str(launch_cfg),
+            str(script),
+            str(cfg),
+            str(tmp_path),
+            *([str(4 * len(toy.build_tokenizer()))] if lora_r else []),
+        ],
+        tmp_path,
+    )
     # both iterations trained a sharded copy: each rank held about half of every trainable tensor
     model_class = "FSDPPeftModelForCausalLM" if lora_r else "FSDPLlamaForCausalLM"
     for rank in (0, 1):

@@ -84,8 +84,13 @@ def test_workshop_checks_report_blank_wrong_and_right():
 
     assert check_tspin_loss(loss).passed
     assert check_tspin_loss(naive).status == "failed"
-    assert check_tspin_loss(lambda a, s, p, *, alpha, beta: loss(a, s, p, alpha=alpha, beta=beta).mean()).status == "failed"
-    assert check_drivers(lambda u, v, *, alpha, beta: torch.sigmoid(-alpha * u) + beta * torch.sigmoid(-alpha * v)).passed
+    assert (
+        check_tspin_loss(lambda a, s, p, *, alpha, beta: loss(a, s, p, alpha=alpha, beta=beta).mean()).status
+        == "failed"
+    )
+    assert check_drivers(
+        lambda u, v, *, alpha, beta: torch.sigmoid(-alpha * u) + beta * torch.sigmoid(-alpha * v)
+    ).passed
     assert check_drivers(lambda u, v, *, alpha, beta: torch.sigmoid(-alpha * u)).status == "failed"
 
     def find_alpha(c, target):
@@ -124,7 +129,9 @@ def test_committed_clean(path: Path):
 def test_header_states_runtime_and_smoke_switch(path: Path):
     nb = nbformat.read(path, as_version=4)
     first = next((c.source for c in nb.cells if c.cell_type == "markdown"), "")
-    assert re.search(r"full mode", first, re.IGNORECASE), f"{path.name}: the first markdown cell must state the full-mode runtime"
+    assert re.search(r"full mode", first, re.IGNORECASE), (
+        f"{path.name}: the first markdown cell must state the full-mode runtime"
+    )
     assert re.search(r"\d+(\.\d+)?\s*(s|min|h|seconds|minutes|hours?)\b", first), f"{path.name}: no runtime figure"
     assert "TSPIN_SMOKE" in first, f"{path.name}: the first markdown cell must name the smoke switch TSPIN_SMOKE"
     sources = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
@@ -137,18 +144,22 @@ def smoke_workspace(tmp_path_factory):
     base = tmp_path_factory.mktemp("notebooks_smoke")
     shutil.copytree(NOTEBOOK_DIR, base / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints", "runs"))
     env = dict(os.environ)
-    env.update({
-        "TSPIN_SMOKE": "1",
-        "TSPIN_PROGRESS": "0",
-        "TSPIN_CACHE": str(base / "cache"),
-        "TSPIN_RUNS": str(base / "runs"),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "MPLBACKEND": "Agg",
-    })
+    env.update(
+        {
+            "TSPIN_SMOKE": "1",
+            "TSPIN_PROGRESS": "0",
+            "TSPIN_CACHE": str(base / "cache"),
+            "TSPIN_RUNS": str(base / "runs"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            "MPLBACKEND": "Agg",
+        }
+    )
     yield base / "notebooks", env
     out = ROOT / "test-artifacts"
     out.mkdir(exist_ok=True)
-    (out / "notebook_times.json").write_text(json.dumps({**TIMES, "total": round(sum(TIMES.values()), 1)}, indent=2) + "\n")
+    (out / "notebook_times.json").write_text(
+        json.dumps({**TIMES, "total": round(sum(TIMES.values()), 1)}, indent=2) + "\n"
+    )
 
 
 class _DiscardedWidgetState(dict):
@@ -208,11 +219,19 @@ def test_real_model_notebook_in_full_mode_without_a_gpu_stops_in_its_first_cell(
     path = NOTEBOOK_DIR / "05_real_model.ipynb"
     nb = nbformat.read(path, as_version=4)
     first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
-    nb.cells = nb.cells[:first_code + 2]  # the first code cell and the next cell: execution must stop at the first
+    nb.cells = nb.cells[: first_code + 2]  # the first code cell and the next cell: execution must stop at the first
     env = dict(os.environ)
-    env.update({"TSPIN_SMOKE": "0", "CUDA_VISIBLE_DEVICES": "", "TSPIN_PROGRESS": "0", "HF_HUB_OFFLINE": "1",
-                "TSPIN_RUNS": str(tmp_path / "runs"), "TSPIN_CACHE": str(tmp_path / "cache"),
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+    env.update(
+        {
+            "TSPIN_SMOKE": "0",
+            "CUDA_VISIBLE_DEVICES": "",
+            "TSPIN_PROGRESS": "0",
+            "HF_HUB_OFFLINE": "1",
+            "TSPIN_RUNS": str(tmp_path / "runs"),
+            "TSPIN_CACHE": str(tmp_path / "cache"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        }
+    )
     client = _client(nb, tmp_path / path.name)
     with pytest.raises(CellExecutionError) as err:
         client.execute(env=env)

@@ -10,7 +10,9 @@ def test_sppo_hard_literal_values_and_gradient():
     # log-ratios to pi_t: y: -2 - (-2.5) = 0.5, y': -3 - (-2.8) = -0.2; eta = 1
     a = torch.tensor([-2.0], dtype=torch.float64, requires_grad=True)
     s = torch.tensor([-3.0], dtype=torch.float64, requires_grad=True)
-    ref = dict(ref_annotated=torch.tensor([-2.5], dtype=torch.float64), ref_synthetic=torch.tensor([-2.8], dtype=torch.float64))
+    ref = dict(
+        ref_annotated=torch.tensor([-2.5], dtype=torch.float64), ref_synthetic=torch.tensor([-2.8], dtype=torch.float64)
+    )
     out = M.get("sppo_hard").loss(M.LogProbs(annotated=a, synthetic=s, **ref), {"eta": 1.0})
     assert out.losses.item() == pytest.approx((0.5 - 0.5) ** 2 + (-0.2 + 0.5) ** 2, abs=1e-12)  # 0.09
     assert out.reward_margin.item() == pytest.approx(0.7, abs=1e-12)

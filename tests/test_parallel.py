@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import small_config
 
 from tspin_kit import compare
 from tspin_kit.config import RunConfig
 from tspin_kit.store import load_run
-
-from conftest import small_config
 
 
 @pytest.mark.slow  # a toy session (trains the toy pi_0 on first use)
@@ -29,11 +28,16 @@ def test_drive_reports_every_phase_once_done():
 @pytest.mark.multiproc
 def test_parallel_runs_equal_runs_in_this_process(tmp_path):
     """Two worker processes of one thread each give the records a 1-thread run here gives."""
-    cfgs = {m: small_config(tmp_path / "par" / m, iterations=1, method={"name": m}, data={"num_examples": 24})
-            for m in ("tspin", "spin")}
+    cfgs = {
+        m: small_config(tmp_path / "par" / m, iterations=1, method={"name": m}, data={"num_examples": 24})
+        for m in ("tspin", "spin")
+    }
     finished = []
-    seconds = compare.run_parallel([(m, c, m) for m, c in cfgs.items()], workers=2,
-                                   on_done=lambda n, total, key, s: finished.append((n, total, key)))
+    seconds = compare.run_parallel(
+        [(m, c, m) for m, c in cfgs.items()],
+        workers=2,
+        on_done=lambda n, total, key, s: finished.append((n, total, key)),
+    )
     assert set(seconds) == {"tspin", "spin"} and all(s > 0 for s in seconds.values())
     assert sorted(n for n, _, _ in finished) == [1, 2] and all(t == 2 for _, t, _ in finished)
     for m, cfg in cfgs.items():
@@ -78,8 +82,12 @@ def test_labels_come_from_the_table_of_methods():
 
 
 def test_one_score_table_for_grids_and_labelled_runs():
-    grid = {("sft", 0): _records([0.5, 0.6], 0.4, "sft"), ("sft", 1): _records([0.7, 0.8], 0.4, "sft"),
-            ("tspin", 0): _records([0.6, 0.9], 0.4, "tspin"), ("tspin", 1): _records([0.6, 0.7], 0.4, "tspin")}
+    grid = {
+        ("sft", 0): _records([0.5, 0.6], 0.4, "sft"),
+        ("sft", 1): _records([0.7, 0.8], 0.4, "sft"),
+        ("tspin", 0): _records([0.6, 0.9], 0.4, "tspin"),
+        ("tspin", 1): _records([0.6, 0.7], 0.4, "tspin"),
+    }
     table = compare.score_table(grid)
     assert list(table.columns) == ["pi_0", "pi_1", "pi_2"]
     assert list(table.index) == ["SFT (control)", "T-SPIN"]  # one row per method, seeds averaged
@@ -96,7 +104,8 @@ def test_one_score_table_for_grids_and_labelled_runs():
 
 @pytest.mark.slow  # toy sessions: trains
 def test_run_grid_runs_configs_on_disk_and_in_memory(tmp_path):
-    """`presets.run_toy_methods` hands its toy configs to `run_grid`: a run dir is run (then reloaded), None in memory."""
+    """`presets.run_toy_methods` hands its toy configs to `run_grid`: a run dir is run (then reloaded), None in
+    memory."""
     on_disk = small_config(tmp_path / "tspin", iterations=1, data={"num_examples": 16})
     in_memory = small_config(None, iterations=1, method={"name": "sft"}, data={"num_examples": 16})
     records = compare.run_grid({("tspin", 0): on_disk, ("sft", 0): in_memory}, workers=1)

@@ -29,13 +29,15 @@ def assert_frames_close(got: pd.DataFrame, want: pd.DataFrame, what: str, skip=(
             continue
         a, b = got[c], want[c]
         if c in numeric_columns(want):
-            np.testing.assert_allclose(a.to_numpy(float), b.to_numpy(float), rtol=0, atol=1e-6, equal_nan=True,
-                                       err_msg=f"{what}: column {c}")
+            np.testing.assert_allclose(
+                a.to_numpy(float), b.to_numpy(float), rtol=0, atol=1e-6, equal_nan=True, err_msg=f"{what}: column {c}"
+            )
         elif len(b) and isinstance(b.iloc[0], (list, np.ndarray)):
             for i, (x, y) in enumerate(zip(a, b)):
                 if isinstance(y, (list, np.ndarray)) and len(y) and not isinstance(y[0], str):
-                    np.testing.assert_allclose(np.asarray(x, float), np.asarray(y, float), atol=1e-6,
-                                               err_msg=f"{what}: {c} row {i}")
+                    np.testing.assert_allclose(
+                        np.asarray(x, float), np.asarray(y, float), atol=1e-6, err_msg=f"{what}: {c} row {i}"
+                    )
                 else:
                     assert list(x) == list(y), f"{what}: {c} row {i}"
         else:
@@ -54,8 +56,14 @@ def test_record_builder_reproduces_golden_columns(case):
     for t, part in ex.groupby("iteration"):
         logps = {w: {r: part[f"{r}_logp_{w}"].to_numpy(float) for r in ROLES} for w in ("before", "after")}
         mask = ~part["proto_equals_annotated"].to_numpy(bool) if method.mask_proto_equal_annotated else None
-        cols = method_columns(cfg_method, logps["before"], logps["after"], knobs=method.knobs_at(int(t)),
-                              annotated_tokens=part["annotated_ntokens"].to_numpy(float), historical_mask=mask)
+        cols = method_columns(
+            cfg_method,
+            logps["before"],
+            logps["after"],
+            knobs=method.knobs_at(int(t)),
+            annotated_tokens=part["annotated_ntokens"].to_numpy(float),
+            historical_mask=mask,
+        )
         assert_frames_close(pd.DataFrame(cols), part[list(cols)].reset_index(drop=True), f"{case} it{t}")
 
 
@@ -107,7 +115,11 @@ def test_aliases_resolve_and_unknown_names_list_the_table():
         MethodConfig(name="dpo")
     with pytest.raises(ConfigError, match="method.params.anchor"):
         MethodConfig(name="tspin", params={"anchor": 0.1})  # not a knob of tspin
-    assert MethodConfig(name="tspin_nll", params={"anchor": 0.3}).knobs_at(0) == {"alpha": 1.0, "beta": 0.0, "anchor": 0.3}
+    assert MethodConfig(name="tspin_nll", params={"anchor": 0.3}).knobs_at(0) == {
+        "alpha": 1.0,
+        "beta": 0.0,
+        "anchor": 0.3,
+    }
 
 
 def test_no_module_outside_the_table_switches_on_a_method_name():
@@ -118,8 +130,23 @@ def test_no_module_outside_the_table_switches_on_a_method_name():
 
     names = "|".join(M.names())
     pattern = rf"""(==|!=|in \(|in \[)\s*["']({names})["']|^\s*["']({names})["']\s*:"""
-    out = subprocess.run(["git", "grep", "-nE", pattern, "--", "tspin_kit", "widgets", ":!tspin_kit/methods.py",
-                          ":!tspin_kit/objectives", ":!tspin_kit/reproduce.py"], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            "git",
+            "grep",
+            "-nE",
+            pattern,
+            "--",
+            "tspin_kit",
+            "widgets",
+            ":!tspin_kit/methods.py",
+            ":!tspin_kit/objectives",
+            ":!tspin_kit/reproduce.py",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode in (0, 1), out.stderr
     assert out.stdout == "", "method-name switches outside the table of methods:\n" + out.stdout
 
@@ -129,24 +156,43 @@ def test_a_throwaway_objective_runs_through_training_records_lab_and_report(tmp_
     """One function, one registration, nothing else: it trains an iteration, gets records, is offered and
     recomputed by the objective lab, and appears in the HTML report."""
     import torch
-
     from conftest import small_config
+
     from tspin_kit.report import render_report
     from tspin_kit.session import SelfPlaySession
 
-    @M.register(name="throwaway", label="Throwaway", color="#123456", roles=M.TRIPLET, knobs=("alpha",),
-                scale="alpha", doc="docs/methods/tspin.md", formula="L = softplus(-α·u) + softplus(-α·v)/2")
+    @M.register(
+        name="throwaway",
+        label="Throwaway",
+        color="#123456",
+        roles=M.TRIPLET,
+        knobs=("alpha",),
+        scale="alpha",
+        doc="docs/methods/tspin.md",
+        formula="L = softplus(-α·u) + softplus(-α·v)/2",
+    )
     def throwaway(lp: M.LogProbs, k: M.Knobs) -> M.Terms:
         u, v = lp.annotated - lp.synthetic, lp.synthetic - lp.proto
         cur, hist = torch.nn.functional.softplus(-k.alpha * u), torch.nn.functional.softplus(-k.alpha * v) / 2
         nan = torch.full_like(u, float("nan")).detach()
-        return M.Terms(losses=cur + hist, current_term=cur.detach(), historical_term=hist.detach(),
-                       annotated_rewards=(k.alpha * lp.annotated).detach(), synthetic_rewards=(k.alpha * lp.synthetic).detach(),
-                       proto_rewards=(k.alpha * lp.proto).detach(), current_advantage=u.detach(), historical_advantage=v.detach(),
-                       reward_margin=(k.alpha * u).detach(), current_weight=nan, historical_weight=nan)
+        return M.Terms(
+            losses=cur + hist,
+            current_term=cur.detach(),
+            historical_term=hist.detach(),
+            annotated_rewards=(k.alpha * lp.annotated).detach(),
+            synthetic_rewards=(k.alpha * lp.synthetic).detach(),
+            proto_rewards=(k.alpha * lp.proto).detach(),
+            current_advantage=u.detach(),
+            historical_advantage=v.detach(),
+            reward_margin=(k.alpha * u).detach(),
+            current_weight=nan,
+            historical_weight=nan,
+        )
 
     try:
-        rec = SelfPlaySession(small_config(tmp_path / "run", method={"name": "throwaway", "alpha": 0.5}, iterations=1)).run()
+        rec = SelfPlaySession(
+            small_config(tmp_path / "run", method={"name": "throwaway", "alpha": 0.5}, iterations=1)
+        ).run()
         ex = rec.examples
         assert len(ex) == 64 and np.isfinite(ex["loss"]).all()
         u = ex["annotated_logp_after"] - ex["synthetic_logp_after"]
@@ -161,8 +207,14 @@ def test_a_throwaway_objective_runs_through_training_records_lab_and_report(tmp_
         assert lab.kind.value == "throwaway" and ("Throwaway", "throwaway") in lab.kind.options
         assert not lab.alpha.disabled and lab.beta.disabled and lab.lam.disabled
         lab.alpha.value = 1.0
-        np.testing.assert_allclose(lab.table["loss"].mean(), np.mean(np.logaddexp(0, -(ex["annotated_logp_before"] - ex["synthetic_logp_before"]))
-                                   + np.logaddexp(0, -(ex["synthetic_logp_before"] - ex["proto_logp_before"])) / 2), atol=1e-9)
+        np.testing.assert_allclose(
+            lab.table["loss"].mean(),
+            np.mean(
+                np.logaddexp(0, -(ex["annotated_logp_before"] - ex["synthetic_logp_before"]))
+                + np.logaddexp(0, -(ex["synthetic_logp_before"] - ex["proto_logp_before"])) / 2
+            ),
+            atol=1e-9,
+        )
         assert lab.table["grad_annotated"].lt(0).all()  # it pushes log pi(y) up on every example
         page = render_report({"throwaway run": rec}, title="throwaway")
         assert "Throwaway" in page or "throwaway" in page

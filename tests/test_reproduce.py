@@ -8,12 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from tspin_kit import claims as C
-from tspin_kit.reproduce import ALL_ARMS, ARMS, FINDINGS
+from tspin_kit.reproduce import ALL_ARMS, FINDINGS
 from tspin_kit.reproduce_render import RESULT_FILES, render_markdown, render_section, replace_section
-
-from conftest import REPO
 
 COMMITTED = REPO / "docs" / "reproduce" / "reproduce.json"
 VERDICTS = {C.REPRODUCED, C.NOT_REPRODUCED, C.INCONCLUSIVE}
@@ -43,16 +42,21 @@ def test_committed_tables_are_what_the_renderer_makes_of_the_committed_json():
     for name, prefix in RESULT_FILES.items():
         text = (REPO / name).read_text()
         assert replace_section(text, render_section(result), docs_prefix=prefix) == text, (
-            f"{name}: its results block differs from `tspin render-results`")
+            f"{name}: its results block differs from `tspin render-results`"
+        )
 
 
 @pytest.mark.slow
 @pytest.mark.multiproc
 def test_reproduce_quick_end_to_end(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "tspin_kit.cli", "-q", "reproduce", "--quick", "--out", str(out),
-                           "--workers", "2"], capture_output=True, text=True, timeout=900,
-                          env={**__import__("os").environ, "TSPIN_PROGRESS": "0"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "tspin_kit.cli", "-q", "reproduce", "--quick", "--out", str(out), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**__import__("os").environ, "TSPIN_PROGRESS": "0"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "reproduce: 18 runs (9 arms x 2 seeds x 2 iterations)" in proc.stdout
     result = json.loads((out / "reproduce.json").read_text())

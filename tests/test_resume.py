@@ -30,11 +30,7 @@ from tspin_kit.store import RunDirError
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(folder)): p.read_bytes()
-        for p in sorted(Path(folder).rglob("*"))
-        if p.is_file()
-    }
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
@@ -138,8 +134,16 @@ def test_train_iteration_interrupted_then_called_again_continues_from_its_checkp
 
     ex = checkpoint_examples(pi0, toy_world)
     # warmup + linear decay, clipping and AdamW: the scheduler's and optimiser's state both matter
-    train = TrainConfig(optimizer="adamw", lr=1e-3, epochs=2, batch_size=4, warmup_ratio=0.25, schedule="linear",
-                        weight_decay=0.01, checkpoint_every=3)
+    train = TrainConfig(
+        optimizer="adamw",
+        lr=1e-3,
+        epochs=2,
+        batch_size=4,
+        warmup_ratio=0.25,
+        schedule="linear",
+        weight_decay=0.01,
+        checkpoint_every=3,
+    )
     kw = {"method": MethodConfig(name="tspin"), "train": train, "iteration": 1, "seed": 0, "cpu": True}
 
     ref_model = copy.deepcopy(pi0[0])
@@ -163,7 +167,7 @@ def test_train_iteration_interrupted_then_called_again_continues_from_its_checkp
     seen.clear()
     model = copy.deepcopy(pi0[0])
     with caplog.at_level(logging.INFO, logger="tspin_kit.training"):
-        res = train_iteration(model, ex, checkpoint_dir=folder, progress=lambda d, t, l: seen.append(d), **kw)
+        res = train_iteration(model, ex, checkpoint_dir=folder, progress=lambda d, t, label: seen.append(d), **kw)
     assert seen == [4, 5, 6, 7, 8]  # steps 1-3 were not taken again
     assert "resuming train it1 (tspin) from step 3 of 8" in caplog.text
     assert not folder.exists()
@@ -187,13 +191,31 @@ def test_train_checkpoint_of_another_phase_is_not_applied(pi0, toy_world, tmp_pa
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train_iteration(copy.deepcopy(pi0[0]), ex, method=MethodConfig(name="tspin"), train=train, iteration=1,
-                        seed=0, cpu=True, checkpoint_dir=folder, progress=interrupt)
+        train_iteration(
+            copy.deepcopy(pi0[0]),
+            ex,
+            method=MethodConfig(name="tspin"),
+            train=train,
+            iteration=1,
+            seed=0,
+            cpu=True,
+            checkpoint_dir=folder,
+            progress=interrupt,
+        )
     assert (folder / "step_000002").is_dir()
     seen = []
     with caplog.at_level(logging.WARNING, logger="tspin_kit.training"):
-        train_iteration(copy.deepcopy(pi0[0]), ex, method=MethodConfig(name="tspin"), train=train, iteration=2,
-                        seed=0, cpu=True, checkpoint_dir=folder, progress=lambda d, t, l: seen.append(d))
+        train_iteration(
+            copy.deepcopy(pi0[0]),
+            ex,
+            method=MethodConfig(name="tspin"),
+            train=train,
+            iteration=2,
+            seed=0,
+            cpu=True,
+            checkpoint_dir=folder,
+            progress=lambda d, t, label: seen.append(d),
+        )
     assert seen == [1, 2, 3, 4] and "train checkpoint of another phase" in caplog.text
 
 
@@ -284,10 +306,11 @@ def compare_runs(a: Path, b: Path, iterations: int) -> None:
         )
         assert wa.keys() == wb.keys()
         assert all(torch.equal(wa[k], wb[k]) for k in wa), f"pi_{t} differs"
-    pd.testing.assert_frame_equal(
-        pd.read_parquet(a / "proto.parquet"), pd.read_parquet(b / "proto.parquet")
-    )
-    drop_seconds = lambda d: {k: v for k, v in d.items() if not k.startswith("seconds")}
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "proto.parquet"), pd.read_parquet(b / "proto.parquet"))
+
+    def drop_seconds(d):
+        return {k: v for k, v in d.items() if not k.startswith("seconds")}
+
     for t in range(iterations):
         ia, ib = a / "iterations" / f"iter_{t:03d}", b / "iterations" / f"iter_{t:03d}"
         pd.testing.assert_frame_equal(
@@ -298,9 +321,9 @@ def compare_runs(a: Path, b: Path, iterations: int) -> None:
             pd.read_parquet(ib / "generated.parquet").drop(columns="seconds"),
         )
         for f in ("metrics.json", "train.json"):
-            assert drop_seconds(json.loads((ia / f).read_text())) == drop_seconds(
-                json.loads((ib / f).read_text())
-            ), f"{t} {f}"
+            assert drop_seconds(json.loads((ia / f).read_text())) == drop_seconds(json.loads((ib / f).read_text())), (
+                f"{t} {f}"
+            )
     assert done(a) == done(b)
     ia, ib = (
         json.loads((a / "initial.json").read_text()),
@@ -331,12 +354,8 @@ def test_sigkill_during_training_and_after_training_then_resume(tmp_path, steppe
     )
     try:
         at_kill = kill_when(proc, run_dir, lambda d: "generate:1" in d)
-        assert "train:1" not in at_kill and "train:1" not in done(
-            run_dir
-        )  # killed inside the train phase
-        assert (run_dir / "weights" / "policy_001").is_dir() and not (
-            run_dir / "weights" / "policy_002"
-        ).exists()
+        assert "train:1" not in at_kill and "train:1" not in done(run_dir)  # killed inside the train phase
+        assert (run_dir / "weights" / "policy_001").is_dir() and not (run_dir / "weights" / "policy_002").exists()
 
         proc = start("resume", str(run_dir), cwd=tmp_path)
         kill_when(proc, run_dir, lambda d: "train:2" in d)
@@ -391,7 +410,12 @@ def test_sigkill_mid_train_resumes_from_the_train_checkpoint(tmp_path, stepped_r
 
         final = subprocess.run(  # without -q: the log says where training continued
             [PYTHON, "-m", "tspin_kit.cli", "resume", str(run_dir)],
-            cwd=tmp_path, env=subprocess_env(), check=False, capture_output=True, text=True, timeout=240,
+            cwd=tmp_path,
+            env=subprocess_env(),
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=240,
         )
         assert final.returncode == 0, final.stderr[-3000:]
         assert f"resuming train it1 (tspin) from step {steps[-1]} of 16" in final.stderr, final.stderr[-3000:]

@@ -39,10 +39,16 @@ def gpt2_dir(tmp_path_factory) -> Path:
 
 
 def gpt2_config(model_dir, data_path, run_dir, **over) -> dict:
-    d = {"model": {"name_or_path": str(model_dir)}, "data": {"source": str(data_path), "num_examples": 12, "eval_size": 6},
-         "method": {"name": "tspin"}, "train": {"batch_size": 4, "epochs": 1, "lr": 1e-4},
-         "sampling": {"batch_size": 8, "max_new_tokens": 16}, "iterations": 1, "cpu": True,
-         "run_dir": str(run_dir) if run_dir else None}
+    d = {
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"source": str(data_path), "num_examples": 12, "eval_size": 6},
+        "method": {"name": "tspin"},
+        "train": {"batch_size": 4, "epochs": 1, "lr": 1e-4},
+        "sampling": {"batch_size": 8, "max_new_tokens": 16},
+        "iterations": 1,
+        "cpu": True,
+        "run_dir": str(run_dir) if run_dir else None,
+    }
     for k, v in over.items():
         d[k] = {**d[k], **v} if isinstance(v, dict) else v
     return d
@@ -63,8 +69,12 @@ def test_prompt_plus_max_new_tokens_overflow_is_caught_up_front(gpt2_dir, tmp_pa
     from tspin_kit.generation import score_responses
 
     with pytest.raises(IndexError):
-        score_responses(AutoModelForCausalLM.from_pretrained(gpt2_dir), [encode_prompt(tok, LONG)],
-                        [[7] * 16 + [tok.eos_token_id]], pad_id=tok.pad_token_id)
+        score_responses(
+            AutoModelForCausalLM.from_pretrained(gpt2_dir),
+            [encode_prompt(tok, LONG)],
+            [[7] * 16 + [tok.eos_token_id]],
+            pad_id=tok.pad_token_id,
+        )
     rows = user_pairs(18)
     rows[5]["prompt"] = LONG
     data = write_jsonl(tmp_path / "user.jsonl", rows)
@@ -74,12 +84,15 @@ def test_prompt_plus_max_new_tokens_overflow_is_caught_up_front(gpt2_dir, tmp_pa
         SelfPlaySession(cfg).prepare()  # was: IndexError deep in generation.py
     msg = str(err.value)
     assert "\n" not in msg
-    assert msg.startswith(f"file '{data}', row 5, field 'prompt': the prompt is {n} tokens after the template; "
-                          f"with sampling.max_new_tokens = 16 and EOS that is {n + 17} positions, but the model has 64")
+    assert msg.startswith(
+        f"file '{data}', row 5, field 'prompt': the prompt is {n} tokens after the template; "
+        f"with sampling.max_new_tokens = 16 and EOS that is {n + 17} positions, but the model has 64"
+    )
     assert not run_dir.exists() or not any(run_dir.iterdir())  # nothing written, nothing locked
     # the corrected config runs in the same run_dir
-    fixed = RunConfig.from_dict(gpt2_config(gpt2_dir, data, run_dir, data={"num_examples": None},
-                                            sampling={"max_new_tokens": 64 - n - 1}))
+    fixed = RunConfig.from_dict(
+        gpt2_config(gpt2_dir, data, run_dir, data={"num_examples": None}, sampling={"max_new_tokens": 64 - n - 1})
+    )
     s = SelfPlaySession(fixed)
     s.prepare()
     assert (run_dir / "manifest.json").is_file() and s.next_phase == "generate"
@@ -106,8 +119,9 @@ def test_long_prompt_names_the_file_row_before_pi0_is_trained(tmp_path):
     data = write_jsonl(tmp_path / "user.jsonl", rows)
     cache = Path(os.environ["TSPIN_CACHE"]) / "pi0"
     before = sorted(cache.iterdir()) if cache.exists() else []
-    cfg = RunConfig.from_dict({"data": {"source": str(data), "num_examples": 8, "eval_size": 4}, "cpu": True,
-                               "model": {"toy_sft_epochs": 1}})
+    cfg = RunConfig.from_dict(
+        {"data": {"source": str(data), "num_examples": 8, "eval_size": 4}, "cpu": True, "model": {"toy_sft_epochs": 1}}
+    )
     with pytest.raises(DataError) as err:
         SelfPlaySession(cfg).prepare()
     from tspin_kit import toy
@@ -115,23 +129,35 @@ def test_long_prompt_names_the_file_row_before_pi0_is_trained(tmp_path):
 
     n = len(encode_prompt(toy.build_tokenizer(), rows[5]["prompt"], "plain"))  # toy model on own data: plain template
     assert n > 300
-    assert str(err.value).startswith(f"file '{data}', row 5, field 'prompt': the prompt is {n} tokens after the template, "
-                                  "but the model takes at most 255")
+    assert str(err.value).startswith(
+        f"file '{data}', row 5, field 'prompt': the prompt is {n} tokens after the template, "
+        "but the model takes at most 255"
+    )
     assert (sorted(cache.iterdir()) if cache.exists() else []) == before  # no pi_0 was trained for nothing
 
 
 @pytest.mark.slow  # trains a pi_0 and a session
 def test_toy_model_on_user_data_records_its_template(tmp_path, caplog):
     data = write_jsonl(tmp_path / "user.jsonl", user_pairs(12))
-    cfg = RunConfig.from_dict({"data": {"source": str(data), "num_examples": 8, "eval_size": 4}, "cpu": True,
-                               "model": {"toy_sft_epochs": 1, "toy_sft_examples": 8}, "run_dir": str(tmp_path / "r")})
+    cfg = RunConfig.from_dict(
+        {
+            "data": {"source": str(data), "num_examples": 8, "eval_size": 4},
+            "cpu": True,
+            "model": {"toy_sft_epochs": 1, "toy_sft_examples": 8},
+            "run_dir": str(tmp_path / "r"),
+        }
+    )
     s = SelfPlaySession(cfg)
     with caplog.at_level(logging.INFO):
         s._load_world()
     # the toy chat template is a bare concatenation (made for `a+b=`): on a user's text `auto` takes the plain
     # template, whose separator tells the model where the prompt ends; the toy pi_0 is trained with it too
-    assert s.template == {"requested": "auto", "used": "plain", "text": "### Instruction: {prompt}\n\n### Response: ",
-                          "separator": True}
+    assert s.template == {
+        "requested": "auto",
+        "used": "plain",
+        "text": "### Instruction: {prompt}\n\n### Response: ",
+        "separator": True,
+    }
     assert "toy model on your own data: prompts use the plain template" in caplog.text
     assert "puts nothing between a prompt and its response" not in caplog.text
     assert s.pi0_info["source"] in ("trained", "cache")
@@ -143,8 +169,13 @@ def test_toy_model_on_user_data_records_its_template(tmp_path, caplog):
 @pytest.mark.slow  # trains a pi_0 and a session
 def test_toy_model_with_a_chat_template_asked_for_warns_about_the_missing_separator(tmp_path, caplog):
     data = write_jsonl(tmp_path / "user.jsonl", user_pairs(12))
-    cfg = RunConfig.from_dict({"data": {"source": str(data), "num_examples": 8, "eval_size": 4}, "cpu": True,
-                               "model": {"toy_sft_epochs": 1, "toy_sft_examples": 8, "prompt_template": "chat"}})
+    cfg = RunConfig.from_dict(
+        {
+            "data": {"source": str(data), "num_examples": 8, "eval_size": 4},
+            "cpu": True,
+            "model": {"toy_sft_epochs": 1, "toy_sft_examples": 8, "prompt_template": "chat"},
+        }
+    )
     s = SelfPlaySession(cfg)
     with caplog.at_level(logging.WARNING):
         s._load_world()
@@ -159,7 +190,9 @@ def test_plain_fallback_is_logged_and_recorded(gpt2_dir, tmp_path, caplog):
         s.prepare()
     assert "the tokenizer has no chat template: prompts use the plain template" in caplog.text
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    assert manifest["template"]["used"] == "plain" and manifest["template"]["text"].startswith("### Instruction: {prompt}")
+    assert manifest["template"]["used"] == "plain" and manifest["template"]["text"].startswith(
+        "### Instruction: {prompt}"
+    )
 
 
 def test_run_dir_that_is_an_unrelated_folder_is_refused(tmp_path):
@@ -169,7 +202,9 @@ def test_run_dir_that_is_an_unrelated_folder_is_refused(tmp_path):
     cfg = write_yaml(tmp_path / "c.yaml", small_config_dict(None, iterations=1))
     assert main(["-q", "run", "--config", str(cfg), "--run-dir", str(folder)]) == 2
     assert sorted(p.name for p in folder.iterdir()) == ["chapter1.tex"]
-    with pytest.raises(RunDirError, match=re.escape(f"{folder}: not empty (chapter1.tex) and not a tspin run directory")):
+    with pytest.raises(
+        RunDirError, match=re.escape(f"{folder}: not empty (chapter1.tex) and not a tspin run directory")
+    ):
         SelfPlaySession(RunConfig.from_dict(small_config_dict(folder))).prepare()
 
 
@@ -234,8 +269,9 @@ def test_spin_records_beta_zero_and_bpe_token_strings(gpt2_dir, tmp_path):
     from tspin_kit import analysis as A
 
     data = write_jsonl(tmp_path / "user.jsonl", user_pairs(18))
-    rec = SelfPlaySession(RunConfig.from_dict(gpt2_config(gpt2_dir, data, tmp_path / "run",
-                                                          method={"name": "spin"}))).run()
+    rec = SelfPlaySession(
+        RunConfig.from_dict(gpt2_config(gpt2_dir, data, tmp_path / "run", method={"name": "spin"}))
+    ).run()
     assert rec.metrics["beta"].tolist() == [0.0]
     assert json.loads((tmp_path / "run" / "iterations" / "iter_000" / "train.json").read_text())["beta"] == 0.0
     tok = AutoTokenizer.from_pretrained(gpt2_dir)

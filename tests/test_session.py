@@ -44,11 +44,7 @@ def _expand(name: str) -> list[str]:
     m = re.search(r"\{([^}]*)\}", name)
     if not m:
         return [name]
-    return [
-        x
-        for alt in m.group(1).split(",")
-        for x in _expand(name[: m.start()] + alt + name[m.end() :])
-    ]
+    return [x for alt in m.group(1).split(",") for x in _expand(name[: m.start()] + alt + name[m.end() :])]
 
 
 def _names(text: str) -> list[str]:
@@ -73,19 +69,11 @@ def documented_columns() -> tuple[list[str], list[str], list[str]]:
             examples += _names(line.split("|")[1])
     met_part = doc.split("`metrics`: one row per iteration:", 1)[1].split("\n\n", 1)[0]
     manifest = _names(doc.split("`manifest`:", 1)[1].split("\n\n", 1)[0])
-    corrections = (
-        doc.split("corrections to the tables above", 1)[1]
-        if "corrections to the tables above" in doc
-        else ""
-    )
+    corrections = doc.split("corrections to the tables above", 1)[1] if "corrections to the tables above" in doc else ""
     if "current_advantage_{before,after}_{mean,q10,q50,q90}" in corrections:
-        met_part = met_part.replace(
-            "{mean,q10,q50,q90}_{before,after}", "{before,after}_{mean,q10,q50,q90}"
-        )
+        met_part = met_part.replace("{mean,q10,q50,q90}_{before,after}", "{before,after}_{mean,q10,q50,q90}")
     metrics = _names(met_part)
-    for line in ("\n" + corrections).split(
-        "\n- "
-    ):  # one bullet at a time (bullets wrap over lines)
+    for line in ("\n" + corrections).split("\n- "):  # one bullet at a time (bullets wrap over lines)
         line = "- " + " ".join(line.split())
         if line.startswith("- Further metrics:"):
             metrics += _names(line)
@@ -99,11 +87,7 @@ def documented_columns() -> tuple[list[str], list[str], list[str]]:
 
 def test_documented_column_parser():
     ex, met, man = documented_columns()
-    assert (
-        "annotated_token_logps_before" in ex
-        and "proto_token_logps_after" in ex
-        and "proto_correct" in ex
-    )
+    assert "annotated_token_logps_before" in ex and "proto_token_logps_after" in ex and "proto_correct" in ex
     assert "historical_advantage_after_q90" in met and "seconds_evaluate" in met
     assert "config" in man and "created" in man
     assert len(ex) == len(set(ex)) > 30
@@ -129,23 +113,13 @@ def test_phase_order_and_clear_errors(stepped_run):
     assert stepped_run.phases == ["prepare", "generate", "train", "evaluate", "generate", "done"]
     e = stepped_run.errors
     assert isinstance(e["train_before_prepare"], RuntimeError)
-    assert "cannot train now" in str(e["train_before_prepare"]) and "'prepare'" in str(
-        e["train_before_prepare"]
-    )
-    assert "cannot train now: the next phase of iteration 0 is 'generate'" in str(
-        e["train_before_generate"]
-    )
-    assert "cannot evaluate now: the next phase of iteration 0 is 'generate'" in str(
-        e["evaluate_before_generate"]
-    )
+    assert "cannot train now" in str(e["train_before_prepare"]) and "'prepare'" in str(e["train_before_prepare"])
+    assert "cannot train now: the next phase of iteration 0 is 'generate'" in str(e["train_before_generate"])
+    assert "cannot evaluate now: the next phase of iteration 0 is 'generate'" in str(e["evaluate_before_generate"])
     assert "cannot prepare now" in str(e["prepare_twice"])
-    assert "cannot generate now: the next phase of iteration 0 is 'train'" in str(
-        e["generate_twice"]
-    )
+    assert "cannot generate now: the next phase of iteration 0 is 'train'" in str(e["generate_twice"])
     assert "cannot evaluate now" in str(e["evaluate_before_train"])
-    assert "cannot generate now" in str(e["generate_when_done"]) and "'done'" in str(
-        e["generate_when_done"]
-    )
+    assert "cannot generate now" in str(e["generate_when_done"]) and "'done'" in str(e["generate_when_done"])
     assert stepped_run.session.iteration == 2
 
 
@@ -187,9 +161,7 @@ def test_state_and_files_on_disk(stepped_run):
         saved = read_safetensors(d / "weights" / f"policy_{t:03d}")
         mem = stepped_run.weights[t]
         assert all(torch.equal(saved[k], mem[k]) for k in saved)
-    assert not torch.equal(
-        stepped_run.weights[0]["model.norm.weight"], stepped_run.weights[1]["model.norm.weight"]
-    )
+    assert not torch.equal(stepped_run.weights[0]["model.norm.weight"], stepped_run.weights[1]["model.norm.weight"])
 
 
 def test_initial_score_and_score_chain(stepped_run):
@@ -212,9 +184,7 @@ def test_proto_is_byte_identical_and_synthetic_changes(stepped_run):
         ex[ex.iteration == 1].reset_index(drop=True),
     )
     assert list(it0["proto"]) == list(it1["proto"])
-    assert (
-        stepped_run.run_dir / "proto.parquet"
-    ).read_bytes() == stepped_run.proto_bytes  # never rewritten
+    assert (stepped_run.run_dir / "proto.parquet").read_bytes() == stepped_run.proto_bytes  # never rewritten
     proto_file = pd.read_parquet(stepped_run.run_dir / "proto.parquet")
     assert list(proto_file["proto"]) == list(it0["proto"])
     g0, g1 = stepped_run.generated
@@ -242,12 +212,8 @@ def test_record_values_are_consistent(stepped_run):
             assert all(len(t) == n for t, n in zip(toks, ex[f"{role}_ntokens"]))
         assert ex[f"ref_{role}_logp"].isna().all()  # T-SPIN is reference-free
     assert (ex["annotated_ntokens"] == ex["annotated"].str.len() + 1).all()  # characters + EOS
-    assert np.allclose(
-        ex["current_advantage_after"], ex["annotated_logp_after"] - ex["synthetic_logp_after"]
-    )
-    assert np.allclose(
-        ex["historical_advantage_before"], ex["synthetic_logp_before"] - ex["proto_logp_before"]
-    )
+    assert np.allclose(ex["current_advantage_after"], ex["annotated_logp_after"] - ex["synthetic_logp_after"])
+    assert np.allclose(ex["historical_advantage_before"], ex["synthetic_logp_before"] - ex["proto_logp_before"])
     # pi_1 scores y and y0 at the end of iteration 0 and again at the start of iteration 1: same numbers
     it0, it1 = (
         ex[ex.iteration == 0].reset_index(drop=True),
@@ -258,7 +224,10 @@ def test_record_values_are_consistent(stepped_run):
     # the loss columns are T-SPIN's loss at the after-training log-probs, with that iteration's beta
     for t, beta in ((0, 0.0), (1, 0.1)):
         e = ex[ex.iteration == t]
-        f = lambda c, e=e: torch.tensor(e[c].to_numpy(), dtype=torch.float64)
+
+        def f(c, e=e):
+            return torch.tensor(e[c].to_numpy(), dtype=torch.float64)
+
         out = L.tspin_loss(
             f("annotated_logp_after"),
             f("synthetic_logp_after"),
@@ -267,9 +236,7 @@ def test_record_values_are_consistent(stepped_run):
             beta=beta,
         )
         np.testing.assert_allclose(e["loss"], out.losses.numpy(), rtol=1e-9)
-        np.testing.assert_allclose(
-            e["reward_annotated"], e["annotated_logp_after"], rtol=1e-9
-        )  # alpha = 1
+        np.testing.assert_allclose(e["reward_annotated"], e["annotated_logp_after"], rtol=1e-9)  # alpha = 1
     assert not ex["misaligned"].any()  # T-SPIN's reward is alpha * log pi: never misaligned
     assert ex["synthetic_correct"].dtype == bool and ex["proto_correct"].dtype == bool
 
@@ -356,9 +323,7 @@ def test_spin_first_step_log2_and_no_mix_by_default(tmp_path):
     s = SelfPlaySession(small_config(tmp_path / "spin", method={"name": "spin"}, iterations=2))
     s.run()
     for t in (0, 1):
-        info = json.loads(
-            (tmp_path / "spin" / "iterations" / f"iter_{t:03d}" / "train.json").read_text()
-        )
+        info = json.loads((tmp_path / "spin" / "iterations" / f"iter_{t:03d}" / "train.json").read_text())
         assert info["num_train_examples"] == N
         assert info["step_losses"][0] == pytest.approx(math.log(2), abs=1e-5)
 
@@ -369,42 +334,28 @@ def test_sft_method():
     rec = s.run()
     assert s._train_info["num_train_examples"] == N
     ex = rec.examples
-    assert (
-        ex[["reward_annotated", "reward_synthetic", "reward_margin", "loss_current"]]
-        .isna()
-        .all()
-        .all()
-    )
-    np.testing.assert_allclose(
-        ex["loss"], -ex["annotated_logp_after"] / ex["annotated_ntokens"], rtol=1e-9
-    )
+    assert ex[["reward_annotated", "reward_synthetic", "reward_margin", "loss_current"]].isna().all().all()
+    np.testing.assert_allclose(ex["loss"], -ex["annotated_logp_after"] / ex["annotated_ntokens"], rtol=1e-9)
     assert ex["annotated_logp_after"].mean() > ex["annotated_logp_before"].mean()
 
 
 @pytest.mark.slow  # a toy session: trains
 def test_lora_iteration_saves_an_adapter(tmp_path):
     run_dir = tmp_path / "lora"
-    s = SelfPlaySession(
-        small_config(run_dir, model={"lora_r": 4}, iterations=2, train={"lr": 1e-3})
-    )
+    s = SelfPlaySession(small_config(run_dir, model={"lora_r": 4}, iterations=2, train={"lr": 1e-3}))
     s.prepare()
     base_before = {k: v.clone() for k, v in s.model.named_parameters() if "lora_" not in k}
     s.step()
     for t in (0, 1):
         folder = run_dir / "weights" / f"policy_{t:03d}"
-        assert (folder / "adapter_model.safetensors").is_file() and (
-            folder / "adapter_config.json"
-        ).is_file()
+        assert (folder / "adapter_model.safetensors").is_file() and (folder / "adapter_config.json").is_file()
         assert not (folder / "model.safetensors").exists()
     after = dict(s.model.named_parameters())
     assert all(torch.equal(after[k], v) for k, v in base_before.items())  # base frozen
     trainable = [k for k, p in s.model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in k for k in trainable)
     adapter = read_safetensors(run_dir / "weights" / "policy_001")
-    assert any(
-        not torch.equal(v, read_safetensors(run_dir / "weights" / "policy_000")[k])
-        for k, v in adapter.items()
-    )
+    assert any(not torch.equal(v, read_safetensors(run_dir / "weights" / "policy_000")[k]) for k, v in adapter.items())
     # a resumed session loads pi_1's adapter
     r = SelfPlaySession.resume(run_dir)
     assert r.next_phase == "generate" and r.iteration == 1
@@ -487,10 +438,7 @@ def test_pretrained_folder_and_jsonl(tmp_path, tiny_model_dirs, text_jsonl, kind
     )
     s = SelfPlaySession(cfg)
     rec = s.run()
-    assert (
-        s.score_name == "heldout_token_logp"
-        and rec.metrics["score_name"].iloc[0] == "heldout_token_logp"
-    )
+    assert s.score_name == "heldout_token_logp" and rec.metrics["score_name"].iloc[0] == "heldout_token_logp"
     assert rec.initial["score"] < 0 and math.isfinite(rec.metrics["score_after"].iloc[0])
     assert len(rec.examples) == len(TEXT_PAIRS) - 4
     assert set(rec.examples["prompt"]) < {r["prompt"] for r in TEXT_PAIRS}

@@ -43,9 +43,7 @@ def test_write_json_replaces_atomically(tmp_path):
     # numpy scalars and paths are written as plain JSON
     import numpy as np
 
-    write_json(
-        path, {"a": np.int64(3), "b": np.float32(0.5), "c": np.bool_(True), "d": Path("x/y")}
-    )
+    write_json(path, {"a": np.int64(3), "b": np.float32(0.5), "c": np.bool_(True), "d": Path("x/y")})
     assert read_json(path) == {"a": 3, "b": 0.5, "c": True, "d": "x/y"}
 
 
@@ -114,9 +112,7 @@ def test_read_json_errors_name_the_file(tmp_path):
 
 
 def test_parquet_round_trip_and_errors(tmp_path):
-    df = pd.DataFrame(
-        {"example_id": [0, 1], "synthetic_ids": [[5, 6], []], "x": [0.5, float("nan")]}
-    )
+    df = pd.DataFrame({"example_id": [0, 1], "synthetic_ids": [[5, 6], []], "x": [0.5, float("nan")]})
     write_parquet(tmp_path / "g.parquet", df)
     back = read_parquet(tmp_path / "g.parquet")
     assert [list(x) for x in back["synthetic_ids"]] == [[5, 6], []]
@@ -132,9 +128,7 @@ def _tiny_model(seed=0):
     tok = toy.build_tokenizer()
     return toy.build_model(
         tok,
-        toy.ToyModelSize(
-            hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2
-        ),
+        toy.ToyModelSize(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
         seed=seed,
     )
 
@@ -157,9 +151,7 @@ def test_load_weights_errors(tmp_path):
     save_weights(_tiny_model(), tmp_path / "small")
     other = toy.build_model(
         toy.build_tokenizer(),
-        toy.ToyModelSize(
-            hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2
-        ),
+        toy.ToyModelSize(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2),
     )
     with pytest.raises(RunDirError, match=r"small: weights do not match the model \(missing"):
         load_weights(other, tmp_path / "small")

@@ -37,13 +37,9 @@ def test_chat_template_is_used_when_present(chat_tok):
 def test_plain_fallback_without_chat_template(plain_tok):
     assert not uses_chat_template(plain_tok, "auto")
     assert (
-        render_prompt(plain_tok, "hi")
-        == "### Instruction: hi\n\n### Response: "
-        == PLAIN_TEMPLATE.format(prompt="hi")
+        render_prompt(plain_tok, "hi") == "### Instruction: hi\n\n### Response: " == PLAIN_TEMPLATE.format(prompt="hi")
     )
-    assert (
-        plain_tok.decode(encode_prompt(plain_tok, "hi")) == "### Instruction: hi\n\n### Response: "
-    )
+    assert plain_tok.decode(encode_prompt(plain_tok, "hi")) == "### Instruction: hi\n\n### Response: "
 
 
 def test_plain_mode_overrides_a_chat_template(chat_tok):

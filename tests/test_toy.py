@@ -63,9 +63,7 @@ def test_initial_policy_is_cached(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TSPIN_CACHE", str(tmp_path / "cache"))
     train, _ = toy.make_world("addition", 8, 4)
     settings = toy.InitialPolicySettings(epochs=1, batch_size=8)
-    size = toy.ToyModelSize(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
-    )
+    size = toy.ToyModelSize(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     with caplog.at_level(logging.INFO, logger="tspin_kit.toy"):
         first, tok = toy.initial_policy("addition", train, settings, size)
         assert "SFT of a random tiny Llama" in caplog.text
@@ -178,9 +176,13 @@ def test_retraining_pi0_here_lands_within_a_few_points_of_the_shipped_one():
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, "-m", "tspin_kit.cli", "-q", "pi0", "--task", "addition"],
-                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
-                                                                             "TSPIN_PROGRESS": "0"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "tspin_kit.cli", "-q", "pi0", "--task", "addition"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "TSPIN_PROGRESS": "0"},
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = re.search(r"this retraining is ([+-][0-9.]+) points away", proc.stdout)
     assert m, proc.stdout

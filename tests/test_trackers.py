@@ -19,7 +19,10 @@ def test_triplet_tables_are_top_and_bottom_k(stepped_run):
     u = tables["current_advantage"]
     assert u["rank"].tolist() == ["top 1", "top 2", "top 3", "bottom 1", "bottom 2", "bottom 3"]
     ordered = rec["current_advantage_after"].sort_values()
-    assert u["current_advantage_after"].iloc[0] == ordered.iloc[-1] and u["current_advantage_after"].iloc[3] == ordered.iloc[0]
+    assert (
+        u["current_advantage_after"].iloc[0] == ordered.iloc[-1]
+        and u["current_advantage_after"].iloc[3] == ordered.iloc[0]
+    )
     assert {"prompt", "annotated", "synthetic", "proto", "synthetic_logp_after"} <= set(u.columns)
     assert "historical_advantage" in tables
 
@@ -27,7 +30,9 @@ def test_triplet_tables_are_top_and_bottom_k(stepped_run):
 def test_missing_tracker_names_the_extra():
     from tspin_kit.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"wandb_not_installed_here is not installed: pip install 'tspin-kit\[wandb\]'"):
+    with pytest.raises(
+        ConfigError, match=r"wandb_not_installed_here is not installed: pip install 'tspin-kit\[wandb\]'"
+    ):
         T._need("wandb_not_installed_here", "wandb")
 
 
@@ -72,8 +77,16 @@ def test_tensorboard_values_equal_the_records(tracked):
     root, _, rec = tracked
     ea = EventAccumulator(str(root / "run" / "trackers" / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
     ea.Reload()
-    for col in ("score_after", "current_advantage_after_mean", "historical_advantage_after_q90", "misaligned_share",
-                "share_synthetic_equals_annotated", "synthetic_token_entropy", "seconds_train", "loss_mean"):
+    for col in (
+        "score_after",
+        "current_advantage_after_mean",
+        "historical_advantage_after_q90",
+        "misaligned_share",
+        "share_synthetic_equals_annotated",
+        "synthetic_token_entropy",
+        "seconds_train",
+        "loss_mean",
+    ):
         got = [(e.step, e.value) for e in ea.Scalars(f"iteration/{col}")]
         assert [g[0] for g in got] == [0, 1]
         assert [g[1] for g in got] == pytest.approx(rec.metrics[col].tolist(), rel=1e-6), col
@@ -126,11 +139,11 @@ def wandb_history(path) -> list[dict]:
     data, pos, block, out, buf = path.read_bytes(), 7, 32768, [], b""
     while pos + 7 <= len(data):
         left = block - pos % block
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7]) if left >= 7 else (0, 0, 0)
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7]) if left >= 7 else (0, 0, 0)
         if left < 7 or (length == 0 and kind == 0):  # block trailer / padding
             pos += left
             continue
-        buf += data[pos + 7:pos + 7 + length]
+        buf += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST chunk: one whole record
             r = pb.Record()

@@ -65,11 +65,7 @@ def test_each_method_raises_annotated_over_synthetic(pi0, triplets, method):
     before = {k: v.clone() for k, v in model.named_parameters()}
     u_before = (triplets.ref_annotated - triplets.ref_synthetic).mean()
     res = train(model, triplets, method)
-    assert (
-        res.steps == 3
-        and len(res.step_losses) == 3
-        and all(math.isfinite(x) for x in res.step_losses)
-    )
+    assert res.steps == 3 and len(res.step_losses) == 3 and all(math.isfinite(x) for x in res.step_losses)
     u_after = (logps(model, triplets, "annotated") - logps(model, triplets, "synthetic")).mean()
     # u rises for every method (measured with the shipped-pi_0 era fixture: SFT +0.23 in 3 steps, which raises
     # y only, the pair/triplet losses +2 to +3.4)
@@ -86,9 +82,7 @@ def test_each_method_raises_annotated_over_synthetic(pi0, triplets, method):
 def test_optimizers(pi0, triplets, optimizer):
     model = copy.deepcopy(pi0[0])
     u_before = (triplets.ref_annotated - triplets.ref_synthetic).mean()
-    res = train(
-        model, triplets, "tspin", optimizer=optimizer, lr=1e-4 if optimizer == "rmsprop" else 1e-3
-    )
+    res = train(model, triplets, "tspin", optimizer=optimizer, lr=1e-4 if optimizer == "rmsprop" else 1e-3)
     u_after = (logps(model, triplets, "annotated") - logps(model, triplets, "synthetic")).mean()
     assert u_after > u_before
     assert res.step_losses[-1] < res.step_losses[0]
@@ -130,9 +124,7 @@ def test_warmup_and_schedule_values():
     assert [f(s) for s in range(10)] == pytest.approx(
         [1 / 3, 2 / 3, 1, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8]
     )
-    g = lr_lambda(
-        10, TrainConfig(warmup_ratio=0.1, schedule="constant")
-    )  # ceil(1.0) = 1 warmup step
+    g = lr_lambda(10, TrainConfig(warmup_ratio=0.1, schedule="constant"))  # ceil(1.0) = 1 warmup step
     assert [g(s) for s in range(4)] == pytest.approx([0.5, 1, 1, 1])
     h = lr_lambda(5, TrainConfig(warmup_ratio=0.0, schedule="constant"))
     assert [h(s) for s in range(5)] == [1.0] * 5
@@ -140,10 +132,7 @@ def test_warmup_and_schedule_values():
 
 def test_lr_schedule_per_iteration(pi0, triplets):
     cfg = {"lr_schedule": [1e-3, 5e-4]}
-    res = [
-        train(copy.deepcopy(pi0[0]), triplets, "tspin", iteration=t, epochs=1, **cfg).lr
-        for t in (0, 1, 5)
-    ]
+    res = [train(copy.deepcopy(pi0[0]), triplets, "tspin", iteration=t, epochs=1, **cfg).lr for t in (0, 1, 5)]
     assert res == [1e-3, 5e-4, 5e-4]
 
 
@@ -184,9 +173,7 @@ def test_progress_callback_and_shuffle_is_seeded(pi0, triplets):
 
 def test_build_examples_rejects_prompt_longer_than_max_length(pi0):
     _, tok = pi0
-    with pytest.raises(
-        DataError, match=r"row 1 \(prompt .123456\+7=.\): prompt is 9 tokens.*model.max_length"
-    ):
+    with pytest.raises(DataError, match=r"row 1 \(prompt .123456\+7=.\): prompt is 9 tokens.*model.max_length"):
         build_examples(tok, ["1+1=", "123456+7="], ["2", "x"], max_length=8)
 
 

@@ -84,7 +84,9 @@ def test_beta_slider_scales_the_historical_weights(tspin):
     panel.beta.value = 0.25
     assert panel.table["weight_historical"].to_numpy() == pytest.approx(w_half / 2)
     assert panel.landscape_fig.data[1].y[0] == pytest.approx(0.25)
-    assert np.asarray(panel.weights_fig.data[2].y, dtype=float) == pytest.approx(panel.table["weight_historical"].to_numpy()[: len(panel.weights_fig.data[2].y)])
+    assert np.asarray(panel.weights_fig.data[2].y, dtype=float) == pytest.approx(
+        panel.table["weight_historical"].to_numpy()[: len(panel.weights_fig.data[2].y)]
+    )
 
 
 def test_loss_kind_and_stage(spin):
@@ -151,8 +153,21 @@ def test_triplet_table_pages_sorts_searches_over_every_triplet():
     assert [r["cells"][3].lower() for r in g.rows] == sorted(base["synthetic"].astype(str).str.lower())[:25]
     prompt = str(base["prompt"].iloc[7])
     g.query = prompt.upper()  # case-insensitive, over x, y, y', y0 and the id
-    hits = base[(base["prompt"].astype(str) + "|" + base["annotated"].astype(str) + "|" + base["synthetic"].astype(str) + "|"
-                 + base["proto"].astype(str) + "|" + base["example_id"].astype(str)).str.lower().str.contains(prompt.lower(), regex=False)]
+    hits = base[
+        (
+            base["prompt"].astype(str)
+            + "|"
+            + base["annotated"].astype(str)
+            + "|"
+            + base["synthetic"].astype(str)
+            + "|"
+            + base["proto"].astype(str)
+            + "|"
+            + base["example_id"].astype(str)
+        )
+        .str.lower()
+        .str.contains(prompt.lower(), regex=False)
+    ]
     assert 0 < g.n_matched == len(hits) < 1200 and set(g.matching()["example_id"]) == set(hits["example_id"])
     g.query = "no-such-text"
     assert g.n_matched == 0 and g.rows == [] and g.page == 0
@@ -202,7 +217,9 @@ def test_every_view_exports_its_table_and_a_standalone_offline_figure(tspin, spi
         assert titles and set(titles) <= drawn, (name, set(titles) - drawn)
     tb = views["triplets"]
     tb.grid.query = str(tb.table["prompt"].iloc[0])
-    assert len(__import__("pandas").read_csv(tb.export.save("csv", tmp_path))) == tb.grid.n_matched  # the table as shown
+    assert (
+        len(__import__("pandas").read_csv(tb.export.save("csv", tmp_path))) == tb.grid.n_matched
+    )  # the table as shown
     assert len(views["alpha-beta"].export.csv_bytes().splitlines()) == len(views["alpha-beta"].table) + 1
 
 
@@ -280,7 +297,11 @@ def test_triplet_browser_show_filters_to_example_ids(tspin):
     tb.iteration.value = 2  # ids are stable across iterations: the filter stays
     assert sorted(tb.table["example_id"]) == [3, 5, 9]
     tb.show_all.click()
-    assert tb.example_ids is None and len(tb.table) == int((tspin.examples["iteration"] == 2).sum()) and tb.ids_html.value == ""
+    assert (
+        tb.example_ids is None
+        and len(tb.table) == int((tspin.examples["iteration"] == 2).sum())
+        and tb.ids_html.value == ""
+    )
     with pytest.raises(ValueError, match="iteration 7"):
         tb.show(7, [1])
     assert tb.errors.errors == []
@@ -299,7 +320,9 @@ def test_dashboard_alarm_buttons_open_the_triplets_behind_them(tspin):
     tb = d.triplets
     assert d.triplet_box.children == (tb,) and tb in d.views
     assert d.iteration.value == 2 and tb.iteration.value == 2
-    assert set(tb.table["example_id"]) == set(expected[0].example_ids) and tb.example.value == expected[0].example_ids[0]
+    assert (
+        set(tb.table["example_id"]) == set(expected[0].example_ids) and tb.example.value == expected[0].example_ids[0]
+    )
     assert expected[0].message.replace("'", "&#x27;") in tb.ids_html.value
     d.alarm_buttons[1].click()
     assert d.triplets is tb and tb.iteration.value == 3 and set(tb.table["example_id"]) == set(expected[1].example_ids)
@@ -342,7 +365,9 @@ def test_advantage_decay_shows_what_vanishes_beside_the_sft_control(tspin, spin)
     margin_runs = {t.name for t in w.margin_fig.data if t.showlegend}
     assert margin_runs == {"SPIN"}  # reference-based rewards only; SFT has none
     spin_margin = next(t for t in w.margin_fig.data if t.name == "SPIN" and t.line.dash == "dash")  # all pairs
-    assert np.asarray(spin_margin.y, dtype=float) == pytest.approx(spin.examples.groupby("iteration")["reward_margin"].mean().to_numpy())
+    assert np.asarray(spin_margin.y, dtype=float) == pytest.approx(
+        spin.examples.groupby("iteration")["reward_margin"].mean().to_numpy()
+    )
     assert w.errors.errors == []
 
 
@@ -351,7 +376,9 @@ def test_opponent_view_uses_the_runs_alpha():
     panel = Wd.AlphaBetaPanel(run)
     assert "c = 0.5·log π(z|x)" in panel.opponent_fig.layout.title.text
     # at alpha = alpha_run the opponent is the policy renormalised over the candidates: softmax(log pi)
-    cands = A.candidate_confidences(run.examples, panel.iteration.value, panel.example.value, panel.stage.value, alpha_run=0.5)
+    cands = A.candidate_confidences(
+        run.examples, panel.iteration.value, panel.example.value, panel.stage.value, alpha_run=0.5
+    )
     lp = cands["logp"].to_numpy()
     assert np.asarray(panel.opponent_fig.data[0].y, dtype=float) == pytest.approx(np.exp(lp) / np.exp(lp).sum())
     assert panel.errors.errors == []
@@ -509,7 +536,14 @@ def test_widget_state_is_strict_json(tspin):
     from ipywidgets.widgets.widget import _remove_buffers
 
     sft = build_records("sft", n_examples=30, n_iterations=2, seed=3)
-    built = [Wd.AlphaBetaPanel(tspin), Wd.TripletBrowser(tspin), Wd.Dashboard(tspin), Wd.AdvantageDecay([tspin, sft]), Wd.RunComparison([tspin, sft]), Wd.AlphaBetaPanel(sft)]
+    built = [
+        Wd.AlphaBetaPanel(tspin),
+        Wd.TripletBrowser(tspin),
+        Wd.Dashboard(tspin),
+        Wd.AdvantageDecay([tspin, sft]),
+        Wd.RunComparison([tspin, sft]),
+        Wd.AlphaBetaPanel(sft),
+    ]
     seen = set()
 
     def walk(w):
@@ -517,7 +551,7 @@ def test_widget_state_is_strict_json(tspin):
             return
         seen.add(id(w))
         state, _, _ = _remove_buffers(w.get_state())
-        for key, value in state.items():
+        for _key, value in state.items():
             json.dumps(value, allow_nan=False)  # raises ValueError on NaN / inf
         for child in getattr(w, "children", ()):
             walk(child)
@@ -599,8 +633,13 @@ def test_plot_view_sends_the_whole_figure_and_keeps_category_axes(tspin):
     panel.alpha.value = 0.5
     assert view.revision == rev + 1
     fig = view.figure_dict()  # exactly what the browser receives, every trace and the whole layout
-    assert fig["layout"]["yaxis"]["type"] == "category" and fig["layout"]["title"]["text"] == panel.drivers_fig.layout.title.text
-    assert len(fig["data"]) == 2 and fig["data"][0]["y"] == [f"#{int(e)}" for e in A.top_drivers(panel.table)["example_id"]]
+    assert (
+        fig["layout"]["yaxis"]["type"] == "category"
+        and fig["layout"]["title"]["text"] == panel.drivers_fig.layout.title.text
+    )
+    assert len(fig["data"]) == 2 and fig["data"][0]["y"] == [
+        f"#{int(e)}" for e in A.top_drivers(panel.table)["example_id"]
+    ]
     weights = panel._slots["weights"].view.figure_dict()
     assert "α = 0.5" in weights["layout"]["title"]["text"]
     # one plotly.js for every view of the kernel, and no view carries a bundle of its own
@@ -610,7 +649,13 @@ def test_plot_view_sends_the_whole_figure_and_keeps_category_axes(tspin):
 
 
 def test_plot_view_click_reaches_python(tspin):
-    view = Wd.plotly_view.PlotlyView(F.top_drivers(A.top_drivers(A.recompute_losses(A.loss_inputs(tspin.examples, 0, "before"), kind="tspin", alpha=1.0, beta=0.1))))
+    view = Wd.plotly_view.PlotlyView(
+        F.top_drivers(
+            A.top_drivers(
+                A.recompute_losses(A.loss_inputs(tspin.examples, 0, "before"), kind="tspin", alpha=1.0, beta=0.1)
+            )
+        )
+    )
     got = []
     view.on_click(got.append)
     view._on_msg(view, {"event": "click", "curve": 0, "point": 3, "customdata": 17, "x": 0.5, "y": "#17"}, [])
@@ -626,14 +671,24 @@ def test_triplet_filters_show_any_not_blank(tspin):
 def test_every_control_has_a_tooltip(tspin):
     import ipywidgets as W
 
-    views = [Wd.AlphaBetaPanel(tspin), Wd.TripletBrowser(tspin), Wd.AdvantageDecay(tspin), Wd.Dashboard(FakeSession(tspin)), Wd.RunComparison([tspin, tspin])]
+    views = [
+        Wd.AlphaBetaPanel(tspin),
+        Wd.TripletBrowser(tspin),
+        Wd.AdvantageDecay(tspin),
+        Wd.Dashboard(FakeSession(tspin)),
+        Wd.RunComparison([tspin, tspin]),
+    ]
     missing = []
     for v in views:
         stack = [v]
         while stack:
             w = stack.pop()
             stack.extend(getattr(w, "children", ()))
-            if isinstance(w, (W.ValueWidget, W.Button)) and not isinstance(w, (W.HTML, W.Output)) and not getattr(w, "tooltip", None):
+            if (
+                isinstance(w, (W.ValueWidget, W.Button))
+                and not isinstance(w, (W.HTML, W.Output))
+                and not getattr(w, "tooltip", None)
+            ):
                 missing.append(f"{type(v).__name__}.{type(w).__name__}({getattr(w, 'description', '')!r})")
     assert not missing, missing
 
@@ -649,7 +704,9 @@ def test_progress_is_one_line_per_phase_in_a_notebook(monkeypatch):
 
     monkeypatch.delenv("TSPIN_PROGRESS", raising=False)
     monkeypatch.setattr(progress, "in_notebook", lambda: True)
-    monkeypatch.setattr("IPython.display.display", lambda obj, display_id=None: shown.append(("display", str(obj.data))) or Handle())
+    monkeypatch.setattr(
+        "IPython.display.display", lambda obj, display_id=None: shown.append(("display", str(obj.data))) or Handle()
+    )
     b = progress.bar(10, "generate")
     for _ in range(10):
         b.update(1)
@@ -680,7 +737,11 @@ def test_clicking_a_point_or_bar_opens_that_triplet(tspin, spin):
     panel = Wd.AlphaBetaPanel(tspin)
     e = int(A.top_drivers(panel.table)["example_id"].iloc[2])
     panel._slots["drivers"].view.click({"curve": 0, "point": 2, "customdata": e, "x": 0.4, "y": f"#{e}"})
-    assert panel.triplets is not None and panel.triplets.example.value == e and list(panel.triplets.table["example_id"]) == [e]
+    assert (
+        panel.triplets is not None
+        and panel.triplets.example.value == e
+        and list(panel.triplets.table["example_id"]) == [e]
+    )
     assert f"example {e}, iteration {panel.iteration.value}" in panel.triplets.detail_html.value
     w = Wd.AdvantageDecay({"T-SPIN": tspin, "SPIN": spin})
     w._slots["misalignment"].view.click({"curve": 2, "point": 0, "customdata": 7})  # second panel: SPIN

@@ -42,7 +42,6 @@ ALARM_NAMES = ("reward_margin_collapse", "likelihood_displacement", "degenerate_
 SEVERITIES = ("warning", "critical")
 
 
-
 @dataclass(frozen=True)
 class AlarmThresholds:
     """When each flag fires ("warning") and when it is "critical". Defaults and why:"""
@@ -72,15 +71,25 @@ class AlarmThresholds:
     top_examples: int = 20
 
     def __post_init__(self) -> None:
-        pairs = (("margin_collapse_ratio", True), ("displacement_nats", False), ("degenerate_share", False), ("misalignment_rise", False))
+        pairs = (
+            ("margin_collapse_ratio", True),
+            ("displacement_nats", False),
+            ("degenerate_share", False),
+            ("misalignment_rise", False),
+        )
         for name, lower_is_worse in pairs:
             warn, crit = getattr(self, name), getattr(self, name + "_critical")
             if not (crit <= warn if lower_is_worse else crit >= warn):
-                raise ValueError(f"AlarmThresholds.{name}_critical = {crit} must be {'<=' if lower_is_worse else '>='} {name} = {warn}")
+                raise ValueError(
+                    f"AlarmThresholds.{name}_critical = {crit} must be "
+                    f"{'<=' if lower_is_worse else '>='} {name} = {warn}"
+                )
         if not 0.0 < self.degenerate_share <= 1.0 or not 0.0 < self.degenerate_share_critical <= 1.0:
             raise ValueError(f"AlarmThresholds.degenerate_share must be in (0, 1], got {self.degenerate_share}")
         if self.displacement_nats <= 0 or self.misalignment_rise <= 0 or self.margin_collapse_ratio >= 1:
-            raise ValueError("AlarmThresholds: displacement_nats and misalignment_rise must be > 0, margin_collapse_ratio < 1")
+            raise ValueError(
+                "AlarmThresholds: displacement_nats and misalignment_rise must be > 0, margin_collapse_ratio < 1"
+            )
         if self.top_examples < 1:
             raise ValueError(f"AlarmThresholds.top_examples must be >= 1, got {self.top_examples}")
 
@@ -148,12 +157,19 @@ def _reward_margin_collapse(by_t, label, method, th) -> list[Alarm]:
         ratio = m / m0
         if ratio <= th.margin_collapse_ratio:
             worst = part.sort_values(["reward_margin", "example_id"]).head(th.top_examples)
-            out.append(Alarm(
-                "reward_margin_collapse", t, label, _severity(ratio, th.margin_collapse_ratio_critical, True),
-                f"it{t}: {M.label(method)}'s reward margin after training fell to {m:.2f} "
-                f"(from {m0:.2f} at it{t0}, {ratio:.0%} of it)",
-                _ids(worst), m, m0,
-            ))
+            out.append(
+                Alarm(
+                    "reward_margin_collapse",
+                    t,
+                    label,
+                    _severity(ratio, th.margin_collapse_ratio_critical, True),
+                    f"it{t}: {M.label(method)}'s reward margin after training fell to {m:.2f} "
+                    f"(from {m0:.2f} at it{t0}, {ratio:.0%} of it)",
+                    _ids(worst),
+                    m,
+                    m0,
+                )
+            )
     return out
 
 
@@ -162,7 +178,9 @@ def _likelihood_displacement(by_t, label, method, th) -> list[Alarm]:
     # "before" column, then each iteration's "after" column (log pi_{t+1}(y)).
     iters = list(by_t)
     first = by_t[iters[0]].set_index("example_id")["annotated_logp_before"]
-    points = [(f"pi_{iters[0]}", first)] + [(f"pi_{t + 1}", by_t[t].set_index("example_id")["annotated_logp_after"]) for t in iters]
+    points = [(f"pi_{iters[0]}", first)] + [
+        (f"pi_{t + 1}", by_t[t].set_index("example_id")["annotated_logp_after"]) for t in iters
+    ]
     means = [float(s.mean()) for _, s in points]
     out = []
     for k, t in enumerate(iters, start=1):
@@ -171,12 +189,19 @@ def _likelihood_displacement(by_t, label, method, th) -> list[Alarm]:
         if drop >= th.displacement_nats:
             per_example = (points[k][1] - points[best][1]).dropna()
             fell = per_example[per_example < 0].sort_values(kind="stable").head(th.top_examples)
-            out.append(Alarm(
-                "likelihood_displacement", t, label, _severity(drop, th.displacement_nats_critical, False),
-                f"it{t}: mean log pi(y) of annotated responses after training fell to {means[k]:.2f} nats "
-                f"(from {means[best]:.2f} under {points[best][0]}, -{drop:.2f})",
-                tuple(int(e) for e in fell.index), means[k], means[best],
-            ))
+            out.append(
+                Alarm(
+                    "likelihood_displacement",
+                    t,
+                    label,
+                    _severity(drop, th.displacement_nats_critical, False),
+                    f"it{t}: mean log pi(y) of annotated responses after training fell to {means[k]:.2f} nats "
+                    f"(from {means[best]:.2f} under {points[best][0]}, -{drop:.2f})",
+                    tuple(int(e) for e in fell.index),
+                    means[k],
+                    means[best],
+                )
+            )
     return out
 
 
@@ -188,11 +213,21 @@ def _degenerate_share(by_t, label, method, th) -> list[Alarm]:
         eq = part["synthetic_equals_annotated"].astype(bool)
         share = float(eq.mean())
         if share >= th.degenerate_share:
-            out.append(Alarm(
-                "degenerate_share", t, label, _severity(share, th.degenerate_share_critical, False),
-                f"it{t}: y' == y for {share:.0%} of pairs ({int(eq.sum())} of {len(part)}; threshold {th.degenerate_share:.0%})",
-                _ids(part[eq.to_numpy()].sort_values("example_id")), share, th.degenerate_share,
-            ))
+            out.append(
+                Alarm(
+                    "degenerate_share",
+                    t,
+                    label,
+                    _severity(share, th.degenerate_share_critical, False),
+                    (
+                        f"it{t}: y' == y for {share:.0%} of pairs "
+                        f"({int(eq.sum())} of {len(part)}; threshold {th.degenerate_share:.0%})"
+                    ),
+                    _ids(part[eq.to_numpy()].sort_values("example_id")),
+                    share,
+                    th.degenerate_share,
+                )
+            )
     return out
 
 
@@ -208,12 +243,19 @@ def _misalignment_rising(by_t, label, method, th) -> list[Alarm]:
         if rise >= th.misalignment_rise:
             part = by_t[iters[k]]
             bad = part[part["misaligned"].astype(bool).to_numpy()].sort_values("example_id")
-            out.append(Alarm(
-                "misalignment_rising", iters[k], label, _severity(rise, th.misalignment_rise_critical, False),
-                f"it{iters[k]}: reward/log pi misalignment rose to {shares[k]:.0%} of examples "
-                f"(from {shares[low]:.0%} at it{iters[low]}, +{rise * 100:.0f} points)",
-                _ids(bad), shares[k], shares[low],
-            ))
+            out.append(
+                Alarm(
+                    "misalignment_rising",
+                    iters[k],
+                    label,
+                    _severity(rise, th.misalignment_rise_critical, False),
+                    f"it{iters[k]}: reward/log pi misalignment rose to {shares[k]:.0%} of examples "
+                    f"(from {shares[low]:.0%} at it{iters[low]}, +{rise * 100:.0f} points)",
+                    _ids(bad),
+                    shares[k],
+                    shares[low],
+                )
+            )
     return out
 
 
@@ -225,7 +267,9 @@ FLAGS = {
 }
 
 
-def find_alarms(records: Any, thresholds: AlarmThresholds = AlarmThresholds(), *, label: str | None = None) -> list[Alarm]:
+def find_alarms(
+    records: Any, thresholds: AlarmThresholds = AlarmThresholds(), *, label: str | None = None
+) -> list[Alarm]:
     """Every flag that fires in ``records``, sorted by iteration then by ``ALARM_NAMES`` order.
 
     ``records``: anything with ``examples`` and ``manifest`` (``RunRecords``). ``label`` names the
@@ -245,7 +289,9 @@ def find_alarms(records: Any, thresholds: AlarmThresholds = AlarmThresholds(), *
 def alarms_table(alarms: list[Alarm]) -> pd.DataFrame:
     """One row per alarm: run, iteration, name, severity, message, number of triplets behind it."""
     cols = ["run", "iteration", "name", "severity", "message", "triplets"]
-    return pd.DataFrame([[a.run, a.iteration, a.name, a.severity, a.message, len(a.example_ids)] for a in alarms], columns=cols)
+    return pd.DataFrame(
+        [[a.run, a.iteration, a.name, a.severity, a.message, len(a.example_ids)] for a in alarms], columns=cols
+    )
 
 
 # ----------------------------------------------------------------------------- validation
@@ -263,8 +309,14 @@ def _scores(records: Any, scale: float | None) -> pd.Series:
     return s * scale
 
 
-def validate_alarms(runs: list[Any], drop_points: float = 2.0, horizon: int = 2, *,
-                    thresholds: AlarmThresholds = AlarmThresholds(), score_scale: float | None = None) -> pd.DataFrame:
+def validate_alarms(
+    runs: list[Any],
+    drop_points: float = 2.0,
+    horizon: int = 2,
+    *,
+    thresholds: AlarmThresholds = AlarmThresholds(),
+    score_scale: float | None = None,
+) -> pd.DataFrame:
     """How often each alarm came before a drop of the task score, and how many drops none foretold.
 
     A **drop** after iteration t: ``score_after`` at some t' in (t, t + horizon] is at least
@@ -311,6 +363,13 @@ def validate_alarms(runs: list[Any], drop_points: float = 2.0, horizon: int = 2,
     rows = []
     for name in names:
         c = counts[name]
-        rows.append({"alarm": name, **{k: c[k] for k in ("fired", "before_drop", "without_drop", "unjudged")},
-                     "drops": n_drops, "drops_caught": c["drops_caught"], "drops_missed": n_drops - c["drops_caught"]})
+        rows.append(
+            {
+                "alarm": name,
+                **{k: c[k] for k in ("fired", "before_drop", "without_drop", "unjudged")},
+                "drops": n_drops,
+                "drops_caught": c["drops_caught"],
+                "drops_missed": n_drops - c["drops_caught"],
+            }
+        )
     return pd.DataFrame(rows).set_index("alarm")

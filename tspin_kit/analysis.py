@@ -149,8 +149,12 @@ def knobs_used(records: Any, iteration: int, method: str | None = None) -> dict[
 
     m = run_config(records).method
     spec = M.get(method or m.name)
-    values = {"alpha": float(m.alpha), "beta": m.beta_at(iteration) if spec.history else float(m.beta),
-              "lam": m.lam_at(iteration), **m.params}
+    values = {
+        "alpha": float(m.alpha),
+        "beta": m.beta_at(iteration) if spec.history else float(m.beta),
+        "lam": m.lam_at(iteration),
+        **m.params,
+    }
     if spec.history and not m.spec.history:  # the run had no historical term: show beta as configured
         values["beta"] = float(m.beta)
     metrics = getattr(records, "metrics", None)
@@ -255,8 +259,17 @@ def degenerate_split(examples: pd.DataFrame, column: str) -> pd.DataFrame:
         for subset, x in zip(SUBSETS, (x_all, x_all[keep])):
             x = x[np.isfinite(x)]
             q = np.quantile(x, QUANTILES) if len(x) else [math.nan] * 3
-            rows.append({"iteration": int(t), "subset": subset, "mean": float(x.mean()) if len(x) else math.nan,
-                         "q10": float(q[0]), "q50": float(q[1]), "q90": float(q[2]), "n": len(x)})
+            rows.append(
+                {
+                    "iteration": int(t),
+                    "subset": subset,
+                    "mean": float(x.mean()) if len(x) else math.nan,
+                    "q10": float(q[0]),
+                    "q50": float(q[1]),
+                    "q90": float(q[2]),
+                    "n": len(x),
+                }
+            )
     return pd.DataFrame(rows, columns=["iteration", "subset", "mean", "q10", "q50", "q90", "n"])
 
 
@@ -346,23 +359,36 @@ def vanishing_summary(runs: dict[str, Any], stage: str = "before") -> pd.DataFra
         control = control_label(runs, label)
         ctrl_v = hist[hist["run"] == control].set_index("iteration")["mean"]
         for t in iterations_of(ex):
-            rows.append({
-                "run": label,
-                "method": method,
-                "iteration": t,
-                "share_synthetic_equals_annotated": float(deg.loc[t]),
-                "current_advantage_mean": float(u.loc[(t, "all"), "mean"]),
-                "current_advantage_mean_nondegenerate": float(u.loc[(t, "non-degenerate"), "mean"]),
-                "n_nondegenerate": int(u.loc[(t, "non-degenerate"), "n"]),
-                "reward_margin_mean": float(rm.loc[(t, "all"), "mean"]),
-                "reward_margin_mean_nondegenerate": float(rm.loc[(t, "non-degenerate"), "mean"]),
-                "historical_advantage_mean": float(v.get(t, math.nan)),
-                "control": control,
-                "historical_advantage_mean_control": float(ctrl_v.get(t, math.nan)),
-            })
-    cols = ["run", "method", "iteration", "share_synthetic_equals_annotated", "current_advantage_mean",
-            "current_advantage_mean_nondegenerate", "n_nondegenerate", "reward_margin_mean",
-            "reward_margin_mean_nondegenerate", "historical_advantage_mean", "control", "historical_advantage_mean_control"]
+            rows.append(
+                {
+                    "run": label,
+                    "method": method,
+                    "iteration": t,
+                    "share_synthetic_equals_annotated": float(deg.loc[t]),
+                    "current_advantage_mean": float(u.loc[(t, "all"), "mean"]),
+                    "current_advantage_mean_nondegenerate": float(u.loc[(t, "non-degenerate"), "mean"]),
+                    "n_nondegenerate": int(u.loc[(t, "non-degenerate"), "n"]),
+                    "reward_margin_mean": float(rm.loc[(t, "all"), "mean"]),
+                    "reward_margin_mean_nondegenerate": float(rm.loc[(t, "non-degenerate"), "mean"]),
+                    "historical_advantage_mean": float(v.get(t, math.nan)),
+                    "control": control,
+                    "historical_advantage_mean_control": float(ctrl_v.get(t, math.nan)),
+                }
+            )
+    cols = [
+        "run",
+        "method",
+        "iteration",
+        "share_synthetic_equals_annotated",
+        "current_advantage_mean",
+        "current_advantage_mean_nondegenerate",
+        "n_nondegenerate",
+        "reward_margin_mean",
+        "reward_margin_mean_nondegenerate",
+        "historical_advantage_mean",
+        "control",
+        "historical_advantage_mean_control",
+    ]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -425,8 +451,14 @@ def misalignment_shares(examples: pd.DataFrame) -> pd.DataFrame:
 
 def token_entropy_table(metrics: pd.DataFrame | None, examples: pd.DataFrame | None) -> pd.DataFrame:
     """Per iteration, the policy's token entropy in nats/token (see the module docstring)."""
-    if metrics is not None and "synthetic_token_entropy" in metrics and metrics["synthetic_token_entropy"].notna().any():
-        out = metrics[["iteration", "synthetic_token_entropy"]].rename(columns={"synthetic_token_entropy": "token_entropy"})
+    if (
+        metrics is not None
+        and "synthetic_token_entropy" in metrics
+        and metrics["synthetic_token_entropy"].notna().any()
+    ):
+        out = metrics[["iteration", "synthetic_token_entropy"]].rename(
+            columns={"synthetic_token_entropy": "token_entropy"}
+        )
         out = out.assign(source="metrics")
     else:
         g = examples.groupby("iteration", sort=True)
@@ -560,7 +592,13 @@ def triplet_detail(examples: pd.DataFrame, iteration: int, example_id: int) -> d
         "proto_correct",
     ]
     adv = {k: (r[k].item() if hasattr(r[k], "item") else r[k]) for k in keys if k in r.index}
-    return {"iteration": int(iteration), "example_id": int(example_id), "prompt": r["prompt"], "roles": roles, "advantages": adv}
+    return {
+        "iteration": int(iteration),
+        "example_id": int(example_id),
+        "prompt": r["prompt"],
+        "roles": roles,
+        "advantages": adv,
+    }
 
 
 def _split_tokens(text: str, n: int, tokens: Any = None) -> tuple[list[str], str]:
@@ -652,10 +690,15 @@ class LossInputs:
         methods that honour it."""
         ref = method.reference
         return M.LogProbs(
-            annotated=self.annotated, synthetic=self.synthetic, proto=self.proto,
-            ref_annotated=self.ref_annotated if ref else None, ref_synthetic=self.ref_synthetic if ref else None,
-            ref_proto=self.ref_proto if ref else None, annotated_tokens=self.annotated_tokens,
-            historical_mask=self.historical_mask if method.maskable else None)
+            annotated=self.annotated,
+            synthetic=self.synthetic,
+            proto=self.proto,
+            ref_annotated=self.ref_annotated if ref else None,
+            ref_synthetic=self.ref_synthetic if ref else None,
+            ref_proto=self.ref_proto if ref else None,
+            annotated_tokens=self.annotated_tokens,
+            historical_mask=self.historical_mask if method.maskable else None,
+        )
 
 
 def loss_inputs(
@@ -672,7 +715,11 @@ def loss_inputs(
 
     def ref(role: str) -> torch.Tensor:
         # The reference is pi_t; reference-free runs store NaN there, and pi_t's log-probs are *_before.
-        r = col(f"ref_{role}_logp") if f"ref_{role}_logp" in part else torch.full((len(part),), math.nan, dtype=torch.float64)
+        r = (
+            col(f"ref_{role}_logp")
+            if f"ref_{role}_logp" in part
+            else torch.full((len(part),), math.nan, dtype=torch.float64)
+        )
         return torch.where(torch.isnan(r), col(f"{role}_logp_before"), r)
 
     if mask_proto_equal_annotated:
@@ -710,8 +757,9 @@ def loss_scale(kind: str, alpha: float = 1.0, lam: float = 1.0, **params) -> flo
     return {"alpha": alpha, "lam": lam, **params}.get(spec.scale, M.KNOBS[spec.scale].default)
 
 
-def recompute_losses(inputs: LossInputs, *, kind: str = "tspin", alpha: float = 1.0, beta: float = 0.1, lam: float = 1.0,
-                     **params) -> pd.DataFrame:
+def recompute_losses(
+    inputs: LossInputs, *, kind: str = "tspin", alpha: float = 1.0, beta: float = 0.1, lam: float = 1.0, **params
+) -> pd.DataFrame:
     """Per example, the loss of objective ``kind`` (any registered method) at these knobs, from cached log-probs.
 
     Columns: ``example_id, current_advantage (u), historical_advantage (v), reward_margin,
@@ -753,8 +801,20 @@ def loss_summary(table: pd.DataFrame, top_share: float = 0.1) -> dict:
 
 def top_drivers(table: pd.DataFrame, k: int = 15) -> pd.DataFrame:
     """The ``k`` examples with the largest ``drive``, largest first (ties: lower example_id)."""
-    cols = ["example_id", "current_advantage", "historical_advantage", "weight_current", "weight_historical", "drive", "loss"]
-    return table.sort_values(["drive", "example_id"], ascending=[False, True], kind="stable")[cols].head(k).reset_index(drop=True)
+    cols = [
+        "example_id",
+        "current_advantage",
+        "historical_advantage",
+        "weight_current",
+        "weight_historical",
+        "drive",
+        "loss",
+    ]
+    return (
+        table.sort_values(["drive", "example_id"], ascending=[False, True], kind="stable")[cols]
+        .head(k)
+        .reset_index(drop=True)
+    )
 
 
 def loss_landscape(inputs: LossInputs, *, kind: str, scales: np.ndarray, betas: np.ndarray, **knobs) -> pd.DataFrame:
@@ -836,7 +896,15 @@ def candidate_confidences(
         if text in seen or not np.isfinite(lp):
             continue
         seen.add(text)
-        rows.append({"candidate": name, "role": role, "text": text, "logp": float(lp), "confidence": float(alpha_run) * float(lp)})
+        rows.append(
+            {
+                "candidate": name,
+                "role": role,
+                "text": text,
+                "logp": float(lp),
+                "confidence": float(alpha_run) * float(lp),
+            }
+        )
     return pd.DataFrame(rows, columns=["candidate", "role", "text", "logp", "confidence"])
 
 

@@ -22,8 +22,8 @@ would matter, stated per claim):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -55,8 +55,13 @@ class Claim:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"id": self.id, "text": self.text, "verdict": self.verdict, "parts": [p.to_dict() for p in self.parts],
-                "notes": list(self.notes)}
+        return {
+            "id": self.id,
+            "text": self.text,
+            "verdict": self.verdict,
+            "parts": [p.to_dict() for p in self.parts],
+            "notes": list(self.notes),
+        }
 
 
 def verdict_positive(low: float, high: float, margin: float) -> str:
@@ -180,7 +185,21 @@ def to_points(x: float) -> float:
 
 
 __all__ = [
-    "Estimate", "Claim", "REPRODUCED", "NOT_REPRODUCED", "INCONCLUSIVE", "verdict_positive", "verdict_noninferior",
-    "combine", "Resample", "draws", "interval", "bootstrap", "curve", "masked_curve", "peak_drop", "peak_iteration",
+    "Estimate",
+    "Claim",
+    "REPRODUCED",
+    "NOT_REPRODUCED",
+    "INCONCLUSIVE",
+    "verdict_positive",
+    "verdict_noninferior",
+    "combine",
+    "Resample",
+    "draws",
+    "interval",
+    "bootstrap",
+    "curve",
+    "masked_curve",
+    "peak_drop",
+    "peak_iteration",
     "problem_halves",
 ]

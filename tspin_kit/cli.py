@@ -1,14 +1,14 @@
 """`tspin`: a thin command line over the same dataclass configs the Python API uses.
 
-    tspin run --config FILE.yaml [KEY=VALUE ...] [--print-config]   run (or continue) one method
-    tspin config [--show-defaults | --config FILE.yaml KEY=VALUE ...]  fields and defaults, or a merged config
-    tspin export RUN_DIR run.zip [--weights]   pack a run so it travels
-    tspin resume RUN_DIR               continue a killed run from its last completed phase
-    tspin report RUN_DIR [RUN_DIR...]  write a self-contained HTML report
-    tspin eval RUN_DIR --tasks T1,T2 [--include-path DIR] [--limit N] [--policies all|last]   lm-eval scores
-    tspin demo [--seeds 2] [--iterations 10]   the main job on the embedded toy world
-    tspin reproduce [--seeds 3] [--iterations 10] [--quick]   the papers' claims, with intervals and verdicts
-    tspin pi0 --task addition [--ship]  retrain the toy world's pi_0 and compare it with the shipped one
+tspin run --config FILE.yaml [KEY=VALUE ...] [--print-config]   run (or continue) one method
+tspin config [--show-defaults | --config FILE.yaml KEY=VALUE ...]  fields and defaults, or a merged config
+tspin export RUN_DIR run.zip [--weights]   pack a run so it travels
+tspin resume RUN_DIR               continue a killed run from its last completed phase
+tspin report RUN_DIR [RUN_DIR...]  write a self-contained HTML report
+tspin eval RUN_DIR --tasks T1,T2 [--include-path DIR] [--limit N] [--policies all|last]   lm-eval scores
+tspin demo [--seeds 2] [--iterations 10]   the main job on the embedded toy world
+tspin reproduce [--seeds 3] [--iterations 10] [--quick]   the papers' claims, with intervals and verdicts
+tspin pi0 --task addition [--ship]  retrain the toy world's pi_0 and compare it with the shipped one
 """
 
 from __future__ import annotations
@@ -52,8 +52,17 @@ def cmd_run(args) -> int:
         _out(cfg.to_yaml().rstrip())
         return 0
     rec = SelfPlaySession(cfg).run()
-    _out(rec.metrics[["iteration", "score_before", "score_after", "current_advantage_after_mean",
-                      "historical_advantage_after_mean"]].to_string(index=False))
+    _out(
+        rec.metrics[
+            [
+                "iteration",
+                "score_before",
+                "score_after",
+                "current_advantage_after_mean",
+                "historical_advantage_after_mean",
+            ]
+        ].to_string(index=False)
+    )
     _out(f"run directory: {cfg.run_dir}")
     return 0
 
@@ -107,8 +116,10 @@ def cmd_report(args) -> int:
         found = find_alarms(r, label=label)
         _out(f"alarms of {label}: " + (f"{len(found)}" if found else "none"))
         for a in found:
-            _out(f"  [{a.severity}] {a.message} ({len(a.example_ids)} triplets: {', '.join(map(str, a.example_ids[:8]))}"
-                 + (" ...)" if len(a.example_ids) > 8 else ")"))
+            _out(
+                f"  [{a.severity}] {a.message} ({len(a.example_ids)} triplets: {', '.join(map(str, a.example_ids[:8]))}"
+                + (" ...)" if len(a.example_ids) > 8 else ")")
+            )
     _out(f"report: {out}")
     return 0
 
@@ -117,8 +128,15 @@ def cmd_eval(args) -> int:
     """Score a run's saved policies with lm-evaluation-harness; the scores join the run's records."""
     from .harness import HARNESS_FILE, evaluate_run, harness_table
 
-    frame = evaluate_run(args.run_dir, args.tasks, include_path=args.include_path, limit=args.limit,
-                         policies=args.policies, batch_size=args.batch_size, echo=_out)
+    frame = evaluate_run(
+        args.run_dir,
+        args.tasks,
+        include_path=args.include_path,
+        limit=args.limit,
+        policies=args.policies,
+        batch_size=args.batch_size,
+        echo=_out,
+    )
     _out(harness_table(frame).to_string(float_format=lambda v: f"{v:.4f}"))
     _out(f"scores: {Path(args.run_dir) / HARNESS_FILE}")
     return 0
@@ -134,8 +152,9 @@ def cmd_demo(args) -> int:
     base.data.source = f"toy:{args.task}"
     if args.task == "scratchpad":
         base.sampling.max_new_tokens = 32
-    cc = C.ComparisonConfig(base=base, seeds=tuple(range(args.seeds)), out_dir=args.out,
-                            workers=getattr(args, "workers", None))
+    cc = C.ComparisonConfig(
+        base=base, seeds=tuple(range(args.seeds)), out_dir=args.out, workers=getattr(args, "workers", None)
+    )
     t0 = time.perf_counter()
     records = C.run_grid(cc, fresh=args.fresh)
     seconds = time.perf_counter() - t0
@@ -144,12 +163,19 @@ def cmd_demo(args) -> int:
     first = next(iter(records.values()))
     pi0 = first.initial.get("pi0", {})
     if pi0.get("source") == "shipped":
-        _out(f"pi_0: the shipped initial policy (sha256 {pi0['sha256'][:12]}...), accuracy "
-             f"{first.initial['score']:.3f} here, {pi0['shipped_score']:.3f} recorded with the file")
+        _out(
+            f"pi_0: the shipped initial policy (sha256 {pi0['sha256'][:12]}...), accuracy "
+            f"{first.initial['score']:.3f} here, {pi0['shipped_score']:.3f} recorded with the file"
+        )
     else:
-        _out(f"pi_0: {pi0.get('source', 'unknown')} ({pi0.get('folder', '')}), accuracy {first.initial.get('score', float('nan')):.3f}")
-    _out(f"\naccuracy on {base.data.eval_size} held-out {args.task} problems (mean over seeds {list(cc.seeds)}) "
-         f"of pi_0 and of the policy after each iteration (pi_{{t+1}}: after Iter t):")
+        _out(
+            f"pi_0: {pi0.get('source', 'unknown')} ({pi0.get('folder', '')}), "
+            f"accuracy {first.initial.get('score', float('nan')):.3f}"
+        )
+    _out(
+        f"\naccuracy on {base.data.eval_size} held-out {args.task} problems (mean over seeds {list(cc.seeds)}) "
+        f"of pi_0 and of the policy after each iteration (pi_{{t+1}}: after Iter t):"
+    )
     _out(C.format_table(table))
     _out("")
     for line in lines:
@@ -157,8 +183,13 @@ def cmd_demo(args) -> int:
     runs = {f"{C.label(m)} s{seed}" if len(cc.seeds) > 1 else C.label(m): r for (m, seed), r in records.items()}
     from .narrate import describe_runs
 
-    path = write_report(Path(args.out) / "report.html", runs, title="tspin-kit demo: SFT vs SPIN vs T-SPIN",
-                        summary=lines + describe_runs(runs), tables={"accuracy per iteration": table})
+    path = write_report(
+        Path(args.out) / "report.html",
+        runs,
+        title="tspin-kit demo: SFT vs SPIN vs T-SPIN",
+        summary=lines + describe_runs(runs),
+        tables={"accuracy per iteration": table},
+    )
     table.to_csv(Path(args.out) / "scores.csv")
     _out(f"\nreport: {path}\nwall time: {seconds:.1f} s")
     return 0
@@ -191,12 +222,17 @@ def cmd_pi0(args) -> int:
     model, tok = toy.train_initial_policy(args.task, train, settings, perturb=args.nudge, perturb_seed=1)
     seconds = time.perf_counter() - t0
     score = float(sum(toy.heldout_correct(model, tok, args.task, held)) / len(held))
-    _out(f"pi_0 ({args.task}, {len(train)} pairs, {settings.epochs} epochs, lr {settings.lr:g} {settings.schedule}): "
-         f"accuracy {score:.3f} on {len(held)} held-out problems, trained in {seconds:.0f} s")
+    _out(
+        f"pi_0 ({args.task}, {len(train)} pairs, {settings.epochs} epochs, lr {settings.lr:g} {settings.schedule}): "
+        f"accuracy {score:.3f} on {len(held)} held-out problems, trained in {seconds:.0f} s"
+    )
     shipped = toy.shipped_info(args.task)
     if shipped is not None:
-        _out(f"shipped pi_0: accuracy {shipped['score']:.3f} (made {shipped['made']['date']} on "
-             f"{shipped['made']['machine']['cpu']}); this retraining is {100 * (score - shipped['score']):+.1f} points away")
+        _out(
+            f"shipped pi_0: accuracy {shipped['score']:.3f} (made {shipped['made']['date']} on "
+            f"{shipped['made']['machine']['cpu']}); "
+            f"this retraining is {100 * (score - shipped['score']):+.1f} points away"
+        )
     if args.ship:
         path = toy.ship_policy(args.task, model, score, command=f"tspin pi0 --task {args.task} --ship")
         _out(f"shipped: {path} (sha256 {toy.shipped_info(args.task)['sha256'][:16]}...)")
@@ -206,13 +242,24 @@ def cmd_pi0(args) -> int:
 def cmd_reproduce(args) -> int:
     from .reproduce import ReproduceConfig, command_line, reproduce
 
-    rc = ReproduceConfig(seeds=args.seeds, iterations=args.iterations, task=args.task, out_dir=args.out,
-                         runs_dir=args.runs_dir, workers=args.workers, bootstrap=args.bootstrap, quick=args.quick)
+    rc = ReproduceConfig(
+        seeds=args.seeds,
+        iterations=args.iterations,
+        task=args.task,
+        out_dir=args.out,
+        runs_dir=args.runs_dir,
+        workers=args.workers,
+        bootstrap=args.bootstrap,
+        quick=args.quick,
+    )
     result = reproduce(rc, command=command_line(args.argv), echo=_out)
     _out("")
     for c in result["claims"]:
         _out(f"({c['id']}) {c['text']}: {c['verdict'].upper()}")
-    _out(f"\n{Path(args.out) / 'claims.md'}\n{Path(args.out) / 'reproduce.html'}\nwall time: {result['wall_seconds']:.0f} s")
+    _out(
+        f"\n{Path(args.out) / 'claims.md'}\n{Path(args.out) / 'reproduce.html'}"
+        f"\nwall time: {result['wall_seconds']:.0f} s"
+    )
     return 0
 
 
@@ -249,10 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", help="override the config's run_dir")
     r.add_argument("--report-to", help="trackers, comma-separated: trackio, tensorboard, wandb (same as report_to=...)")
     r.add_argument("--print-config", action="store_true", help="print the merged config as YAML and exit")
-    r.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. method.beta=0.2 train.lr=1e-5")
+    r.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. method.beta=0.2 train.lr=1e-5"
+    )
     r.set_defaults(fn=cmd_run)
     r = sub.add_parser("config", help="list every config field with its default and help, or print a merged config")
-    r.add_argument("--show-defaults", action="store_true", help="every field, its default and help (the default action)")
+    r.add_argument(
+        "--show-defaults", action="store_true", help="every field, its default and help (the default action)"
+    )
     r.add_argument("--config", help="a YAML file to merge the overrides into and print")
     r.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     r.set_defaults(fn=cmd_config)
@@ -283,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--task", choices=["addition", "scratchpad"], default="addition")
     r.add_argument("--out", default="demo_output")
     r.add_argument("--fresh", action="store_true", help="delete earlier runs in --out first (else they are resumed)")
-    r.add_argument("--workers", type=int, help="runs side by side as processes (default: one per CPU core; 1: in this process)")
+    r.add_argument(
+        "--workers", type=int, help="runs side by side as processes (default: one per CPU core; 1: in this process)"
+    )
     r.set_defaults(fn=cmd_demo)
     r = sub.add_parser("reproduce", help="the papers' claims on the toy world: methods x seeds x iterations, verdicts")
     r.add_argument("--seeds", type=int, default=3, help="number of seeds (0..N-1)")
@@ -302,12 +355,18 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("methods", help="list the table of methods (objectives, their knobs and docs pages)")
     r.add_argument("--markdown", action="store_true", help="the docs index's table (docs/index.md)")
     r.set_defaults(fn=cmd_methods)
-    r = sub.add_parser("pi0", help="retrain a toy world's pi_0 with the shipped recipe; --ship replaces the shipped one")
+    r = sub.add_parser(
+        "pi0", help="retrain a toy world's pi_0 with the shipped recipe; --ship replaces the shipped one"
+    )
     r.add_argument("--task", choices=["addition", "scratchpad"], default="addition")
     r.add_argument("--ship", action="store_true", help="write it into the package (tspin_kit/assets/pi0/)")
     r.add_argument("--threads", type=int, help="torch threads")
-    r.add_argument("--nudge", type=float, default=0.0,
-                   help="multiply the initial weights by 1 + NUDGE * N(0,1), to see how far another machine could land")
+    r.add_argument(
+        "--nudge",
+        type=float,
+        default=0.0,
+        help="multiply the initial weights by 1 + NUDGE * N(0,1), to see how far another machine could land",
+    )
     r.set_defaults(fn=cmd_pi0)
     return p
 
@@ -321,8 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    logging.basicConfig(level=log_level(args.quiet),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=log_level(args.quiet), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     from .config import ConfigError
     from .data import DataError
     from .harness import HarnessError

@@ -42,8 +42,20 @@ from .store import RunRecords, load_run
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PRESETS", "ComparisonConfig", "Preset", "configure", "format_table", "is_control", "label",
-           "run_configs", "run_grid", "run_parallel", "score_table", "verdict"]
+__all__ = [
+    "PRESETS",
+    "ComparisonConfig",
+    "Preset",
+    "configure",
+    "format_table",
+    "is_control",
+    "label",
+    "run_configs",
+    "run_grid",
+    "run_parallel",
+    "score_table",
+    "verdict",
+]
 
 
 # ----------------------------------------------------------------------------- grid entries: methods and presets
@@ -152,8 +164,9 @@ def _cost(cfg: RunConfig) -> float:
     return (cfg.data.num_examples or 1000) * (2.0 if methods.get(cfg.method.name).self_play else 1.0)
 
 
-def run_grid(grid: ComparisonConfig | Mapping[tuple[str, int], RunConfig], *, workers: int | None = None,
-             fresh: bool = False) -> dict[tuple[str, int], RunRecords]:
+def run_grid(
+    grid: ComparisonConfig | Mapping[tuple[str, int], RunConfig], *, workers: int | None = None, fresh: bool = False
+) -> dict[tuple[str, int], RunRecords]:
     """Run (or resume) every run of a grid and return their records, keyed ``(method or preset, seed)``.
 
     ``grid``: a `ComparisonConfig` (its runs are `run_configs`), or the configs themselves keyed by
@@ -254,8 +267,10 @@ class _Display:
     """One progress line for several runs: phases done over all runs, and what each active run is doing."""
 
     def __init__(self, jobs, enabled: bool):
-        self.labels = {key: f"{label} s{key[1]}" if isinstance(key, tuple) and len(key) > 1 else str(label)
-                       for key, _, label in jobs}
+        self.labels = {
+            key: f"{label} s{key[1]}" if isinstance(key, tuple) and len(key) > 1 else str(label)
+            for key, _, label in jobs
+        }
         self.totals = {key: 1 + 3 * cfg.iterations for key, cfg, _ in jobs}
         self.done = {key: 0 for key, _, _ in jobs}
         self.what: dict = {}
@@ -281,8 +296,12 @@ class _Display:
             self.bar.close()
 
 
-def run_parallel(jobs: list[tuple[Hashable, RunConfig, str]], *, workers: int | None = None,
-                 on_done: Callable[[int, int, Hashable, float], None] | None = None) -> dict[Hashable, float]:
+def run_parallel(
+    jobs: list[tuple[Hashable, RunConfig, str]],
+    *,
+    workers: int | None = None,
+    on_done: Callable[[int, int, Hashable, float], None] | None = None,
+) -> dict[Hashable, float]:
     """Run (or resume) independent runs ``(key, config, label)``; returns each run's seconds.
 
     ``workers`` processes (default: one per CPU core, at most one per run) each take a run at a time in the
@@ -310,8 +329,9 @@ def run_parallel(jobs: list[tuple[Hashable, RunConfig, str]], *, workers: int | 
     q = ctx.Queue()
     display = _Display(jobs, enabled=os.environ.get("TSPIN_PROGRESS") != "0" and not in_notebook())
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(q, threads)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(q, threads)
+        ) as pool:
             futures = {pool.submit(_worker, key, cfg.to_dict(), label): key for key, cfg, label in jobs}
             pending, n = set(futures), 0
             while pending:
@@ -380,15 +400,16 @@ def verdict(records: Mapping[tuple[str, int], RunRecords]) -> list[str]:
             ctrl = label(control)
             diff = (final[row] - final[ctrl]) * 100
             if abs(diff) < 2.0:
-                lines.append(f"{row} vs {ctrl}: {diff:+.1f} points, within 2 points: self-play does not clearly beat "
-                             "the control here.")
+                lines.append(
+                    f"{row} vs {ctrl}: {diff:+.1f} points, within 2 points: self-play does not clearly beat "
+                    "the control here."
+                )
             elif diff > 0:
                 lines.append(f"{row} beats {ctrl} by {diff:.1f} points at the last iteration.")
             else:
                 lines.append(f"{row} ends {-diff:.1f} points below {ctrl}: self-play does not beat the control here.")
         scores = table.loc[row].to_numpy()
-        lines.append(f"{row} per-iteration changes (points): "
-                     + ", ".join(f"{d * 100:+.1f}" for d in np.diff(scores)))
+        lines.append(f"{row} per-iteration changes (points): " + ", ".join(f"{d * 100:+.1f}" for d in np.diff(scores)))
         after = scores[1:]
         lines.append(f"{row} peaks at Iter{int(np.argmax(after))} ({after.max():.3f}) and ends at {after[-1]:.3f}.")
     return lines

@@ -38,37 +38,88 @@ def _check_vllm() -> None:
     import importlib.util
 
     if importlib.util.find_spec("vllm") is None:
-        raise ConfigError("sampling.backend = 'vllm': vllm is not installed; install the extra with "
-                          "`pip install 'tspin-kit[vllm]'` (GPU machines only) or use sampling.backend: hf")
-    raise ConfigError("sampling.backend = 'vllm': vllm is installed, but tspin-kit's vLLM generation path is not "
-                      "built yet; use sampling.backend: hf")
+        raise ConfigError(
+            "sampling.backend = 'vllm': vllm is not installed; install the extra with "
+            "`pip install 'tspin-kit[vllm]'` (GPU machines only) or use sampling.backend: hf"
+        )
+    raise ConfigError(
+        "sampling.backend = 'vllm': vllm is installed, but tspin-kit's vLLM generation path is not "
+        "built yet; use sampling.backend: hf"
+    )
 
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = field(default="toy", metadata={"help": "'toy' (the embedded tiny Llama), a hub id or a local folder"})
-    prompt_template: str = field(default="auto", metadata={"help": "'auto' (chat template if the tokenizer has one, else plain), 'chat' or 'plain'"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "run model code shipped with a hub repo; off unless asked"})
+    name_or_path: str = field(
+        default="toy", metadata={"help": "'toy' (the embedded tiny Llama), a hub id or a local folder"}
+    )
+    prompt_template: str = field(
+        default="auto",
+        metadata={"help": "'auto' (chat template if the tokenizer has one, else plain), 'chat' or 'plain'"},
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "run model code shipped with a hub repo; off unless asked"}
+    )
     dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
     lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 means full fine-tuning"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on LoRA inputs"})
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "peft target_modules (comma list or 'all-linear')"})
-    max_length: int | None = field(default=None, metadata={"help": "longest prompt in tokens after the template (longer is an error); default: the model's own limit"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute each transformer block's activations in the backward instead of keeping them (less memory, about a third more compute); same numbers"})
-    toy_sft_examples: int = field(default=1000, metadata={"help": "toy only: annotated pairs pi_0 is SFT-ed on (fixed, so a 4x-data run shares pi_0)"})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "peft target_modules (comma list or 'all-linear')"}
+    )
+    max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "longest prompt in tokens after the template (longer is an error); default: the model's own limit"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": (
+                "recompute each transformer block's activations in the backward instead of keeping them "
+                "(less memory, about a third more compute); same numbers"
+            )
+        },
+    )
+    toy_sft_examples: int = field(
+        default=1000,
+        metadata={"help": "toy only: annotated pairs pi_0 is SFT-ed on (fixed, so a 4x-data run shares pi_0)"},
+    )
     toy_sft_epochs: int = field(default=40, metadata={"help": "toy only: epochs of the SFT that makes pi_0"})
-    toy_pi0_seed: int = field(default=0, metadata={"help": "toy only: seed of pi_0's init and SFT; every run seed starts from this one pi_0 (the default world's ships with the package)"})
+    toy_pi0_seed: int = field(
+        default=0,
+        metadata={
+            "help": (
+                "toy only: seed of pi_0's init and SFT; every run seed starts from this one pi_0 "
+                "(the default world's ships with the package)"
+            )
+        },
+    )
 
     def __post_init__(self):
         s = "model"
         _check(bool(self.name_or_path), s, "name_or_path", "a non-empty string", self.name_or_path)
-        _check(self.prompt_template in ("auto", "chat", "plain"), s, "prompt_template", "'auto', 'chat' or 'plain'", self.prompt_template)
+        _check(
+            self.prompt_template in ("auto", "chat", "plain"),
+            s,
+            "prompt_template",
+            "'auto', 'chat' or 'plain'",
+            self.prompt_template,
+        )
         _check(self.dtype in ("float32", "bfloat16", "float16"), s, "dtype", "float32, bfloat16 or float16", self.dtype)
         _check(isinstance(self.lora_r, int) and self.lora_r >= 0, s, "lora_r", "an integer >= 0", self.lora_r)
         _check(0.0 <= self.lora_dropout < 1.0, s, "lora_dropout", "0 <= value < 1", self.lora_dropout)
-        _check(self.max_length is None or self.max_length >= 2, s, "max_length", "None or an integer >= 2", self.max_length)
-        _check(isinstance(self.gradient_checkpointing, bool), s, "gradient_checkpointing", "true or false", self.gradient_checkpointing)
+        _check(
+            self.max_length is None or self.max_length >= 2, s, "max_length", "None or an integer >= 2", self.max_length
+        )
+        _check(
+            isinstance(self.gradient_checkpointing, bool),
+            s,
+            "gradient_checkpointing",
+            "true or false",
+            self.gradient_checkpointing,
+        )
         _check(self.toy_sft_examples >= 1, s, "toy_sft_examples", "an integer >= 1", self.toy_sft_examples)
         _check(self.toy_sft_epochs >= 1, s, "toy_sft_epochs", "an integer >= 1", self.toy_sft_epochs)
 
@@ -77,9 +128,14 @@ class ModelConfig:
 class DataSettings(DataConfig):
     """The run's data section: `tspin_kit.data.DataConfig` plus the held-out size, defaulting to the toy world."""
 
-    source: str | None = field(default="toy:addition", metadata={"help": "'toy:addition', 'toy:scratchpad', a hub dataset id, or a local file/folder"})
+    source: str | None = field(
+        default="toy:addition",
+        metadata={"help": "'toy:addition', 'toy:scratchpad', a hub dataset id, or a local file/folder"},
+    )
     num_examples: int | None = field(default=1000, metadata={"help": "annotated examples to use (count)"})
-    eval_size: int = field(default=500, metadata={"help": "held-out prompts for the task score (taken out before subsampling)"})
+    eval_size: int = field(
+        default=500, metadata={"help": "held-out prompts for the task score (taken out before subsampling)"}
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -87,9 +143,20 @@ class DataSettings(DataConfig):
         if isinstance(self.source, str) and self.source.startswith("toy:"):
             from .toy import TASKS
 
-            _check(self.source[4:] in TASKS, "data", "source", " or ".join(f"'toy:{t}'" for t in TASKS)
-                   + " (or a file, folder or hub id)", self.source)
-        _check(isinstance(self.eval_size, int) and self.eval_size >= 1, "data", "eval_size", "an integer >= 1", self.eval_size)
+            _check(
+                self.source[4:] in TASKS,
+                "data",
+                "source",
+                " or ".join(f"'toy:{t}'" for t in TASKS) + " (or a file, folder or hub id)",
+                self.source,
+            )
+        _check(
+            isinstance(self.eval_size, int) and self.eval_size >= 1,
+            "data",
+            "eval_size",
+            "an integer >= 1",
+            self.eval_size,
+        )
 
     def load(self):
         """(train, held_out) ``datasets.Dataset``s with a ``row`` column (the row of the source), as the
@@ -100,16 +167,22 @@ class DataSettings(DataConfig):
             ds = load_annotated(self.loader_config(), row_ids=True)
         except DataCountError as e:
             room = e.available - self.eval_size
-            hint = (f"set data.num_examples to at most {room} (or null: every row not held out)" if room >= 1
-                    else f"lower data.eval_size below {e.available}")
+            hint = (
+                f"set data.num_examples to at most {room} (or null: every row not held out)"
+                if room >= 1
+                else f"lower data.eval_size below {e.available}"
+            )
             raise ConfigError(
                 f"{e.origin} has {e.available} rows, fewer than data.num_examples ({self.num_examples}) + "
-                f"data.eval_size ({self.eval_size}) = {e.requested}; {hint}") from None
+                f"data.eval_size ({self.eval_size}) = {e.requested}; {hint}"
+            ) from None
         if self.eval_size >= len(ds):
             from .data import describe_source
 
-            raise ConfigError(f"{describe_source(self.source)} has {len(ds)} rows: data.eval_size ({self.eval_size}) "
-                              f"leaves none to train on; lower data.eval_size below {len(ds)}")
+            raise ConfigError(
+                f"{describe_source(self.source)} has {len(ds)} rows: data.eval_size ({self.eval_size}) "
+                f"leaves none to train on; lower data.eval_size below {len(ds)}"
+            )
         train, held_out = split_train_eval(ds, self.eval_size, seed=self.seed)
         return subsample(train, num_examples=self.num_examples, fraction=self.fraction, seed=self.seed), held_out
 
@@ -123,15 +196,36 @@ class DataSettings(DataConfig):
 
 @dataclass
 class MethodConfig:
-    name: str = field(default="tspin", metadata={"help": "a method of the table of methods (`tspin methods`): sft, spin, tspin, tspin_no_history, tspin_ref, ..."})
+    name: str = field(
+        default="tspin",
+        metadata={
+            "help": (
+                "a method of the table of methods (`tspin methods`): sft, spin, tspin, tspin_no_history, tspin_ref, ..."
+            )
+        },
+    )
     alpha: float = field(default=1.0, metadata={"help": "T-SPIN entropy coefficient = reward scale (paper: 1.0)"})
     beta: float = field(default=0.1, metadata={"help": "T-SPIN weight of the historical advantage (paper: 0.1)"})
-    beta_schedule: list[float] | None = field(default=None, metadata={"help": "beta per iteration; default: 0 at iteration 0, then beta"})
+    beta_schedule: list[float] | None = field(
+        default=None, metadata={"help": "beta per iteration; default: 0 at iteration 0, then beta"}
+    )
     lam: float = field(default=1.0, metadata={"help": "SPIN reward scale (paper 0.1; see docs/departures.md)"})
-    lam_schedule: list[float] | None = field(default=None, metadata={"help": "lam per iteration (SPIN raised it to 5 at its last)"})
+    lam_schedule: list[float] | None = field(
+        default=None, metadata={"help": "lam per iteration (SPIN raised it to 5 at its last)"}
+    )
     mask_proto_equal_annotated: bool = field(default=False, metadata={"help": "drop the historical term where y0 == y"})
-    mix_previous: bool = field(default=False, metadata={"help": "SPIN option: also train on the previous iteration's synthetic data"})
-    params: dict[str, float] = field(default_factory=dict, metadata={"help": "values of the method's other knobs (e.g. {anchor: 0.1} for tspin_nll); unset ones take their declared defaults"})
+    mix_previous: bool = field(
+        default=False, metadata={"help": "SPIN option: also train on the previous iteration's synthetic data"}
+    )
+    params: dict[str, float] = field(
+        default_factory=dict,
+        metadata={
+            "help": (
+                "values of the method's other knobs (e.g. {anchor: 0.1} for tspin_nll); "
+                "unset ones take their declared defaults"
+            )
+        },
+    )
 
     def __post_init__(self):
         from . import methods as M
@@ -167,7 +261,8 @@ class MethodConfig:
         return M.get(self.name)
 
     def beta_at(self, iteration: int) -> float:
-        """beta for iteration t: 0 for methods without a historical term and at t = 0 (y' and y0 both come from pi_0)."""
+        """beta for iteration t: 0 for methods without a historical term and at t = 0 (y' and y0 both come
+        from pi_0)."""
         if not self.spec.history:  # nothing for beta to weigh
             return 0.0
         if self.beta_schedule is not None:
@@ -196,9 +291,13 @@ _CONFIG_KNOBS = ("alpha", "beta", "lam")  # knobs with their own MethodConfig fi
 
 @dataclass
 class TrainConfig:
-    optimizer: str = field(default="adamw", metadata={"help": "adamw or rmsprop (T-SPIN paper: RMSprop, no weight decay)"})
+    optimizer: str = field(
+        default="adamw", metadata={"help": "adamw or rmsprop (T-SPIN paper: RMSprop, no weight decay)"}
+    )
     lr: float = field(default=2e-5, metadata={"help": "peak learning rate"})
-    lr_schedule: list[float] | None = field(default=None, metadata={"help": "peak lr per iteration (SPIN: 5e-7, 5e-7, then 1e-7)"})
+    lr_schedule: list[float] | None = field(
+        default=None, metadata={"help": "peak lr per iteration (SPIN: 5e-7, 5e-7, then 1e-7)"}
+    )
     schedule: str = field(default="constant", metadata={"help": "after warmup: constant or linear decay to 0"})
     warmup_ratio: float = field(default=0.1, metadata={"help": "share of each iteration's steps spent warming up"})
     epochs: int = field(default=2, metadata={"help": "epochs over the triplets per iteration"})
@@ -206,22 +305,57 @@ class TrainConfig:
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimiser step"})
     weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay (AdamW) / L2 (RMSprop)"})
     max_grad_norm: float | None = field(default=1.0, metadata={"help": "clip the gradient norm; None disables"})
-    checkpoint_every: int = field(default=0, metadata={"help": "save the train state every N optimiser steps so `tspin resume` continues mid-phase; 0 disables"})
+    checkpoint_every: int = field(
+        default=0,
+        metadata={
+            "help": "save the train state every N optimiser steps so `tspin resume` continues mid-phase; 0 disables"
+        },
+    )
 
     def __post_init__(self):
         s = "train"
         _check(self.optimizer in OPTIMIZERS, s, "optimizer", f"one of {', '.join(OPTIMIZERS)}", self.optimizer)
         _check(self.lr > 0, s, "lr", "a number > 0", self.lr)
         if self.lr_schedule is not None:
-            _check(len(self.lr_schedule) >= 1 and all(v > 0 for v in self.lr_schedule), s, "lr_schedule", "a non-empty list of numbers > 0", self.lr_schedule)
+            _check(
+                len(self.lr_schedule) >= 1 and all(v > 0 for v in self.lr_schedule),
+                s,
+                "lr_schedule",
+                "a non-empty list of numbers > 0",
+                self.lr_schedule,
+            )
         _check(self.schedule in SCHEDULES, s, "schedule", f"one of {', '.join(SCHEDULES)}", self.schedule)
         _check(0 <= self.warmup_ratio < 1, s, "warmup_ratio", "0 <= value < 1", self.warmup_ratio)
         _check(isinstance(self.epochs, int) and self.epochs >= 1, s, "epochs", "an integer >= 1", self.epochs)
-        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, s, "batch_size", "an integer >= 1", self.batch_size)
-        _check(isinstance(self.grad_accum, int) and 1 <= self.grad_accum <= self.batch_size, s, "grad_accum", "an integer in [1, batch_size]", self.grad_accum)
+        _check(
+            isinstance(self.batch_size, int) and self.batch_size >= 1,
+            s,
+            "batch_size",
+            "an integer >= 1",
+            self.batch_size,
+        )
+        _check(
+            isinstance(self.grad_accum, int) and 1 <= self.grad_accum <= self.batch_size,
+            s,
+            "grad_accum",
+            "an integer in [1, batch_size]",
+            self.grad_accum,
+        )
         _check(self.weight_decay >= 0, s, "weight_decay", "a number >= 0", self.weight_decay)
-        _check(self.max_grad_norm is None or self.max_grad_norm > 0, s, "max_grad_norm", "None or a number > 0", self.max_grad_norm)
-        _check(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0, s, "checkpoint_every", "an integer >= 0 (0 disables)", self.checkpoint_every)
+        _check(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            s,
+            "max_grad_norm",
+            "None or a number > 0",
+            self.max_grad_norm,
+        )
+        _check(
+            isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
+            s,
+            "checkpoint_every",
+            "an integer >= 0 (0 disables)",
+            self.checkpoint_every,
+        )
 
     def lr_at(self, iteration: int) -> float:
         if self.lr_schedule is not None:
@@ -236,7 +370,9 @@ class SamplingConfig:
     top_k: int = field(default=0, metadata={"help": "0 disables top-k"})
     max_new_tokens: int = field(default=16, metadata={"help": "longest sampled response"})
     batch_size: int = field(default=250, metadata={"help": "prompts per generate() call (also the seeding chunk)"})
-    backend: str = field(default="hf", metadata={"help": "'hf' (transformers generate) or 'vllm' (needs the vllm extra; not built yet)"})
+    backend: str = field(
+        default="hf", metadata={"help": "'hf' (transformers generate) or 'vllm' (needs the vllm extra; not built yet)"}
+    )
 
     def __post_init__(self):
         s = "sampling"
@@ -254,27 +390,55 @@ class SamplingConfig:
 class HarnessConfig:
     """``eval_harness``: score pi_0 and every pi_{t+1} with lm-evaluation-harness (``tspin_kit.harness``)."""
 
-    tasks: list[str] = field(default_factory=list, metadata={"help": "lm-eval task, group or tag names (comma list or YAML list)"})
+    tasks: list[str] = field(
+        default_factory=list, metadata={"help": "lm-eval task, group or tag names (comma list or YAML list)"}
+    )
     include_path: str | None = field(default=None, metadata={"help": "a folder of your own lm-eval task YAMLs"})
-    limit: int | None = field(default=None, metadata={"help": "at most this many documents per task (a smoke check; None: all)"})
+    limit: int | None = field(
+        default=None, metadata={"help": "at most this many documents per task (a smoke check; None: all)"}
+    )
     batch_size: int = field(default=8, metadata={"help": "lm-eval batch size"})
 
     def __post_init__(self):
         s = "eval_harness"
         if isinstance(self.tasks, str):  # `tasks: arc_easy,hellaswag` or `eval_harness.tasks=a,b`
             self.tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
-        _check(isinstance(self.tasks, list) and len(self.tasks) >= 1 and all(isinstance(t, str) and t for t in self.tasks),
-               s, "tasks", "a non-empty list of lm-eval task names (or leave eval_harness unset)", self.tasks)
-        _check(self.include_path is None or (isinstance(self.include_path, str) and bool(self.include_path)), s,
-               "include_path", "None or a folder", self.include_path)
-        _check(self.limit is None or (isinstance(self.limit, int) and not isinstance(self.limit, bool) and self.limit >= 1),
-               s, "limit", "None or an integer >= 1", self.limit)
-        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, s, "batch_size", "an integer >= 1", self.batch_size)
+        _check(
+            isinstance(self.tasks, list) and len(self.tasks) >= 1 and all(isinstance(t, str) and t for t in self.tasks),
+            s,
+            "tasks",
+            "a non-empty list of lm-eval task names (or leave eval_harness unset)",
+            self.tasks,
+        )
+        _check(
+            self.include_path is None or (isinstance(self.include_path, str) and bool(self.include_path)),
+            s,
+            "include_path",
+            "None or a folder",
+            self.include_path,
+        )
+        _check(
+            self.limit is None
+            or (isinstance(self.limit, int) and not isinstance(self.limit, bool) and self.limit >= 1),
+            s,
+            "limit",
+            "None or an integer >= 1",
+            self.limit,
+        )
+        _check(
+            isinstance(self.batch_size, int) and self.batch_size >= 1,
+            s,
+            "batch_size",
+            "an integer >= 1",
+            self.batch_size,
+        )
         import importlib.util
 
         if importlib.util.find_spec("lm_eval") is None:
-            raise ConfigError("eval_harness: lm-evaluation-harness is not installed; install the extra with "
-                              "`pip install 'tspin-kit[eval]'` or leave eval_harness unset")
+            raise ConfigError(
+                "eval_harness: lm-evaluation-harness is not installed; install the extra with "
+                "`pip install 'tspin-kit[eval]'` or leave eval_harness unset"
+            )
 
 
 @dataclass
@@ -286,12 +450,38 @@ class RunConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     iterations: int = field(default=5, metadata={"help": "self-play iterations (Iter0 .. Iter{n-1})"})
     seed: int = field(default=0, metadata={"help": "seed for generation, shuffling and initialisation"})
-    run_dir: str | None = field(default=None, metadata={"help": "where records and weights go; None keeps the run in memory"})
+    run_dir: str | None = field(
+        default=None, metadata={"help": "where records and weights go; None keeps the run in memory"}
+    )
     keep_weights: str = field(default="all", metadata={"help": "'all' saves every pi_t, 'last' only the latest"})
     cpu: bool = field(default=False, metadata={"help": "force the CPU even when a GPU is present"})
-    sft_records: bool = field(default=True, metadata={"help": "SFT runs: also sample y' and y0 and score them every iteration, for records only (the control's u, v, degenerate shares); off skips that work"})
-    report_to: list[str] | None = field(default=None, metadata={"help": "experiment trackers to log to: any of trackio, tensorboard, wandb (optional extras); None logs only to run_dir"})
-    eval_harness: HarnessConfig | None = field(default=None, metadata={"help": "lm-evaluation-harness on pi_0 and after every iteration, e.g. {tasks: [arc_easy], include_path: my_tasks, limit: 100} (needs the eval extra); None: off"})
+    sft_records: bool = field(
+        default=True,
+        metadata={
+            "help": (
+                "SFT runs: also sample y' and y0 and score them every iteration, for records only "
+                "(the control's u, v, degenerate shares); off skips that work"
+            )
+        },
+    )
+    report_to: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "experiment trackers to log to: any of trackio, tensorboard, wandb (optional extras); "
+                "None logs only to run_dir"
+            )
+        },
+    )
+    eval_harness: HarnessConfig | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "lm-evaluation-harness on pi_0 and after every iteration, "
+                "e.g. {tasks: [arc_easy], include_path: my_tasks, limit: 100} (needs the eval extra); None: off"
+            )
+        },
+    )
 
     def __post_init__(self):
         for name, cls in _SECTIONS.items():
@@ -299,24 +489,39 @@ class RunConfig:
             if isinstance(value, dict):
                 setattr(self, name, _from_dict(cls, value, name))
             elif not isinstance(value, cls):  # e.g. `method: tspin` in YAML instead of `method: {name: tspin}`
-                raise ConfigError(f"{name}: expected a mapping of {cls.__name__} fields, got {type(value).__name__} {value!r}")
-        _check(isinstance(self.iterations, int) and self.iterations >= 1, "run", "iterations", "an integer >= 1", self.iterations)
+                raise ConfigError(
+                    f"{name}: expected a mapping of {cls.__name__} fields, got {type(value).__name__} {value!r}"
+                )
+        _check(
+            isinstance(self.iterations, int) and self.iterations >= 1,
+            "run",
+            "iterations",
+            "an integer >= 1",
+            self.iterations,
+        )
         _check(self.keep_weights in ("all", "last"), "run", "keep_weights", "'all' or 'last'", self.keep_weights)
         if isinstance(self.report_to, str):  # `report_to: tensorboard` or `report_to=trackio,tensorboard`
             self.report_to = [t.strip() for t in self.report_to.split(",") if t.strip()]
-        _check(self.report_to is None or (isinstance(self.report_to, list) and all(t in TRACKERS for t in self.report_to)),
-               "run", "report_to", f"None or a list of {', '.join(TRACKERS)}", self.report_to)
+        _check(
+            self.report_to is None or (isinstance(self.report_to, list) and all(t in TRACKERS for t in self.report_to)),
+            "run",
+            "report_to",
+            f"None or a list of {', '.join(TRACKERS)}",
+            self.report_to,
+        )
         if isinstance(self.eval_harness, dict):
             self.eval_harness = _from_dict(HarnessConfig, self.eval_harness, "eval_harness")
         elif self.eval_harness is not None and not isinstance(self.eval_harness, HarnessConfig):
-            raise ConfigError(f"eval_harness: expected None or a mapping of HarnessConfig fields, got "
-                              f"{type(self.eval_harness).__name__} {self.eval_harness!r}")
+            raise ConfigError(
+                f"eval_harness: expected None or a mapping of HarnessConfig fields, got "
+                f"{type(self.eval_harness).__name__} {self.eval_harness!r}"
+            )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict, *, source: str = "config") -> "RunConfig":
+    def from_dict(cls, d: dict, *, source: str = "config") -> RunConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: expected a mapping of sections, got {type(d).__name__}")
         try:
@@ -325,7 +530,7 @@ class RunConfig:
             raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "RunConfig":
+    def from_yaml(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
         """Read a YAML file, then apply dotted ``KEY=VALUE`` overrides (``method.beta=0.2``).
 
         Local paths in ``data.source`` and ``model.name_or_path`` are made absolute: those written in the
@@ -373,7 +578,9 @@ def _from_dict(cls, d: dict, section: str):
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
-        raise ConfigError(f"{section}: unknown field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"{section}: unknown field(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}"
+        )
     kwargs = {}
     types = {f.name: str(f.type) for f in fields(cls)}
     for k, v in d.items():

@@ -70,8 +70,21 @@ FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv
 # Extensions that show the caller meant a local file (so a missing one is FileNotFoundError
 # and an existing one gets "unsupported extension", never a hub lookup).
 _FILE_LOOKING_SUFFIXES = set(FILE_BUILDERS) | {
-    ".txt", ".tsv", ".xlsx", ".xls", ".arrow", ".pkl", ".pickle", ".gz", ".zip", ".bz2",
-    ".xz", ".zst", ".yaml", ".yml", ".md",
+    ".txt",
+    ".tsv",
+    ".xlsx",
+    ".xls",
+    ".arrow",
+    ".pkl",
+    ".pickle",
+    ".gz",
+    ".zip",
+    ".bz2",
+    ".xz",
+    ".zst",
+    ".yaml",
+    ".yml",
+    ".md",
 }
 # "name" or "org/name", as the hub spells dataset ids.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -114,9 +127,7 @@ class DataConfig:
             "user turn is x, the next assistant turn is y."
         },
     )
-    num_examples: int | None = field(
-        default=None, metadata={"help": "Keep this many rows, chosen at random (>= 1)."}
-    )
+    num_examples: int | None = field(default=None, metadata={"help": "Keep this many rows, chosen at random (>= 1)."})
     fraction: float | None = field(
         default=None,
         metadata={"help": "Keep this fraction of rows, chosen at random, in (0, 1]."},
@@ -168,8 +179,7 @@ def load_annotated(
         config = DataConfig(source=config_or_source)
     else:
         raise DataError(
-            "load_annotated takes a DataConfig, a source string or None, "
-            f"got {type(config_or_source).__name__}"
+            f"load_annotated takes a DataConfig, a source string or None, got {type(config_or_source).__name__}"
         )
     return _load(config, records, force_messages=False, row_ids=row_ids)
 
@@ -251,9 +261,7 @@ def split_train_eval(
             raise DataError(f"eval_size as a count must be >= 1, got {eval_size}")
         n_eval = eval_size
     if n_eval >= n:
-        raise DataError(
-            f"eval_size={eval_size} leaves no training rows: the dataset has {n} rows"
-        )
+        raise DataError(f"eval_size={eval_size} leaves no training rows: the dataset has {n} rows")
     order = np.random.default_rng(seed).permutation(n)
     eval_indices = sorted(order[:n_eval].tolist())
     train_indices = sorted(order[n_eval:].tolist())
@@ -271,9 +279,7 @@ def _load(
     row_ids: bool = False,
 ) -> datasets.Dataset:
     if records is not None and config.source is not None:
-        raise DataError(
-            f"give either records or a source, not both (source={config.source!r})"
-        )
+        raise DataError(f"give either records or a source, not both (source={config.source!r})")
     if records is None and config.source is None:
         raise DataError("no data: give a source (DataConfig.source) or records=[...]")
 
@@ -284,9 +290,7 @@ def _load(
     elif isinstance(records, Sequence) and not isinstance(records, (str, bytes)):
         raw, origin = records, "records"
     else:
-        raise DataError(
-            f"records must be a list of dicts or a datasets.Dataset, got {type(records).__name__}"
-        )
+        raise DataError(f"records must be a list of dicts or a datasets.Dataset, got {type(records).__name__}")
 
     n = len(raw)
     if n == 0:
@@ -304,27 +308,27 @@ def _load(
     responses: list[str] = []
     answers: list[Any] = []
     keep_answer = _KEPT_EXTRA_COLUMN in columns
-    needed = (
-        [config.messages_column] if mode == "messages"
-        else [config.prompt_column, config.response_column]
-    ) + ([_KEPT_EXTRA_COLUMN] if keep_answer else [])
+    needed = ([config.messages_column] if mode == "messages" else [config.prompt_column, config.response_column]) + (
+        [_KEPT_EXTRA_COLUMN] if keep_answer else []
+    )
     for row_id, row in zip(source_rows, _iter_rows(raw, indices, needed), strict=True):
         if mode == "messages":
-            prompt, response = _first_exchange(row.get(config.messages_column), config,
-                                               origin, row_id)
+            prompt, response = _first_exchange(row.get(config.messages_column), config, origin, row_id)
         else:
-            prompt = _check_text(row.get(config.prompt_column), origin, row_id,
-                                 config.prompt_column)
-            response = _check_text(row.get(config.response_column), origin, row_id,
-                                   config.response_column)
+            prompt = _check_text(row.get(config.prompt_column), origin, row_id, config.prompt_column)
+            response = _check_text(row.get(config.response_column), origin, row_id, config.response_column)
         prompts.append(prompt)
         responses.append(response)
         if keep_answer:
             answers.append(row.get(_KEPT_EXTRA_COLUMN))
 
     if too_few:
-        raise DataCountError(f"{origin}: num_examples={config.num_examples} but the data has only {n} rows",
-                             origin=origin, requested=int(config.num_examples), available=n)
+        raise DataCountError(
+            f"{origin}: num_examples={config.num_examples} but the data has only {n} rows",
+            origin=origin,
+            requested=int(config.num_examples),
+            available=n,
+        )
     # Python str lists always become plain `string` columns (the CSV/JSON readers would give
     # `large_string`); `answer` keeps whatever type the source had.
     data: dict[str, list[Any]] = {"prompt": prompts, "response": responses}
@@ -339,8 +343,7 @@ def _read_source(source: str, split: str | None) -> tuple[datasets.Dataset, str]
     """Open a local file, a save_to_disk folder or a hub id; return (dataset, origin label)."""
     if source.startswith("toy:"):
         raise DataError(
-            f"source {source!r} is a toy world: build it with tspin_kit.toy, not "
-            "tspin_kit.data.load_annotated"
+            f"source {source!r} is a toy world: build it with tspin_kit.toy, not tspin_kit.data.load_annotated"
         )
     path = Path(source).expanduser()
     if path.is_dir():
@@ -349,9 +352,7 @@ def _read_source(source: str, split: str | None) -> tuple[datasets.Dataset, str]
         return _read_file(path), f"file '{path}'"
     if _looks_like_path(source):
         raise FileNotFoundError(f"data source not found: no file or folder at '{path}'")
-    return _read_hub(source, split), f"hub dataset '{source}'" + (
-        f" (split '{split}')" if split else ""
-    )
+    return _read_hub(source, split), f"hub dataset '{source}'" + (f" (split '{split}')" if split else "")
 
 
 def _looks_like_path(source: str) -> bool:
@@ -379,8 +380,7 @@ def _read_file(path: Path) -> datasets.Dataset:
         return datasets.load_dataset(builder, data_files=str(path), split="train")
     # The packaged builders fail in many ways on malformed files (an empty JSON file even
     # raises StopIteration); report them all as this file being unreadable.
-    except (OSError, ValueError, StopIteration, pa.ArrowException,
-            datasets.exceptions.DatasetGenerationError) as err:
+    except (OSError, ValueError, StopIteration, pa.ArrowException, datasets.exceptions.DatasetGenerationError) as err:
         if builder in ("json", "csv"):  # find the line at fault (only on failure: the check reads the file)
             _check_text_file(path, builder)
         raise DataError(f"file '{path}': could not read it as {builder}: {err}") from err
@@ -397,7 +397,8 @@ def _check_text_file(path: Path, builder: str) -> None:
         line = raw[: err.start].count(b"\n") + 1
         raise DataError(
             f"file '{path}', line {line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); "
-            f"is this really a {path.suffix} file?") from None
+            f"is this really a {path.suffix} file?"
+        ) from None
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
         raise DataError(f"file '{path}', line {line}: a NUL byte; this is a binary file, not {path.suffix} text")
@@ -408,7 +409,9 @@ def _check_text_file(path: Path, builder: str) -> None:
         try:
             json.loads(text)
         except json.JSONDecodeError as err:
-            raise DataError(f"file '{path}', line {err.lineno}: not valid JSON ({err.msg}, column {err.colno})") from None
+            raise DataError(
+                f"file '{path}', line {err.lineno}: not valid JSON ({err.msg}, column {err.colno})"
+            ) from None
         return
     if stripped.startswith("{") and path.suffix.lower() == ".json":
         try:  # a single JSON object (e.g. {"data": [...]}) is left to the builder
@@ -438,9 +441,7 @@ def _read_saved_folder(path: Path, split: str | None) -> datasets.Dataset:
     try:
         loaded = datasets.load_from_disk(str(path))
     except FileNotFoundError as err:
-        raise DataError(
-            f"folder '{path}' is not a dataset written by Dataset.save_to_disk: {err}"
-        ) from err
+        raise DataError(f"folder '{path}' is not a dataset written by Dataset.save_to_disk: {err}") from err
     return _one_split(loaded, split, f"folder '{path}'")
 
 
@@ -458,9 +459,7 @@ def _read_hub(dataset_id: str, split: str | None) -> datasets.Dataset:
     return _one_split(loaded, split, f"hub dataset '{dataset_id}'")
 
 
-def _one_split(
-    loaded: datasets.Dataset | datasets.DatasetDict, split: str | None, origin: str
-) -> datasets.Dataset:
+def _one_split(loaded: datasets.Dataset | datasets.DatasetDict, split: str | None, origin: str) -> datasets.Dataset:
     if isinstance(loaded, datasets.Dataset):
         return loaded
     names = list(loaded.keys())
@@ -526,27 +525,18 @@ def _check_text(value: Any, origin: str, row_id: int, column: str) -> str:
     if value is None:
         raise DataError(f"{where}: value is missing (null); expected a non-empty string")
     if not isinstance(value, str):
-        raise DataError(
-            f"{where}: expected a string, got {type(value).__name__} {value!r:.80}"
-        )
+        raise DataError(f"{where}: expected a string, got {type(value).__name__} {value!r:.80}")
     if not value.strip():
         raise DataError(f"{where}: the text is empty or whitespace-only ({value!r})")
     return value
 
 
-def _first_exchange(
-    messages: Any, config: DataConfig, origin: str, row_id: int
-) -> tuple[str, str]:
+def _first_exchange(messages: Any, config: DataConfig, origin: str, row_id: int) -> tuple[str, str]:
     """(first user turn, next assistant turn after it) of one chat."""
     column = config.messages_column
     where = f"{origin}, row {row_id}, column {column!r}"
-    if messages is None or isinstance(messages, (str, bytes, Mapping)) or not isinstance(
-        messages, Sequence
-    ):
-        raise DataError(
-            f"{where}: expected a list of {{'role', 'content'}} turns, got "
-            f"{type(messages).__name__}"
-        )
+    if messages is None or isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
+        raise DataError(f"{where}: expected a list of {{'role', 'content'}} turns, got {type(messages).__name__}")
     roles = []
     for k, turn in enumerate(messages):
         if not isinstance(turn, Mapping) or "role" not in turn or "content" not in turn:
@@ -557,13 +547,9 @@ def _first_exchange(
         raise DataError(f"{where}: no user turn (roles found: {roles})")
     reply = next((k for k in range(user + 1, len(roles)) if roles[k] == "assistant"), None)
     if reply is None:
-        raise DataError(
-            f"{where}: no assistant reply after the first user turn (turn {user}; "
-            f"roles found: {roles})"
-        )
+        raise DataError(f"{where}: no assistant reply after the first user turn (turn {user}; roles found: {roles})")
     prompt = _check_text(messages[user]["content"], origin, row_id, f"{column}[{user}].content")
-    response = _check_text(messages[reply]["content"], origin, row_id,
-                           f"{column}[{reply}].content")
+    response = _check_text(messages[reply]["content"], origin, row_id, f"{column}[{reply}].content")
     return prompt, response
 
 
@@ -572,20 +558,13 @@ def _first_exchange(
 
 def _check_sample_size(num_examples: int | None, fraction: float | None) -> None:
     if num_examples is not None and fraction is not None:
-        raise DataError(
-            f"set num_examples or fraction, not both (num_examples={num_examples}, "
-            f"fraction={fraction})"
-        )
+        raise DataError(f"set num_examples or fraction, not both (num_examples={num_examples}, fraction={fraction})")
     if num_examples is not None and (
-        isinstance(num_examples, bool)
-        or not isinstance(num_examples, numbers.Integral)
-        or num_examples < 1
+        isinstance(num_examples, bool) or not isinstance(num_examples, numbers.Integral) or num_examples < 1
     ):
         raise DataError(f"num_examples must be an int >= 1, got {num_examples!r}")
     if fraction is not None and (
-        isinstance(fraction, bool)
-        or not isinstance(fraction, numbers.Real)
-        or not 0.0 < fraction <= 1.0
+        isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0.0 < fraction <= 1.0
     ):
         raise DataError(f"fraction must be in (0, 1], got {fraction!r}")
 
@@ -598,9 +577,7 @@ def _sample_indices(
         return None
     if num_examples is not None:
         if num_examples > n:
-            raise DataError(
-                f"{origin}: num_examples={num_examples} but the data has only {n} rows"
-            )
+            raise DataError(f"{origin}: num_examples={num_examples} but the data has only {n} rows")
         k = int(num_examples)
     else:
         k = max(1, round(fraction * n))

@@ -1,9 +1,9 @@
 """Pure functions from ``analysis`` tables to plotly figures, shared by ``widgets/`` and ``tspin report``.
 
 One colour per response role everywhere (``ROLE_COLORS``: annotated y, synthetic y', proto-synthetic
-y0), one per method (its colour in the table of methods, `methods.py`), axis titles with units (log-probs in nats). Figures are
-plain ``go.Figure``s with a white card background so they read the same in JupyterLab's light and
-dark themes and in a static HTML report.
+y0), one per method (its colour in the table of methods, `methods.py`), axis titles with units (log-probs
+in nats). Figures are plain ``go.Figure``s with a white card background so they read the same in
+JupyterLab's light and dark themes and in a static HTML report.
 
 Speed: the alpha/beta panel rebuilds its figures on every slider move, so the figures here build
 their layouts as dicts (``make_subplots`` costs ~10 ms a call) and scatter plots show at most
@@ -53,7 +53,14 @@ MAX_POINTS = 4000
 NATS = "nats"
 
 _FONT = "DejaVu Sans, Helvetica, Arial, sans-serif"
-_AXIS = {"gridcolor": "#e5e8ee", "linecolor": "#b0b5bf", "zerolinecolor": "#9aa0aa", "ticks": "outside", "tickcolor": "#b0b5bf", "automargin": True}
+_AXIS = {
+    "gridcolor": "#e5e8ee",
+    "linecolor": "#b0b5bf",
+    "zerolinecolor": "#9aa0aa",
+    "ticks": "outside",
+    "tickcolor": "#b0b5bf",
+    "automargin": True,
+}
 # A small template of our own: "plotly_white" costs ~7 ms per figure to validate, too slow for sliders.
 TEMPLATE = go.layout.Template(
     layout={
@@ -192,7 +199,9 @@ def _iteration_axis(title: str = "iteration t") -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def advantage_decay(summaries: dict[str, tuple[pd.DataFrame, str]], stage: str = "before", marker_iteration: int | None = None) -> go.Figure:
+def advantage_decay(
+    summaries: dict[str, tuple[pd.DataFrame, str]], stage: str = "before", marker_iteration: int | None = None
+) -> go.Figure:
     """Current (u) and historical (v) advantage per iteration: mean line and q10-q90 band per run.
 
     ``summaries`` maps a run label to ``(analysis.advantage_summary(...), method)``.
@@ -201,7 +210,9 @@ def advantage_decay(summaries: dict[str, tuple[pd.DataFrame, str]], stage: str =
     colors = _run_colors(labels, [summaries[k][1] for k in labels])
     when = "log π_t, at generation" if stage == "before" else "log π_{t+1}, after training"
     layout = _base_layout(f"Advantage decay ({when}): mean and q10–q90 band", height=380)
-    layout.update(_panels(["current advantage u = log π(y) − log π(y')", "historical advantage v = log π(y') − log π(y0)"]))
+    layout.update(
+        _panels(["current advantage u = log π(y) − log π(y')", "historical advantage v = log π(y') − log π(y0)"])
+    )
     traces = []
     for label in labels:
         table, _method = summaries[label]
@@ -211,7 +222,8 @@ def advantage_decay(summaries: dict[str, tuple[pd.DataFrame, str]], stage: str =
             t = table[table["advantage"] == kind].sort_values("iteration")
             x = t["iteration"].to_numpy()
             traces.append(
-                dict(type="scatter", 
+                dict(
+                    type="scatter",
                     x=np.concatenate([x, x[::-1]]),
                     y=np.concatenate([t["q90"].to_numpy(), t["q10"].to_numpy()[::-1]]),
                     fill="toself",
@@ -227,7 +239,8 @@ def advantage_decay(summaries: dict[str, tuple[pd.DataFrame, str]], stage: str =
                 )
             )
             traces.append(
-                dict(type="scatter", 
+                dict(
+                    type="scatter",
                     x=x,
                     y=t["mean"].to_numpy(),
                     mode="lines+markers",
@@ -236,9 +249,12 @@ def advantage_decay(summaries: dict[str, tuple[pd.DataFrame, str]], stage: str =
                     legendgroup=label,
                     showlegend=i == 0,
                     customdata=np.stack([t["q10"], t["q50"], t["q90"]], axis=-1) if len(t) else None,
-                    hovertemplate="t=%{x}<br>mean %{y:.2f} nats<br>q10 %{customdata[0]:.2f}, q50 %{customdata[1]:.2f}, q90 %{customdata[2]:.2f}<extra>"
-                    + label
-                    + "</extra>",
+                    hovertemplate=(
+                        "t=%{x}<br>mean %{y:.2f} nats<br>"
+                        "q10 %{customdata[0]:.2f}, q50 %{customdata[1]:.2f}, q90 %{customdata[2]:.2f}<extra>"
+                        + label
+                        + "</extra>"
+                    ),
                     xaxis=xa,
                     yaxis=ya,
                 )
@@ -246,10 +262,21 @@ def advantage_decay(summaries: dict[str, tuple[pd.DataFrame, str]], stage: str =
     for i in range(2):
         sfx = "" if i == 0 else "2"
         layout[f"xaxis{sfx}"].update(_iteration_axis())
-        layout[f"yaxis{sfx}"].update({"title": {"text": f"advantage ({NATS})"}, "zeroline": True, "zerolinecolor": "#999"})
+        layout[f"yaxis{sfx}"].update(
+            {"title": {"text": f"advantage ({NATS})"}, "zeroline": True, "zerolinecolor": "#999"}
+        )
     if marker_iteration is not None:
         layout["shapes"] = [
-            {"type": "line", "xref": xr, "yref": f"{yr} domain", "x0": marker_iteration, "x1": marker_iteration, "y0": 0, "y1": 1, "line": {"color": "#888", "dash": "dot"}}
+            {
+                "type": "line",
+                "xref": xr,
+                "yref": f"{yr} domain",
+                "x0": marker_iteration,
+                "x1": marker_iteration,
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": "#888", "dash": "dot"},
+            }
             for xr, yr in (("x", "y"), ("x2", "y2"))
         ]
     return _figure(traces, layout)
@@ -262,9 +289,13 @@ def degenerate_shares(shares: dict[str, tuple[pd.DataFrame, str]]) -> go.Figure:
     traces = []
     for label in labels:
         t, _ = shares[label]
-        for col, dash, what in (("synthetic_equals_annotated", "solid", "y' == y"), ("proto_equals_annotated", "dash", "y0 == y")):
+        for col, dash, what in (
+            ("synthetic_equals_annotated", "solid", "y' == y"),
+            ("proto_equals_annotated", "dash", "y0 == y"),
+        ):
             traces.append(
-                dict(type="scatter", 
+                dict(
+                    type="scatter",
                     x=t["iteration"],
                     y=t[col],
                     mode="lines+markers",
@@ -290,27 +321,63 @@ def _marker_shapes(marker_iteration: int | None, axes: tuple[tuple[str, str], ..
     if marker_iteration is None:
         return []
     return [
-        {"type": "line", "xref": xr, "yref": f"{yr} domain", "x0": marker_iteration, "x1": marker_iteration, "y0": 0, "y1": 1, "line": {"color": "#888", "dash": "dot"}}
+        {
+            "type": "line",
+            "xref": xr,
+            "yref": f"{yr} domain",
+            "x0": marker_iteration,
+            "x1": marker_iteration,
+            "y0": 0,
+            "y1": 1,
+            "line": {"color": "#888", "dash": "dot"},
+        }
         for xr, yr in axes
     ]
 
 
-def _split_traces(label: str, table: pd.DataFrame, color: str, *, legend: bool, xa: str = "x", ya: str = "y", unit: str = NATS) -> list[dict]:
+def _split_traces(
+    label: str, table: pd.DataFrame, color: str, *, legend: bool, xa: str = "x", ya: str = "y", unit: str = NATS
+) -> list[dict]:
     """A run's ``analysis.degenerate_split`` table: q10-q90 band and mean of y' != y (solid), mean of all (dashed)."""
     traces = []
     nd = table[table["subset"] == "non-degenerate"].sort_values("iteration")
     x = nd["iteration"].to_numpy()
-    traces.append(dict(type="scatter", x=np.concatenate([x, x[::-1]]), y=np.concatenate([nd["q90"].to_numpy(), nd["q10"].to_numpy()[::-1]]),
-                       fill="toself", mode="lines", fillcolor=_rgba(color, 0.12), line={"width": 0}, hoverinfo="skip",
-                       showlegend=False, legendgroup=label, name=f"{label}: q10–q90 over y' ≠ y", xaxis=xa, yaxis=ya))
+    traces.append(
+        dict(
+            type="scatter",
+            x=np.concatenate([x, x[::-1]]),
+            y=np.concatenate([nd["q90"].to_numpy(), nd["q10"].to_numpy()[::-1]]),
+            fill="toself",
+            mode="lines",
+            fillcolor=_rgba(color, 0.12),
+            line={"width": 0},
+            hoverinfo="skip",
+            showlegend=False,
+            legendgroup=label,
+            name=f"{label}: q10–q90 over y' ≠ y",
+            xaxis=xa,
+            yaxis=ya,
+        )
+    )
     for subset in ("non-degenerate", "all"):
         t = table[table["subset"] == subset].sort_values("iteration")
         what = "y' ≠ y" if subset == "non-degenerate" else "all pairs"
-        traces.append(dict(type="scatter", x=t["iteration"].to_numpy(), y=t["mean"].to_numpy(), mode="lines+markers",
-                           line={"color": color, "width": 2, "dash": _SPLIT_DASH[subset]}, name=label, legendgroup=label,
-                           showlegend=legend and subset == "non-degenerate", customdata=t["n"].to_numpy(),
-                           hovertemplate=f"t=%{{x}}: mean %{{y:.3f}} {unit} over {what} (n=%{{customdata}})<extra>{label}</extra>",
-                           xaxis=xa, yaxis=ya))
+        traces.append(
+            dict(
+                type="scatter",
+                x=t["iteration"].to_numpy(),
+                y=t["mean"].to_numpy(),
+                mode="lines+markers",
+                line={"color": color, "width": 2, "dash": _SPLIT_DASH[subset]},
+                name=label,
+                legendgroup=label,
+                showlegend=legend and subset == "non-degenerate",
+                customdata=t["n"].to_numpy(),
+                hovertemplate=f"t=%{{x}}: mean %{{y:.3f}} {unit} over {what} (n=%{{customdata}})<extra>{label}</extra>",
+                xaxis=xa,
+                yaxis=ya,
+            )
+        )
     return traces
 
 
@@ -331,7 +398,15 @@ def vanishing_advantages(
     colors = _run_colors(labels, [u_tables[k][1] for k in labels])
     when = "log π_t, at generation" if stage == "before" else "log π_{t+1}, after training"
     layout = _base_layout(f"Current and historical advantage ({when})", height=400)
-    layout.update(_panels(["u = log π(y) − log π(y'): solid y' ≠ y, dashed all pairs", "v = log π(y') − log π(y0), beside the SFT control"], gap=0.1))
+    layout.update(
+        _panels(
+            [
+                "u = log π(y) − log π(y'): solid y' ≠ y, dashed all pairs",
+                "v = log π(y') − log π(y0), beside the SFT control",
+            ],
+            gap=0.1,
+        )
+    )
     traces = []
     for label in labels:
         traces += _split_traces(label, u_tables[label][0], colors[label], legend=True)
@@ -340,15 +415,29 @@ def vanishing_advantages(
             t = t.sort_values("iteration")
             is_control = bool(t["control"].iloc[0])
             color = CONTROL_COLOR if is_control else colors.get(label, method_color(str(t["method"].iloc[0])))
-            traces.append(dict(type="scatter", x=t["iteration"].to_numpy(), y=t["mean"].to_numpy(), mode="lines+markers",
-                               line={"color": color, "width": 2, "dash": "dash" if is_control else "solid"},
-                               name=f"{label} (SFT control)" if is_control else label, legendgroup=label,
-                               showlegend=label not in u_tables,
-                               hovertemplate="t=%{x}: mean v %{y:.3f} nats<extra>" + label + (" (SFT control)" if is_control else "") + "</extra>",
-                               xaxis="x2", yaxis="y2"))
+            traces.append(
+                dict(
+                    type="scatter",
+                    x=t["iteration"].to_numpy(),
+                    y=t["mean"].to_numpy(),
+                    mode="lines+markers",
+                    line={"color": color, "width": 2, "dash": "dash" if is_control else "solid"},
+                    name=f"{label} (SFT control)" if is_control else label,
+                    legendgroup=label,
+                    showlegend=label not in u_tables,
+                    hovertemplate="t=%{x}: mean v %{y:.3f} nats<extra>"
+                    + label
+                    + (" (SFT control)" if is_control else "")
+                    + "</extra>",
+                    xaxis="x2",
+                    yaxis="y2",
+                )
+            )
     for sfx, name in (("", "u"), ("2", "v")):
         layout[f"xaxis{sfx}"].update(_iteration_axis())
-        layout[f"yaxis{sfx}"].update({"title": {"text": f"mean {name} ({NATS})"}, "zeroline": True, "zerolinecolor": "#999"})
+        layout[f"yaxis{sfx}"].update(
+            {"title": {"text": f"mean {name} ({NATS})"}, "zeroline": True, "zerolinecolor": "#999"}
+        )
     shapes = _marker_shapes(marker_iteration, (("x", "y"), ("x2", "y2")))
     if shapes:
         layout["shapes"] = shapes
@@ -390,14 +479,25 @@ def _run_lines(tables: dict[str, tuple[pd.DataFrame, str]], x: str, y: str, hove
     labels = list(tables)
     colors = _run_colors(labels, [tables[k][1] for k in labels])
     return [
-        dict(type="scatter", x=t[x], y=t[y], mode="lines+markers", name=label,
-             line={"color": colors[label], "width": 2}, hovertemplate=hover + "<extra>" + label + "</extra>")
+        dict(
+            type="scatter",
+            x=t[x],
+            y=t[y],
+            mode="lines+markers",
+            name=label,
+            line={"color": colors[label], "width": 2},
+            hovertemplate=hover + "<extra>" + label + "</extra>",
+        )
         for label, (t, _) in tables.items()
     ]
 
 
-def scores(tables: dict[str, tuple[pd.DataFrame, str]], marker_iteration: int | None = None, score_name: str = "accuracy",
-           harness: dict[str, pd.DataFrame] | None = None) -> go.Figure:
+def scores(
+    tables: dict[str, tuple[pd.DataFrame, str]],
+    marker_iteration: int | None = None,
+    score_name: str = "accuracy",
+    harness: dict[str, pd.DataFrame] | None = None,
+) -> go.Figure:
     """Task score of pi_0, pi_1, ... per run (``analysis.policy_scores``); ``score_name`` labels the axis.
 
     ``harness`` maps a run's label to its lm-evaluation-harness rows (``RunRecords.harness``: policy, task,
@@ -414,13 +514,28 @@ def scores(tables: dict[str, tuple[pd.DataFrame, str]], marker_iteration: int | 
     if extra:
         traces += extra
         if any(t.get("yaxis") == "y2" for t in extra):
-            layout["yaxis2"] = {"title": {"text": "lm-eval score (dashed)"}, "overlaying": "y", "side": "right",
-                                "showgrid": False}
+            layout["yaxis2"] = {
+                "title": {"text": "lm-eval score (dashed)"},
+                "overlaying": "y",
+                "side": "right",
+                "showgrid": False,
+            }
             layout["margin"] = {**layout["margin"], "r": 64}
     if not any(len(t) for t, _ in tables.values()):
         _empty_state(layout, "no policy scored yet: press Prepare (scores π_0), then Whole step")
     if marker_iteration is not None:
-        layout["shapes"] = [{"type": "line", "xref": "x", "yref": "y domain", "x0": marker_iteration + 1, "x1": marker_iteration + 1, "y0": 0, "y1": 1, "line": {"color": "#888", "dash": "dot"}}]
+        layout["shapes"] = [
+            {
+                "type": "line",
+                "xref": "x",
+                "yref": "y domain",
+                "x0": marker_iteration + 1,
+                "x1": marker_iteration + 1,
+                "y0": 0,
+                "y1": 1,
+                "line": {"color": "#888", "dash": "dot"},
+            }
+        ]
     return _figure(traces, layout)
 
 
@@ -428,12 +543,17 @@ ACCURACY_RANGE = (-0.03, 1.03)
 HARNESS_DASHES = ("dash", "dot", "dashdot", "longdash", "longdashdot")
 
 
-def _harness_lines(tables: dict[str, tuple[pd.DataFrame, str]], harness: dict[str, pd.DataFrame], *,
-                   same_axis: bool) -> list[dict]:
+def _harness_lines(
+    tables: dict[str, tuple[pd.DataFrame, str]], harness: dict[str, pd.DataFrame], *, same_axis: bool
+) -> list[dict]:
     """Dashed lines of lm-eval scores per run (its colour) and task/metric (a dash style each)."""
     from .harness import shown  # the tasks asked for by name, not every subtask of a group
 
-    rows = {k: shown(h) for k, h in harness.items() if h is not None and len(h) and {"policy", "task", "metric", "value"} <= set(h.columns)}
+    rows = {
+        k: shown(h)
+        for k, h in harness.items()
+        if h is not None and len(h) and {"policy", "task", "metric", "value"} <= set(h.columns)
+    }
     if not rows:
         return []
     labels = list(dict.fromkeys([*tables, *rows]))
@@ -449,11 +569,19 @@ def _harness_lines(tables: dict[str, tuple[pd.DataFrame, str]], harness: dict[st
             names = names + np.where(many, "/" + h["filter"].astype(str), "")
         for i, (name, part) in enumerate(h.assign(_name=names).groupby("_name", sort=True)):
             part = part.sort_values("policy")
-            out.append(dict(type="scatter", x=part["policy"].to_numpy(int), y=part["value"].to_numpy(float),
-                            mode="lines+markers", name=f"{label} · {name}", yaxis=axis,
-                            line={"color": colors[label], "width": 1.5, "dash": HARNESS_DASHES[i % len(HARNESS_DASHES)]},
-                            marker={"symbol": "diamond", "size": 7},
-                            hovertemplate=f"π_%{{x}}: %{{y:.3f}} (lm-eval {name})<extra>{label}</extra>"))
+            out.append(
+                dict(
+                    type="scatter",
+                    x=part["policy"].to_numpy(int),
+                    y=part["value"].to_numpy(float),
+                    mode="lines+markers",
+                    name=f"{label} · {name}",
+                    yaxis=axis,
+                    line={"color": colors[label], "width": 1.5, "dash": HARNESS_DASHES[i % len(HARNESS_DASHES)]},
+                    marker={"symbol": "diamond", "size": 7},
+                    hovertemplate=f"π_%{{x}}: %{{y:.3f}} (lm-eval {name})<extra>{label}</extra>",
+                )
+            )
     return out
 
 
@@ -461,9 +589,16 @@ def _empty_state(layout: dict, message: str) -> None:
     """No data yet: a fixed 0-1 iteration axis and a sentence saying what to do, not a stray 0-4 axis."""
     layout["xaxis"] = {**layout.get("xaxis", {}), "range": [0, 1], "dtick": 1}
     layout.setdefault("annotations", []).append(
-        {"text": message, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "showarrow": False, "font": {"size": 13, "color": "#666"}}
+        {
+            "text": message,
+            "xref": "paper",
+            "yref": "paper",
+            "x": 0.5,
+            "y": 0.5,
+            "showarrow": False,
+            "font": {"size": 13, "color": "#666"},
+        }
     )
-
 
 
 def misalignment(tables: dict[str, tuple[pd.DataFrame, str]], iteration: int | None = None) -> go.Figure:
@@ -479,7 +614,8 @@ def misalignment(tables: dict[str, tuple[pd.DataFrame, str]], iteration: int | N
         share = float(t["misaligned"].mean()) if len(t) else math.nan
         titles.append(f"{label}: {share:.1%} misaligned (n={len(t)})" if len(t) else f"{label}: no reward margins")
     layout = _base_layout(
-        "Reward vs log-likelihood: r(y) − r(y') against log π(y) − log π(y')" + (f", iteration {iteration}" if iteration is not None else ""),
+        "Reward vs log-likelihood: r(y) − r(y') against log π(y) − log π(y')"
+        + (f", iteration {iteration}" if iteration is not None else ""),
         height=380,
     )
     layout.update(_panels(titles, gap=0.08))
@@ -492,7 +628,8 @@ def misalignment(tables: dict[str, tuple[pd.DataFrame, str]], iteration: int | N
         for flag, color, name in ((False, ALIGNED_COLOR, "aligned"), (True, MISALIGNED_COLOR, "misaligned")):
             part = s[s["misaligned"] == flag]
             traces.append(
-                dict(type="scattergl", 
+                dict(
+                    type="scattergl",
                     x=part["logp_margin"].to_numpy(),
                     y=part["reward_margin"].to_numpy(),
                     mode="markers",
@@ -501,14 +638,21 @@ def misalignment(tables: dict[str, tuple[pd.DataFrame, str]], iteration: int | N
                     legendgroup=name,
                     showlegend=i == 0,
                     customdata=part["example_id"].to_numpy(),
-                    hovertemplate="example %{customdata}<br>log-lik margin %{x:.2f} nats<br>reward margin %{y:.3f}<extra>" + label + "</extra>",
+                    hovertemplate=(
+                        "example %{customdata}<br>log-lik margin %{x:.2f} nats<br>"
+                        "reward margin %{y:.3f}<extra>" + label + "</extra>"
+                    ),
                     xaxis=xa,
                     yaxis=ya,
                 )
             )
         sfx = "" if i == 0 else str(i + 1)
-        layout[f"xaxis{sfx}"].update({"title": {"text": f"log π(y) − log π(y') ({NATS})"}, "zeroline": True, "zerolinecolor": "#999"})
-        layout[f"yaxis{sfx}"].update({"title": {"text": "reward margin r(y) − r(y')"}, "zeroline": True, "zerolinecolor": "#999"})
+        layout[f"xaxis{sfx}"].update(
+            {"title": {"text": f"log π(y) − log π(y') ({NATS})"}, "zeroline": True, "zerolinecolor": "#999"}
+        )
+        layout[f"yaxis{sfx}"].update(
+            {"title": {"text": "reward margin r(y) − r(y')"}, "zeroline": True, "zerolinecolor": "#999"}
+        )
     return _figure(traces, layout)
 
 
@@ -532,7 +676,8 @@ def token_logps(shading: pd.DataFrame, title: str = "Per-token log-probs") -> go
     for role in ("annotated", "synthetic", "proto"):
         t = shading[shading["role"] == role]
         traces.append(
-            dict(type="scatter", 
+            dict(
+                type="scatter",
                 x=t["position"],
                 y=t["logp"],
                 mode="lines+markers",
@@ -552,7 +697,8 @@ def synthetic_history(history: pd.DataFrame, example_id: int) -> go.Figure:
     """One prompt across iterations: log pi_t(y') and the advantages u and v at generation time."""
     hover_text = [f"y' = {s!r}" for s in history["synthetic"]]
     traces = [
-        dict(type="scatter", 
+        dict(
+            type="scatter",
             x=history["iteration"],
             y=history["synthetic_logp_before"],
             mode="lines+markers",
@@ -561,14 +707,16 @@ def synthetic_history(history: pd.DataFrame, example_id: int) -> go.Figure:
             text=hover_text,
             hovertemplate="t=%{x}: %{y:.2f} nats<br>%{text}<extra></extra>",
         ),
-        dict(type="scatter", 
+        dict(
+            type="scatter",
             x=history["iteration"],
             y=history["current_advantage_before"],
             mode="lines+markers",
             name="u (current advantage)",
             line={"color": ADVANTAGE_COLORS["current"], "dash": "dash"},
         ),
-        dict(type="scatter", 
+        dict(
+            type="scatter",
             x=history["iteration"],
             y=history["historical_advantage_before"],
             mode="lines+markers",
@@ -626,7 +774,8 @@ def gradient_weights(table: pd.DataFrame, *, kind: str, scale: float, beta: floa
         mult = 1.0 if i == 0 else (beta if spec.history else 0.0)  # no historical term: its weight is 0
         curve = mult / (1.0 + np.exp(np.clip(scale * grid, -60, 60)))
         traces.append(
-            dict(type="scattergl", 
+            dict(
+                type="scattergl",
                 x=x,
                 y=s[w].to_numpy(),
                 mode="markers",
@@ -640,7 +789,18 @@ def gradient_weights(table: pd.DataFrame, *, kind: str, scale: float, beta: floa
         )
         if logistic:
             traces.append(
-                dict(type="scatter", x=grid, y=curve, mode="lines", line={"color": "#333", "width": 1.5}, name="weight curve", showlegend=i == 0, hoverinfo="skip", xaxis=xa, yaxis=ya)
+                dict(
+                    type="scatter",
+                    x=grid,
+                    y=curve,
+                    mode="lines",
+                    line={"color": "#333", "width": 1.5},
+                    name="weight curve",
+                    showlegend=i == 0,
+                    hoverinfo="skip",
+                    xaxis=xa,
+                    yaxis=ya,
+                )
             )
     sfx_titles = (("", f"current advantage u ({NATS})"), ("2", f"historical advantage v ({NATS})"))
     for sfx, xt in sfx_titles:
@@ -665,11 +825,25 @@ def objective_gradients(table: pd.DataFrame, label: str) -> go.Figure:
         if not len(g):
             continue
         q = np.quantile(g, [0.05, 0.25, 0.5, 0.75, 0.95])
-        traces.append(dict(type="box", name=ROLE_LABELS[role], x=[ROLE_LABELS[role]], q1=[q[1]], median=[q[2]], q3=[q[3]],
-                           lowerfence=[q[0]], upperfence=[q[4]], mean=[float(g.mean())], marker={"color": ROLE_COLORS[role]},
-                           hovertemplate=f"{ROLE_LABELS[role]}<br>mean %{{mean:.3g}}<extra></extra>", showlegend=False))
-    layout = _base_layout(f"{label}: gradient on each log-prob, dL/d log π (5–95% whiskers; {len(table):,} examples)",
-                          height=300)
+        traces.append(
+            dict(
+                type="box",
+                name=ROLE_LABELS[role],
+                x=[ROLE_LABELS[role]],
+                q1=[q[1]],
+                median=[q[2]],
+                q3=[q[3]],
+                lowerfence=[q[0]],
+                upperfence=[q[4]],
+                mean=[float(g.mean())],
+                marker={"color": ROLE_COLORS[role]},
+                hovertemplate=f"{ROLE_LABELS[role]}<br>mean %{{mean:.3g}}<extra></extra>",
+                showlegend=False,
+            )
+        )
+    layout = _base_layout(
+        f"{label}: gradient on each log-prob, dL/d log π (5–95% whiskers; {len(table):,} examples)", height=300
+    )
     layout["xaxis"] = {"title": {"text": "response"}, "type": "category"}
     layout["yaxis"] = {"title": {"text": "dL / d log π(z|x)  (per nat)"}, "zeroline": True}
     return _figure(traces, layout)
@@ -679,10 +853,24 @@ def top_drivers(top: pd.DataFrame) -> go.Figure:
     """Stacked bars of w_cur and w_hist for the examples that drive the update most."""
     y = [f"#{int(e)}" for e in top["example_id"]]
     traces = [
-        dict(type="bar", y=y, x=top["weight_current"], orientation="h", name="current weight", marker={"color": ADVANTAGE_COLORS["current"]},
-             customdata=top["example_id"].to_numpy()),
-        dict(type="bar", y=y, x=top["weight_historical"], orientation="h", name="historical weight", marker={"color": ADVANTAGE_COLORS["historical"]},
-             customdata=top["example_id"].to_numpy()),
+        dict(
+            type="bar",
+            y=y,
+            x=top["weight_current"],
+            orientation="h",
+            name="current weight",
+            marker={"color": ADVANTAGE_COLORS["current"]},
+            customdata=top["example_id"].to_numpy(),
+        ),
+        dict(
+            type="bar",
+            y=y,
+            x=top["weight_historical"],
+            orientation="h",
+            name="historical weight",
+            marker={"color": ADVANTAGE_COLORS["historical"]},
+            customdata=top["example_id"].to_numpy(),
+        ),
     ]
     layout = _base_layout("Examples that drive the update most", height=360, barmode="stack")
     layout["xaxis"] = {"title": {"text": "gradient weight w_cur + w_hist"}}
@@ -700,8 +888,22 @@ def loss_landscape(landscape: pd.DataFrame, *, kind: str, scale: float, beta: fl
         line = landscape.drop_duplicates("scale").sort_values("scale")
         current = float(np.interp(scale, line["scale"], line["loss"]))
         traces = [
-            dict(type="scatter", x=line["scale"], y=line["loss"], mode="lines", name=f"mean {spec.label} loss", line={"color": spec.color, "width": 2}),
-            dict(type="scatter", x=[scale], y=[current], mode="markers", name=f"current {s_name}", marker={"color": "#111", "size": 11, "symbol": "x"}),
+            dict(
+                type="scatter",
+                x=line["scale"],
+                y=line["loss"],
+                mode="lines",
+                name=f"mean {spec.label} loss",
+                line={"color": spec.color, "width": 2},
+            ),
+            dict(
+                type="scatter",
+                x=[scale],
+                y=[current],
+                mode="markers",
+                name=f"current {s_name}",
+                marker={"color": "#111", "size": 11, "symbol": "x"},
+            ),
         ]
         layout = _base_layout(f"Loss landscape: mean {spec.label} loss over {s_name}", height=340)
         layout["xaxis"] = {"title": {"text": f"{s_name} ({what})"}, "type": "log"}
@@ -709,7 +911,8 @@ def loss_landscape(landscape: pd.DataFrame, *, kind: str, scale: float, beta: fl
         return _figure(traces, layout)
     grid = landscape.pivot(index="beta", columns="scale", values="loss")
     traces = [
-        dict(type="heatmap", 
+        dict(
+            type="heatmap",
             x=grid.columns.to_numpy(),
             y=grid.index.to_numpy(),
             # a list (not an array) so NaN can become None: 2-D arrays reach widgets as JSON lists
@@ -718,7 +921,14 @@ def loss_landscape(landscape: pd.DataFrame, *, kind: str, scale: float, beta: fl
             colorbar={"title": {"text": "mean loss<br>(nats)"}},
             hovertemplate=f"{s_name}=%{{x:.3g}}, β=%{{y:.3g}}<br>loss %{{z:.3f}}<extra></extra>",
         ),
-        dict(type="scatter", x=[scale], y=[beta], mode="markers", name="current setting", marker={"color": "white", "size": 12, "symbol": "x", "line": {"color": "black", "width": 2}}),
+        dict(
+            type="scatter",
+            x=[scale],
+            y=[beta],
+            mode="markers",
+            name="current setting",
+            marker={"color": "white", "size": 12, "symbol": "x", "line": {"color": "black", "width": 2}},
+        ),
     ]
     layout = _base_layout(f"Loss landscape: mean loss over {s_name} and β", height=340)
     layout["xaxis"] = {"title": {"text": f"{s_name} ({what})"}, "type": "log"}
@@ -737,7 +947,8 @@ def opponent(table: pd.DataFrame, curve: pd.DataFrame, alpha: float, alpha_run: 
     layout = _base_layout(f"Opponent π* = softmax(c/α) at α = {alpha:.3g}, c = {c_text}", height=340)
     layout.update(_panels(["probability per candidate", "entropy of π* as α moves"], gap=0.14))
     traces = [
-        dict(type="bar", 
+        dict(
+            type="bar",
             x=table["candidate"],
             y=table["probability"],
             marker={"color": colors},
@@ -748,9 +959,40 @@ def opponent(table: pd.DataFrame, curve: pd.DataFrame, alpha: float, alpha_run: 
             name="π*(z)",
             showlegend=False,
         ),
-        dict(type="scatter", x=curve["alpha"], y=curve["entropy"], mode="lines", line={"color": "#333", "width": 2}, name="entropy", showlegend=False, xaxis="x2", yaxis="y2"),
-        dict(type="scatter", x=curve["alpha"], y=curve["max_entropy"], mode="lines", line={"color": "#999", "dash": "dot"}, name="log K (uniform)", showlegend=False, xaxis="x2", yaxis="y2", hoverinfo="skip"),
-        dict(type="scatter", x=[alpha], y=[current_entropy], mode="markers", marker={"color": "#111", "size": 10, "symbol": "x"}, name="current α", showlegend=False, xaxis="x2", yaxis="y2"),
+        dict(
+            type="scatter",
+            x=curve["alpha"],
+            y=curve["entropy"],
+            mode="lines",
+            line={"color": "#333", "width": 2},
+            name="entropy",
+            showlegend=False,
+            xaxis="x2",
+            yaxis="y2",
+        ),
+        dict(
+            type="scatter",
+            x=curve["alpha"],
+            y=curve["max_entropy"],
+            mode="lines",
+            line={"color": "#999", "dash": "dot"},
+            name="log K (uniform)",
+            showlegend=False,
+            xaxis="x2",
+            yaxis="y2",
+            hoverinfo="skip",
+        ),
+        dict(
+            type="scatter",
+            x=[alpha],
+            y=[current_entropy],
+            mode="markers",
+            marker={"color": "#111", "size": 10, "symbol": "x"},
+            name="current α",
+            showlegend=False,
+            xaxis="x2",
+            yaxis="y2",
+        ),
     ]
     layout["xaxis"].update({"title": {"text": "candidate response"}})
     layout["yaxis"].update({"title": {"text": "probability"}, "range": [0, 1.12]})
@@ -784,7 +1026,9 @@ def run_comparison(table: pd.DataFrame, metrics: list[str], runs: list[str] | No
     methods = [table.loc[table["run"] == r, "method"].iloc[0] if (table["run"] == r).any() else "" for r in runs]
     colors = _run_colors(runs, methods)
     metrics = list(metrics) or ["score"]
-    layout = _base_layout("Runs on common axes: " + ", ".join(_METRIC_AXES.get(m, (m,))[0] for m in metrics[:3]), height=360)
+    layout = _base_layout(
+        "Runs on common axes: " + ", ".join(_METRIC_AXES.get(m, (m,))[0] for m in metrics[:3]), height=360
+    )
     layout.update(_panels([m.replace("_", " ") for m in metrics], gap=0.12 if len(metrics) > 1 else 0.0))
     traces = []
     for i, metric in enumerate(metrics):
@@ -792,7 +1036,8 @@ def run_comparison(table: pd.DataFrame, metrics: list[str], runs: list[str] | No
         for k, run in enumerate(runs):
             t = table[(table["run"] == run) & (table["metric"] == metric)].sort_values("x")
             traces.append(
-                dict(type="scatter", 
+                dict(
+                    type="scatter",
                     x=t["x"],
                     y=t["value"],
                     mode="lines+markers",
@@ -801,7 +1046,11 @@ def run_comparison(table: pd.DataFrame, metrics: list[str], runs: list[str] | No
                     showlegend=i == 0,
                     # runs that coincide stay visible: earlier runs wider and with larger markers
                     # underneath, each run its own marker symbol and dash
-                    line={"color": colors[run], "width": max(1.5, 5 - 1.2 * k), "dash": _RUN_DASHES[k % len(_RUN_DASHES)]},
+                    line={
+                        "color": colors[run],
+                        "width": max(1.5, 5 - 1.2 * k),
+                        "dash": _RUN_DASHES[k % len(_RUN_DASHES)],
+                    },
                     marker={"symbol": _RUN_SYMBOLS[k % len(_RUN_SYMBOLS)], "size": max(6, 13 - 2 * k)},
                     hovertemplate="%{x}: %{y:.3f}<extra>" + run + "</extra>",
                     xaxis=xa,
@@ -831,24 +1080,38 @@ def report_figures(runs: dict[str, Any], *, iteration: int | None = None) -> dic
     methods = {k: A.run_settings(r)["method"] for k, r in runs.items()}
     with_examples = {k: r for k, r in runs.items() if r.examples is not None and len(r.examples)}
     figs = {
-        "advantage_decay": advantage_decay({k: (A.advantage_summary(r.examples), methods[k]) for k, r in with_examples.items()}),
-        "degenerate_shares": degenerate_shares({k: (A.degenerate_shares(r.examples), methods[k]) for k, r in with_examples.items()}),
-        "scores": scores({k: (A.policy_scores(r.metrics), methods[k]) for k, r in runs.items()}, score_name=A.score_name(next(iter(runs.values())).metrics) if runs else "accuracy",
-                         harness={k: getattr(r, "harness", None) for k, r in runs.items()}),
-        "token_entropy": token_entropy({k: (A.token_entropy_table(r.metrics, r.examples), methods[k]) for k, r in with_examples.items()}),
+        "advantage_decay": advantage_decay(
+            {k: (A.advantage_summary(r.examples), methods[k]) for k, r in with_examples.items()}
+        ),
+        "degenerate_shares": degenerate_shares(
+            {k: (A.degenerate_shares(r.examples), methods[k]) for k, r in with_examples.items()}
+        ),
+        "scores": scores(
+            {k: (A.policy_scores(r.metrics), methods[k]) for k, r in runs.items()},
+            score_name=A.score_name(next(iter(runs.values())).metrics) if runs else "accuracy",
+            harness={k: getattr(r, "harness", None) for k, r in runs.items()},
+        ),
+        "token_entropy": token_entropy(
+            {k: (A.token_entropy_table(r.metrics, r.examples), methods[k]) for k, r in with_examples.items()}
+        ),
     }
     if with_examples:
+
         def last(r):
             return iteration if iteration is not None else A.iterations_of(r.examples)[-1]
 
-        figs["misalignment"] = misalignment({k: (A.misalignment_table(r.examples, last(r)), methods[k]) for k, r in with_examples.items()}, iteration)
+        figs["misalignment"] = misalignment(
+            {k: (A.misalignment_table(r.examples, last(r)), methods[k]) for k, r in with_examples.items()}, iteration
+        )
     if with_examples:
         figs["vanishing_advantages"] = vanishing_advantages(
             {k: (A.current_advantage_split(r.examples), methods[k]) for k, r in with_examples.items()},
             A.historical_advantage_table(with_examples),
         )
         ref = {k: r for k, r in with_examples.items() if A.reference_based(methods[k])}
-        figs["reward_margins"] = reward_margins({k: (A.reward_margin_split(r.examples), methods[k]) for k, r in (ref or with_examples).items()})
+        figs["reward_margins"] = reward_margins(
+            {k: (A.reward_margin_split(r.examples), methods[k]) for k, r in (ref or with_examples).items()}
+        )
     if len(runs) > 1:
         table = A.comparison_table(runs)
         figs["run_comparison"] = run_comparison(table, ["score", "current_advantage_mean", "historical_advantage_mean"])

@@ -11,8 +11,8 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -61,9 +61,21 @@ def _sharded_map(n_items: int, chunk: int, fn, *, desc: str, progress: Progress)
 
 
 @torch.no_grad()
-def sample_responses(model, tokenizer, prompt_ids: list[list[int]], *, temperature: float, top_p: float, top_k: int,
-                     max_new_tokens: int, batch_size: int, seed: int, desc: str = "generate",
-                     progress: Progress = None, chunk_dir: str | Path | None = None) -> list[list[int]]:
+def sample_responses(
+    model,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    *,
+    temperature: float,
+    top_p: float,
+    top_k: int,
+    max_new_tokens: int,
+    batch_size: int,
+    seed: int,
+    desc: str = "generate",
+    progress: Progress = None,
+    chunk_dir: str | Path | None = None,
+) -> list[list[int]]:
     """One sampled response per prompt, as token ids without EOS or padding.
 
     Left padding + attention_mask so every row's next token sits in the last column; KV cache on;
@@ -87,11 +99,16 @@ def sample_responses(model, tokenizer, prompt_ids: list[list[int]], *, temperatu
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         attn = torch.zeros_like(ids)
         for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r)
-            attn[i, width - len(r):] = 1
+            ids[i, width - len(r) :] = torch.tensor(r)
+            attn[i, width - len(r) :] = 1
         greedy = temperature == 0
-        kwargs = dict(do_sample=not greedy, max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                      eos_token_id=eos_id, use_cache=True)
+        kwargs = dict(
+            do_sample=not greedy,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+            use_cache=True,
+        )
         if not greedy:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=top_k)
         else:
@@ -109,9 +126,18 @@ def sample_responses(model, tokenizer, prompt_ids: list[list[int]], *, temperatu
 
     def run_saved(start, stop, k):  # run(), or the chunk as a finished run() saved it in chunk_dir
         folder = Path(chunk_dir)
-        key = {"seed": seed, "start": start, "stop": stop, "temperature": temperature, "top_p": top_p,
-               "top_k": top_k, "max_new_tokens": max_new_tokens, "eos": eos_id, "pad": pad_id,
-               "prompts": hashlib.sha256(repr(prompt_ids[start:stop]).encode()).hexdigest()}
+        key = {
+            "seed": seed,
+            "start": start,
+            "stop": stop,
+            "temperature": temperature,
+            "top_p": top_p,
+            "top_k": top_k,
+            "max_new_tokens": max_new_tokens,
+            "eos": eos_id,
+            "pad": pad_id,
+            "prompts": hashlib.sha256(repr(prompt_ids[start:stop]).encode()).hexdigest(),
+        }
         path = folder / f"chunk_{k:06d}.json"
         try:
             saved = json.loads(path.read_text())
@@ -127,15 +153,24 @@ def sample_responses(model, tokenizer, prompt_ids: list[list[int]], *, temperatu
         return responses
 
     try:
-        return _sharded_map(len(prompt_ids), batch_size, run if chunk_dir is None else run_saved, desc=desc,
-                            progress=progress)
+        return _sharded_map(
+            len(prompt_ids), batch_size, run if chunk_dir is None else run_saved, desc=desc, progress=progress
+        )
     finally:
         model.train(was_training)
 
 
 @torch.no_grad()
-def score_responses(model, prompt_ids: list[list[int]], response_ids: list[list[int]], *, pad_id: int,
-                    batch_size: int = 256, desc: str = "score", progress: Progress = None) -> list[dict]:
+def score_responses(
+    model,
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    *,
+    pad_id: int,
+    batch_size: int = 256,
+    desc: str = "score",
+    progress: Progress = None,
+) -> list[dict]:
     """Summed and per-token log pi(response | prompt) and the mean next-token entropy, per example.
 
     ``response_ids`` already end with EOS where the response is finished. Each distinct (prompt, response)

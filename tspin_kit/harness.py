@@ -37,8 +37,23 @@ from .store import RunDirError, RunStore, read_json, read_parquet, write_parquet
 logger = logging.getLogger(__name__)
 
 HARNESS_FILE = "harness.parquet"
-COLUMNS = ["iteration", "policy", "task", "metric", "filter", "value", "stderr", "requested", "n_samples", "num_fewshot",
-           "limit", "higher_is_better", "lm_eval", "seconds", "created"]
+COLUMNS = [
+    "iteration",
+    "policy",
+    "task",
+    "metric",
+    "filter",
+    "value",
+    "stderr",
+    "requested",
+    "n_samples",
+    "num_fewshot",
+    "limit",
+    "higher_is_better",
+    "lm_eval",
+    "seconds",
+    "created",
+]
 INSTALL_HINT = "install the extra with `pip install 'tspin-kit[eval]'` (lm-eval >= 0.4)"
 
 
@@ -89,9 +104,14 @@ def task_manager(tasks: list[str], include_path: str | Path | None = None):
         for t in unknown:
             close = difflib.get_close_matches(t, tm.all_tasks, n=3, cutoff=0.75)
             hints.append(f"{t!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-        where = f"the built-in tasks nor in {folder}" if folder else "the built-in tasks (add --include-path for your own YAMLs)"
-        raise HarnessError(f"unknown lm-eval task {', '.join(hints)}: not among {where}; "
-                           f"`lm-eval ls tasks` lists the built-in ones")
+        where = (
+            f"the built-in tasks nor in {folder}"
+            if folder
+            else "the built-in tasks (add --include-path for your own YAMLs)"
+        )
+        raise HarnessError(
+            f"unknown lm-eval task {', '.join(hints)}: not among {where}; `lm-eval ls tasks` lists the built-in ones"
+        )
     return tm
 
 
@@ -113,8 +133,16 @@ def _kept_state(model):
         model.train(was_training)
 
 
-def evaluate_model(model, tokenizer, tasks: list[str], *, include_path: str | Path | None = None,
-                   limit: int | None = None, batch_size: int = 8, tasks_index=None) -> dict:
+def evaluate_model(
+    model,
+    tokenizer,
+    tasks: list[str],
+    *,
+    include_path: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    tasks_index=None,
+) -> dict:
     """``lm_eval.simple_evaluate`` of one model object (a peft model as it is), as lm-eval returns it.
 
     ``tasks_index`` is a :func:`task_manager` to reuse (else one is built from ``tasks``/``include_path``).
@@ -148,28 +176,43 @@ def _number(v) -> float:
         return float("nan")
 
 
-def results_frame(results: dict, policy: int, *, tasks: list[str] | None = None, limit: int | None = None,
-                  seconds: float = float("nan")) -> pd.DataFrame:
+def results_frame(
+    results: dict,
+    policy: int,
+    *,
+    tasks: list[str] | None = None,
+    limit: int | None = None,
+    seconds: float = float("nan"),
+) -> pd.DataFrame:
     """The rows of ``harness.parquet`` for one policy from what ``simple_evaluate`` returned (``tasks``: the
     names asked for)."""
     rows = []
-    version = (results.get("lm_eval_version") or "")
+    version = results.get("lm_eval_version") or ""
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for task, res in (results.get("results") or {}).items():
         for key, value in res.items():
             metric, sep, filt = key.partition(",")
             if not sep or metric.endswith("_stderr"):
                 continue
-            rows.append({
-                "iteration": policy - 1, "policy": policy, "task": task, "metric": metric, "filter": filt,
-                "value": _number(value), "stderr": _number(res.get(f"{metric}_stderr,{filt}")),
-                "requested": tasks is None or task in tasks,
-                "n_samples": _number((results.get("n-samples") or {}).get(task, {}).get("effective")),
-                "num_fewshot": _number((results.get("n-shot") or {}).get(task)),
-                "limit": _number(limit),
-                "higher_is_better": (results.get("higher_is_better") or {}).get(task, {}).get(metric),
-                "lm_eval": str(version), "seconds": float(seconds), "created": created,
-            })
+            rows.append(
+                {
+                    "iteration": policy - 1,
+                    "policy": policy,
+                    "task": task,
+                    "metric": metric,
+                    "filter": filt,
+                    "value": _number(value),
+                    "stderr": _number(res.get(f"{metric}_stderr,{filt}")),
+                    "requested": tasks is None or task in tasks,
+                    "n_samples": _number((results.get("n-samples") or {}).get(task, {}).get("effective")),
+                    "num_fewshot": _number((results.get("n-shot") or {}).get(task)),
+                    "limit": _number(limit),
+                    "higher_is_better": (results.get("higher_is_better") or {}).get(task, {}).get(metric),
+                    "lm_eval": str(version),
+                    "seconds": float(seconds),
+                    "created": created,
+                }
+            )
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -203,8 +246,14 @@ def score_session(session, iteration: int) -> pd.DataFrame | None:
     if not session._main:
         return None
     t0 = time.perf_counter()
-    res = evaluate_model(session.model, session.tokenizer, hc.tasks, limit=hc.limit, batch_size=hc.batch_size,
-                         tasks_index=session._harness_tasks)
+    res = evaluate_model(
+        session.model,
+        session.tokenizer,
+        hc.tasks,
+        limit=hc.limit,
+        batch_size=hc.batch_size,
+        tasks_index=session._harness_tasks,
+    )
     frame = results_frame(res, iteration + 1, tasks=hc.tasks, limit=hc.limit, seconds=time.perf_counter() - t0)
     if session.store is not None:
         record_scores(session.store.root, frame)
@@ -224,8 +273,9 @@ def session_frame(session) -> pd.DataFrame:
 
 
 def _summary(frame: pd.DataFrame) -> str:
-    return ", ".join(f"{r.task} {r.metric} {r.value:.4f}" for r in frame.itertuples() if r.filter in ("none", ""))\
-        or ", ".join(f"{r.task} {r.metric}/{r.filter} {r.value:.4f}" for r in frame.itertuples())
+    return ", ".join(
+        f"{r.task} {r.metric} {r.value:.4f}" for r in frame.itertuples() if r.filter in ("none", "")
+    ) or ", ".join(f"{r.task} {r.metric}/{r.filter} {r.value:.4f}" for r in frame.itertuples())
 
 
 # ----------------------------------------------------------------------------- after a run (`tspin eval`)
@@ -292,10 +342,14 @@ class PolicyLoader:
             from . import toy
             from .models import DTYPES
 
-            tokenizer = toy.build_tokenizer() if cfg.name_or_path == "toy" else AutoTokenizer.from_pretrained(
-                folder, trust_remote_code=cfg.trust_remote_code)
-            model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[cfg.dtype],
-                                                         trust_remote_code=cfg.trust_remote_code)
+            tokenizer = (
+                toy.build_tokenizer()
+                if cfg.name_or_path == "toy"
+                else AutoTokenizer.from_pretrained(folder, trust_remote_code=cfg.trust_remote_code)
+            )
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+            )
             cuda = torch.cuda.is_available() and not self.config.cpu
             return model.to("cuda" if cuda else "cpu").eval(), tokenizer
         s = self._session()
@@ -322,13 +376,23 @@ def pick_policies(available: list[int], policies: str, where: str) -> list[int]:
         raise HarnessError(f"--policies {policies!r}: expected all, last or policy numbers like 0,3") from None
     missing = [p for p in asked if p not in available]
     if missing or not asked:
-        raise RunDirError(f"{where}: no weights of pi_{', pi_'.join(map(str, missing or asked))}; "
-                          f"saved: {', '.join(f'pi_{p}' for p in available)}")
+        raise RunDirError(
+            f"{where}: no weights of pi_{', pi_'.join(map(str, missing or asked))}; "
+            f"saved: {', '.join(f'pi_{p}' for p in available)}"
+        )
     return asked
 
 
-def evaluate_run(run_dir: str | Path, tasks: str | list[str], *, include_path: str | Path | None = None,
-                 limit: int | None = None, policies: str = "all", batch_size: int = 8, echo=None) -> pd.DataFrame:
+def evaluate_run(
+    run_dir: str | Path,
+    tasks: str | list[str],
+    *,
+    include_path: str | Path | None = None,
+    limit: int | None = None,
+    policies: str = "all",
+    batch_size: int = 8,
+    echo=None,
+) -> pd.DataFrame:
     """Score the run's saved policies (``all``, ``last`` or numbers) on ``tasks``; every policy's rows go to
     ``harness.parquet`` as soon as it is scored. Returns the new rows."""
     store = RunStore(run_dir)
@@ -374,5 +438,18 @@ def harness_table(harness: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-__all__ = ["HARNESS_FILE", "HarnessError", "PolicyLoader", "evaluate_model", "evaluate_run", "record_scores",
-           "harness_table", "results_frame", "saved_policies", "score_session", "session_frame", "shown", "task_manager"]
+__all__ = [
+    "HARNESS_FILE",
+    "HarnessError",
+    "PolicyLoader",
+    "evaluate_model",
+    "evaluate_run",
+    "record_scores",
+    "harness_table",
+    "results_frame",
+    "saved_policies",
+    "score_session",
+    "session_frame",
+    "shown",
+    "task_manager",
+]

@@ -35,8 +35,14 @@ class SequenceLogps:
     entropy: torch.Tensor | None = None  # (N,) mean next-token entropy over response positions (nats)
 
 
-def sequence_logps(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor,
-                   *, with_entropy: bool = False, chunk_elements: int | None = None) -> SequenceLogps:
+def sequence_logps(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    loss_mask: torch.Tensor,
+    *,
+    with_entropy: bool = False,
+    chunk_elements: int | None = None,
+) -> SequenceLogps:
     """log pi(response | prompt), summed over response tokens (no length normalisation, as in SPIN's code).
 
     logits: (N, T, V) from the model on input_ids (N, T); loss_mask (N, T) is True on response tokens.
@@ -54,8 +60,9 @@ def _full_logits_logps(logits, rows, pos, targets, with_entropy, chunk_elements)
     """Per-token log-probs (M,) (and entropies) read from materialised logits (N, L, V) at (rows, pos)."""
     n, length, vocab = logits.shape
     flat = logits.reshape(n * length, vocab)  # a view: logits come contiguous from the model
-    return _token_logps(flat.__getitem__, rows * length + pos, targets, vocab,
-                        with_entropy=with_entropy, chunk_elements=chunk_elements)
+    return _token_logps(
+        flat.__getitem__, rows * length + pos, targets, vocab, with_entropy=with_entropy, chunk_elements=chunk_elements
+    )
 
 
 def _piece(to_logits, inputs, targets, with_entropy: bool):
@@ -71,8 +78,9 @@ def _piece(to_logits, inputs, targets, with_entropy: bool):
     return logps, entropy
 
 
-def _token_logps(to_logits, inputs, targets, vocab: int, *, with_entropy: bool = False,
-                 chunk_elements: int | None = None):
+def _token_logps(
+    to_logits, inputs, targets, vocab: int, *, with_entropy: bool = False, chunk_elements: int | None = None
+):
     """log-softmax(to_logits(inputs))[targets] row by row, ``chunk_elements // vocab`` rows per chunk.
 
     inputs (M, ...) are sliced along their first dimension (hidden states (M, H), or flat row indices);
@@ -87,7 +95,7 @@ def _token_logps(to_logits, inputs, targets, vocab: int, *, with_entropy: bool =
     recompute = torch.is_grad_enabled() and m > rows
     logps, entropy = [], []
     for s in range(0, m, rows):
-        x, t = inputs[s:s + rows], targets[s:s + rows]
+        x, t = inputs[s : s + rows], targets[s : s + rows]
         if recompute:
             lp, ent = checkpoint(_piece, to_logits, x, t, with_entropy, use_reentrant=False)
         else:
@@ -120,16 +128,20 @@ def final_hidden(model, **inputs):
     hidden (N, L, H) is what the output-embedding layer ``head`` would project to logits (N, L, V). A forward
     pre-hook on ``head`` keeps that input and lets the model project its last position only, which checks at
     run time that head(hidden) is the model's logits (a model that soft-caps or scales them after the head
-    fails the check; the check runs once per model). Models without ``get_output_embeddings``, or failing the check, return
-    ``None, logits`` (the model's own full logits). The model is called through any wrapper (DDP), so its
-    hooks run as in a plain forward; the head is then applied to chunks outside that forward.
+    fails the check; the check runs once per model). Models without ``get_output_embeddings``, or failing the
+    check, return ``None, logits`` (the model's own full logits). The model is called through any wrapper
+    (DDP), so its hooks run as in a plain forward; the head is then applied to chunks outside that forward.
     """
     core = getattr(model, "module", model)  # DDP / accelerate wrappers
     get_head = getattr(core, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
     config = getattr(core, "config", None)
-    if (head is None or core in _NOT_PLAIN_HEAD or getattr(config, "final_logit_softcapping", None)
-            or getattr(config, "logit_scale", None) not in (None, 1, 1.0)):
+    if (
+        head is None
+        or core in _NOT_PLAIN_HEAD
+        or getattr(config, "final_logit_softcapping", None)
+        or getattr(config, "logit_scale", None) not in (None, 1, 1.0)
+    ):
         return None, model(**inputs).logits
     captured = {}
 
@@ -148,7 +160,8 @@ def final_hidden(model, **inputs):
         with torch.no_grad():  # same projection, maybe outside the model's autocast: compare loosely
             mine, theirs = head(hidden[:, -1:]).float(), last_logits.float()
             plain = mine.shape == theirs.shape and torch.allclose(
-                mine, theirs, rtol=2e-2, atol=2e-2 * (1.0 + float(theirs.abs().max())) if theirs.numel() else 0.0)
+                mine, theirs, rtol=2e-2, atol=2e-2 * (1.0 + float(theirs.abs().max())) if theirs.numel() else 0.0
+            )
     if not plain:
         _NOT_PLAIN_HEAD.add(core)
         return None, model(**inputs).logits
@@ -188,8 +201,9 @@ def _model_token_logps(model, rows, pos, targets, *, with_entropy, chunk_element
         return _full_logits_logps(logits, rows, pos, targets, with_entropy, chunk_elements)
     hidden, head, vocab = lean
     # only the response positions' hidden states go through the head: (M, H), gathered once
-    return _token_logps(head, hidden[rows, pos], targets, vocab, with_entropy=with_entropy,
-                        chunk_elements=chunk_elements)
+    return _token_logps(
+        head, hidden[rows, pos], targets, vocab, with_entropy=with_entropy, chunk_elements=chunk_elements
+    )
 
 
 @dataclass
@@ -198,7 +212,7 @@ class Batch:
     attention_mask: torch.Tensor  # (N, T) 1 on real tokens
     loss_mask: torch.Tensor  # (N, T) 1 on response tokens
 
-    def to(self, device) -> "Batch":
+    def to(self, device) -> Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.loss_mask.to(device))
 
 
@@ -239,12 +253,23 @@ def model_logps(model, batch: Batch, *, with_entropy: bool = False) -> SequenceL
     mask = batch.loss_mask[:, 1:].bool()  # (N, T-1) the next-token shift, as in sequence_logps
     rows, pos = mask.nonzero(as_tuple=True)
     targets = batch.input_ids[:, 1:][mask]
-    return _scatter(mask, *_model_token_logps(model, rows, pos, targets, with_entropy=with_entropy,
-                                              input_ids=batch.input_ids, attention_mask=batch.attention_mask))
+    return _scatter(
+        mask,
+        *_model_token_logps(
+            model,
+            rows,
+            pos,
+            targets,
+            with_entropy=with_entropy,
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+        ),
+    )
 
 
-def rows_logps(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int, *,
-               share_prompt: bool | None = None) -> torch.Tensor:
+def rows_logps(
+    model, prompts: list[list[int]], responses: list[list[int]], pad_id: int, *, share_prompt: bool | None = None
+) -> torch.Tensor:
     """Summed log-probs (N,) of every (prompt, response) row, each distinct row computed once.
 
     On verifiable tasks most rows repeat (y' == y for 50-70% of prompts, y0 == y as often): a repeated
@@ -298,7 +323,7 @@ class PackedRows:
     def num_distinct(self) -> int:
         return int(self.row_pack.shape[0])
 
-    def to(self, device) -> "PackedRows":
+    def to(self, device) -> PackedRows:
         return PackedRows(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
     def attention_mask(self, dtype: torch.dtype) -> torch.Tensor:
@@ -361,8 +386,16 @@ def pack_rows(prompts: list[list[int]], responses: list[list[int]], pad_id: int)
         seg.append(row_seg + [-1] * pad)
     # through numpy: about 3x faster than torch.tensor on nested lists
     as_long = lambda rows: torch.from_numpy(np.array(rows, dtype=np.int64))  # noqa: E731
-    return PackedRows(as_long(ids), as_long(pos), as_long(seg), as_long(row_pack), as_long(src), as_long(targets),
-                      torch.from_numpy(np.array(mask, dtype=bool)), as_long(inverse))
+    return PackedRows(
+        as_long(ids),
+        as_long(pos),
+        as_long(seg),
+        as_long(row_pack),
+        as_long(src),
+        as_long(targets),
+        torch.from_numpy(np.array(mask, dtype=bool)),
+        as_long(inverse),
+    )
 
 
 def supports_packing(model, longest: int | None = None) -> bool:
@@ -405,12 +438,26 @@ def packed_logps(model, packed: PackedRows, *, with_entropy: bool = False) -> Se
     mask4d = packed.attention_mask(param.dtype if param.is_floating_point() else torch.float32)
     rows = packed.row_pack[:, None].expand_as(packed.src)[packed.mask]  # (M,) pack of each response token
     pos = packed.src[packed.mask]  # (M,) position whose logits predict it
-    out = _scatter(packed.mask, *_model_token_logps(
-        model, rows, pos, packed.targets[packed.mask], with_entropy=with_entropy,
-        input_ids=packed.input_ids, attention_mask=mask4d, position_ids=packed.position_ids))
+    out = _scatter(
+        packed.mask,
+        *_model_token_logps(
+            model,
+            rows,
+            pos,
+            packed.targets[packed.mask],
+            with_entropy=with_entropy,
+            input_ids=packed.input_ids,
+            attention_mask=mask4d,
+            position_ids=packed.position_ids,
+        ),
+    )
     inv = packed.inverse
-    return SequenceLogps(summed=out.summed[inv], token_logps=out.token_logps[inv], mask=packed.mask[inv],
-                         entropy=None if out.entropy is None else out.entropy[inv])
+    return SequenceLogps(
+        summed=out.summed[inv],
+        token_logps=out.token_logps[inv],
+        mask=packed.mask[inv],
+        entropy=None if out.entropy is None else out.entropy[inv],
+    )
 
 
 class PackedExamples:
@@ -469,13 +516,21 @@ class PackedExamples:
         t = torch.tensor(idx)
         width = int(self.lengths[t].max())
         seg = self.segments[t, :width].to(device)
-        packed = PackedRows(self.input_ids[t, :width].to(device), self.position_ids[t, :width].to(device), seg,
-                            *(None,) * 5)
+        packed = PackedRows(
+            self.input_ids[t, :width].to(device), self.position_ids[t, :width].to(device), seg, *(None,) * 5
+        )
         param = next(model.parameters())
         mask4d = packed.attention_mask(param.dtype if param.is_floating_point() else torch.float32)
         src, targets, mask = self.src[t].to(device), self.targets[t].to(device), self.mask[t].to(device)  # (B, K, T)
         rows = torch.arange(len(idx), device=device)[:, None, None].expand_as(src)[mask]  # (M,)
-        logps, _ = _model_token_logps(model, rows, src[mask], targets[mask], with_entropy=False,
-                                      input_ids=packed.input_ids, attention_mask=mask4d,
-                                      position_ids=packed.position_ids)
+        logps, _ = _model_token_logps(
+            model,
+            rows,
+            src[mask],
+            targets[mask],
+            with_entropy=False,
+            input_ids=packed.input_ids,
+            attention_mask=mask4d,
+            position_ids=packed.position_ids,
+        )
         return logps.new_zeros(mask.shape).masked_scatter(mask, logps).sum(-1)  # (B, K)

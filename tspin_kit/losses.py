@@ -168,10 +168,7 @@ def _check_logps(**tensors: torch.Tensor) -> None:
         if not torch.is_floating_point(t):
             raise ValueError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
         if t.shape != first.shape:
-            raise ValueError(
-                f"{name} must have the shape of {first_name} {tuple(first.shape)}, "
-                f"got {tuple(t.shape)}"
-            )
+            raise ValueError(f"{name} must have the shape of {first_name} {tuple(first.shape)}, got {tuple(t.shape)}")
 
 
 def _check_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -179,13 +176,10 @@ def _check_mask(mask: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(like, dtype=torch.bool)
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         raise ValueError(
-            "historical_mask must be a bool tensor of shape (B,), got "
-            f"{getattr(mask, 'dtype', type(mask).__name__)}"
+            f"historical_mask must be a bool tensor of shape (B,), got {getattr(mask, 'dtype', type(mask).__name__)}"
         )
     if mask.shape != like.shape:
-        raise ValueError(
-            f"historical_mask must have shape {tuple(like.shape)}, got {tuple(mask.shape)}"
-        )
+        raise ValueError(f"historical_mask must have shape {tuple(like.shape)}, got {tuple(mask.shape)}")
     return mask.to(like.device)
 
 
@@ -262,13 +256,9 @@ def tspin_loss(
     """
     alpha = _check_scalar("alpha", alpha, allow_zero=False)
     beta = _check_scalar("beta", beta, allow_zero=True)
-    _check_logps(
-        annotated_logps=annotated_logps, synthetic_logps=synthetic_logps, proto_logps=proto_logps
-    )
+    _check_logps(annotated_logps=annotated_logps, synthetic_logps=synthetic_logps, proto_logps=proto_logps)
     mask = _check_mask(historical_mask, annotated_logps)
-    return _triplet(
-        annotated_logps, synthetic_logps, proto_logps, scale=alpha, beta=beta, mask=mask
-    )
+    return _triplet(annotated_logps, synthetic_logps, proto_logps, scale=alpha, beta=beta, mask=mask)
 
 
 def tspin_without_history_loss(
@@ -420,9 +410,7 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
     return -torch.special.xlogy(probs, probs).sum(dim=-1)
 
 
-def entropy_regularised_objective(
-    probs: torch.Tensor, confidences: torch.Tensor, alpha: float
-) -> torch.Tensor:
+def entropy_regularised_objective(probs: torch.Tensor, confidences: torch.Tensor, alpha: float) -> torch.Tensor:
     """The opponent's objective: sum(p * c) + alpha * H(p) over the last dimension.
 
     Its maximum over the simplex is alpha * logsumexp(c / alpha), reached at
@@ -431,7 +419,6 @@ def entropy_regularised_objective(
     alpha = _check_scalar("alpha", alpha, allow_zero=True)
     if probs.shape != confidences.shape:
         raise ValueError(
-            f"probs and confidences must have one shape, got {tuple(probs.shape)} "
-            f"and {tuple(confidences.shape)}"
+            f"probs and confidences must have one shape, got {tuple(probs.shape)} and {tuple(confidences.shape)}"
         )
     return (probs * confidences).sum(dim=-1) + alpha * entropy(probs)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import importlib
 import math
 import pkgutil
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Callable, Iterator, Mapping
 
 import torch
 
@@ -93,9 +93,18 @@ def knob(name: str, default: float, symbol: str, help: str, **kw) -> Knob:
     return k
 
 
-knob("alpha", 1.0, "α", "T-SPIN's entropy coefficient and reward scale: reward = alpha * log pi(z|x)", slider=(0.05, 5.0))
-knob("beta", 0.1, "β", "weight of the historical term l(s * v), v = log pi(y') - log pi(y0)", allow_zero=True,
-     log_slider=False, slider=(0.0, 1.0))
+knob(
+    "alpha", 1.0, "α", "T-SPIN's entropy coefficient and reward scale: reward = alpha * log pi(z|x)", slider=(0.05, 5.0)
+)
+knob(
+    "beta",
+    0.1,
+    "β",
+    "weight of the historical term l(s * v), v = log pi(y') - log pi(y0)",
+    allow_zero=True,
+    log_slider=False,
+    slider=(0.0, 1.0),
+)
 knob("lam", 1.0, "λ", "SPIN's reward scale: reward = lam * (log pi - log pi_t)", slider=(0.01, 10.0))
 
 
@@ -171,10 +180,10 @@ class Terms(L._Record):
     historical_weight: torch.Tensor  # w_hist (beta included), 0 without a historical term
 
     @classmethod
-    def from_triplet(cls, out: L.TripletLossOutput) -> "Terms":
+    def from_triplet(cls, out: L.TripletLossOutput) -> Terms:
         return cls(**{f.name: getattr(out, f.name) for f in fields(cls)})
 
-    def replace(self, **kw) -> "Terms":
+    def replace(self, **kw) -> Terms:
         return Terms(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **kw})
 
 
@@ -319,7 +328,9 @@ def docs_table() -> str:
             reads += ", log pi_t"
         page = f"[{m.doc.removeprefix('docs/')}]({m.doc.removeprefix('docs/')})" if m.doc else ""
         alias = f" (also `{'`, `'.join(m.aliases)}`)" if m.aliases else ""
-        rows.append(f"| `{m.name}`{alias} | {m.label}: {m.summary} | {reads} | {', '.join(m.knobs) or 'none'} | {page} |")
+        rows.append(
+            f"| `{m.name}`{alias} | {m.label}: {m.summary} | {reads} | {', '.join(m.knobs) or 'none'} | {page} |"
+        )
     return "\n".join(rows)
 
 
@@ -332,22 +343,48 @@ def _nan(like: torch.Tensor) -> torch.Tensor:
     return torch.full_like(like, math.nan).detach()
 
 
-@register(name="sft", label="SFT", color="#7f7f7f", roles=SINGLE, doc="docs/methods/sft.md",
-          formula="L = −log π(y) / n_tokens(y) (mean token NLL); no knobs",
-          summary="continued SFT on the annotated data, the control")
+@register(
+    name="sft",
+    label="SFT",
+    color="#7f7f7f",
+    roles=SINGLE,
+    doc="docs/methods/sft.md",
+    formula="L = −log π(y) / n_tokens(y) (mean token NLL); no knobs",
+    summary="continued SFT on the annotated data, the control",
+)
 def sft(lp: LogProbs, k: Knobs) -> Terms:
     out = L.sft_loss(lp.annotated, lp.need("annotated_tokens"))
     nan = _nan(lp.annotated)
     # no rewards, advantages or weights: every record column but the loss is undefined (NaN)
-    return Terms(losses=out.losses, current_term=nan, historical_term=nan, annotated_rewards=nan,
-                 synthetic_rewards=nan, proto_rewards=nan, current_advantage=nan, historical_advantage=nan,
-                 reward_margin=nan, current_weight=nan, historical_weight=nan)
+    return Terms(
+        losses=out.losses,
+        current_term=nan,
+        historical_term=nan,
+        annotated_rewards=nan,
+        synthetic_rewards=nan,
+        proto_rewards=nan,
+        current_advantage=nan,
+        historical_advantage=nan,
+        reward_margin=nan,
+        current_weight=nan,
+        historical_weight=nan,
+    )
 
 
-@register(name="spin", label="SPIN", color="#1f78b4", roles=PAIR, knobs=("lam",), reference=True, scale="lam",
-          logistic=True, skip="pair", doc="docs/methods/spin.md",
-          formula="L = l(λ·[(log π(y) − log π_t(y)) − (log π(y') − log π_t(y'))]); β unused",
-          summary="the pair baseline, reward lam * log(pi / pi_t)")
+@register(
+    name="spin",
+    label="SPIN",
+    color="#1f78b4",
+    roles=PAIR,
+    knobs=("lam",),
+    reference=True,
+    scale="lam",
+    logistic=True,
+    skip="pair",
+    doc="docs/methods/spin.md",
+    formula="L = l(λ·[(log π(y) − log π_t(y)) − (log π(y') − log π_t(y'))]); β unused",
+    summary="the pair baseline, reward lam * log(pi / pi_t)",
+)
 def spin(lp: LogProbs, k: Knobs) -> Terms:
     out = L.spin_loss(lp.annotated, lp.synthetic, lp.need("ref_annotated"), lp.need("ref_synthetic"), lam=k.lam)
     zeros = torch.zeros_like(out.losses).detach()
@@ -358,40 +395,92 @@ def spin(lp: LogProbs, k: Knobs) -> Terms:
         historical_advantage = (lp.synthetic - lp.ref_synthetic).detach() - proto_ratio
     else:
         proto_rewards = historical_advantage = _nan(out.losses)
-    return Terms(losses=out.losses, current_term=out.losses.detach(), historical_term=zeros,
-                 annotated_rewards=out.annotated_rewards, synthetic_rewards=out.synthetic_rewards,
-                 proto_rewards=proto_rewards, current_advantage=out.current_advantage,
-                 historical_advantage=historical_advantage, reward_margin=out.reward_margin,
-                 current_weight=out.current_weight, historical_weight=zeros)
+    return Terms(
+        losses=out.losses,
+        current_term=out.losses.detach(),
+        historical_term=zeros,
+        annotated_rewards=out.annotated_rewards,
+        synthetic_rewards=out.synthetic_rewards,
+        proto_rewards=proto_rewards,
+        current_advantage=out.current_advantage,
+        historical_advantage=historical_advantage,
+        reward_margin=out.reward_margin,
+        current_weight=out.current_weight,
+        historical_weight=zeros,
+    )
 
 
-@register(name="tspin", label="T-SPIN", color="#e31a1c", roles=TRIPLET, knobs=("alpha", "beta"), history=True,
-          scale="alpha", logistic=True, skip="triplet", maskable=True, doc="docs/methods/tspin.md",
-          formula="L = l(α·u) + β·l(α·v), u = log π(y) − log π(y'), v = log π(y') − log π(y0); λ unused",
-          summary="current + historical advantage, reward alpha * log pi (no reference)")
+@register(
+    name="tspin",
+    label="T-SPIN",
+    color="#e31a1c",
+    roles=TRIPLET,
+    knobs=("alpha", "beta"),
+    history=True,
+    scale="alpha",
+    logistic=True,
+    skip="triplet",
+    maskable=True,
+    doc="docs/methods/tspin.md",
+    formula="L = l(α·u) + β·l(α·v), u = log π(y) − log π(y'), v = log π(y') − log π(y0); λ unused",
+    summary="current + historical advantage, reward alpha * log pi (no reference)",
+)
 def tspin(lp: LogProbs, k: Knobs) -> Terms:
-    return Terms.from_triplet(L.tspin_loss(lp.annotated, lp.synthetic, lp.proto, alpha=k.alpha, beta=k.beta,
-                                           historical_mask=lp.historical_mask))
+    return Terms.from_triplet(
+        L.tspin_loss(
+            lp.annotated, lp.synthetic, lp.proto, alpha=k.alpha, beta=k.beta, historical_mask=lp.historical_mask
+        )
+    )
 
 
-@register(name="tspin_no_history", label="T-SPIN w/o H-A", color="#ff7f00", roles=TRIPLET, knobs=("alpha",),
-          scale="alpha", logistic=True, skip="triplet", aliases=("tspin_without_history",),
-          doc="docs/methods/ablations.md",
-          formula="L = l(α·u): T-SPIN with β = 0 (reference-free SPIN, λ = α)",
-          summary="the ablation without the historical advantage (beta = 0)")
+@register(
+    name="tspin_no_history",
+    label="T-SPIN w/o H-A",
+    color="#ff7f00",
+    roles=TRIPLET,
+    knobs=("alpha",),
+    scale="alpha",
+    logistic=True,
+    skip="triplet",
+    aliases=("tspin_without_history",),
+    doc="docs/methods/ablations.md",
+    formula="L = l(α·u): T-SPIN with β = 0 (reference-free SPIN, λ = α)",
+    summary="the ablation without the historical advantage (beta = 0)",
+)
 def tspin_no_history(lp: LogProbs, k: Knobs) -> Terms:
     return Terms.from_triplet(L.tspin_without_history_loss(lp.annotated, lp.synthetic, lp.proto, alpha=k.alpha))
 
 
-@register(name="tspin_ref", label="T-SPIN_ref", color="#6a3d9a", roles=TRIPLET, knobs=("lam", "beta"),
-          reference=True, history=True, scale="lam", logistic=True, skip="triplet", maskable=True,
-          doc="docs/methods/ablations.md",
-          formula="L = l(λ·u) + β·l(λ·v) on log-ratios to π_t",
-          summary="the T-SPIN form with SPIN's reference-based reward")
+@register(
+    name="tspin_ref",
+    label="T-SPIN_ref",
+    color="#6a3d9a",
+    roles=TRIPLET,
+    knobs=("lam", "beta"),
+    reference=True,
+    history=True,
+    scale="lam",
+    logistic=True,
+    skip="triplet",
+    maskable=True,
+    doc="docs/methods/ablations.md",
+    formula="L = l(λ·u) + β·l(λ·v) on log-ratios to π_t",
+    summary="the T-SPIN form with SPIN's reference-based reward",
+)
 def tspin_ref(lp: LogProbs, k: Knobs) -> Terms:
-    return Terms.from_triplet(L.tspin_ref_loss(lp.annotated, lp.synthetic, lp.proto, lp.need("ref_annotated"),
-                                               lp.need("ref_synthetic"), lp.need("ref_proto"), lam=k.lam, beta=k.beta,
-                                               historical_mask=lp.historical_mask))
+    return Terms.from_triplet(
+        L.tspin_ref_loss(
+            lp.annotated,
+            lp.synthetic,
+            lp.proto,
+            lp.need("ref_annotated"),
+            lp.need("ref_synthetic"),
+            lp.need("ref_proto"),
+            lam=k.lam,
+            beta=k.beta,
+            historical_mask=lp.historical_mask,
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,8 +488,14 @@ def tspin_ref(lp: LogProbs, k: Knobs) -> Terms:
 # ---------------------------------------------------------------------------------------------
 
 
-def zero_gradient(method: Method, beta: float, annotated: list[int], synthetic: list[int], proto: list[int] | None,
-                  keep_historical: bool = True) -> bool:
+def zero_gradient(
+    method: Method,
+    beta: float,
+    annotated: list[int],
+    synthetic: list[int],
+    proto: list[int] | None,
+    keep_historical: bool = True,
+) -> bool:
     """True when an example's loss cannot depend on the parameters, so its gradient is exactly zero.
 
     ``skip="pair"`` (SPIN): y' == y gives identical log-probs, so the margin is a constant. ``skip="triplet"``

@@ -43,7 +43,9 @@ def load_pretrained(cfg: ModelConfig):
         raise FileNotFoundError(f"model.name_or_path: {src} does not exist")
     try:
         tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=cfg.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            src, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+        )
     except OSError as e:
         raise ModelError(f"model.name_or_path = {src!r}: could not load ({e})") from None
     check_tokenizer(tokenizer, src)
@@ -68,9 +70,18 @@ def position_limit(model_config, tokenizer=None) -> int | None:
     return int(limit) if limit else None
 
 
-def check_length_budget(prompt_ids: list[list[int]], response_ids: list[list[int]], rows: list[dict], *,
-                        origin: str, prompt_limit: int, positions: int | None, max_new_tokens: int,
-                        prompt_field: str = "prompt", response_field: str = "response") -> None:
+def check_length_budget(
+    prompt_ids: list[list[int]],
+    response_ids: list[list[int]],
+    rows: list[dict],
+    *,
+    origin: str,
+    prompt_limit: int,
+    positions: int | None,
+    max_new_tokens: int,
+    prompt_field: str = "prompt",
+    response_field: str = "response",
+) -> None:
     """Every sequence a run will build fits the model, checked before anything is trained or sampled.
 
     A prompt must be shorter than ``prompt_limit`` (``model.max_length``); prompt + ``max_new_tokens`` + EOS
@@ -83,20 +94,24 @@ def check_length_budget(prompt_ids: list[list[int]], response_ids: list[list[int
         row = rows[i].get("row", i)
         where = f"{origin}, row {row}, field {prompt_field!r}"
         if len(p) >= prompt_limit:
-            raise DataError(f"{where}: the prompt is {len(p)} tokens after the template, but the model takes at "
-                            f"most {prompt_limit - 1} (model.max_length = {prompt_limit}); shorten or drop this row")
+            raise DataError(
+                f"{where}: the prompt is {len(p)} tokens after the template, but the model takes at "
+                f"most {prompt_limit - 1} (model.max_length = {prompt_limit}); shorten or drop this row"
+            )
         if positions is None:
             continue
         if len(p) + max_new_tokens + 1 > positions:
             raise DataError(
                 f"{where}: the prompt is {len(p)} tokens after the template; with sampling.max_new_tokens = "
                 f"{max_new_tokens} and EOS that is {len(p) + max_new_tokens + 1} positions, but the model has "
-                f"{positions}; shorten this prompt or lower sampling.max_new_tokens to {positions - len(p) - 1}")
+                f"{positions}; shorten this prompt or lower sampling.max_new_tokens to {positions - len(p) - 1}"
+            )
         if len(p) + len(y) > positions:
             raise DataError(
                 f"{origin}, row {row}, field {response_field!r}: prompt ({len(p)} tokens) + response with EOS "
                 f"({len(y)} tokens) = {len(p) + len(y)} positions, but the model has {positions}; shorten or drop "
-                f"this row")
+                f"this row"
+            )
 
 
 def apply_lora(model, cfg: ModelConfig):
@@ -107,8 +122,13 @@ def apply_lora(model, cfg: ModelConfig):
 
     targets = cfg.lora_target_modules
     target_modules = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
-    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=target_modules, task_type="CAUSAL_LM")
+    lora = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=target_modules,
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("LoRA r=%d on %s: %d trainable parameters", cfg.lora_r, targets, trainable)
@@ -119,15 +139,18 @@ def apply_gradient_checkpointing(model, cfg: ModelConfig):
     """Gradient checkpointing when ``cfg.gradient_checkpointing``: each transformer block keeps its input only and
     recomputes its activations in the backward (transformers' ``activation_checkpointing_enable``, formerly
     ``gradient_checkpointing_enable``; non-reentrant, so it composes with LoRA's frozen base weights; transformers
-    checkpoints the block's ``forward``, so FSDP2's module hooks stay outside the recomputation). It acts in training mode only (generation and
-    scoring run in eval mode and are unchanged). The model's ``use_cache`` default is turned off: a training or
-    scoring forward needs no KV cache, and generation asks for one explicitly. Call it before `apply_lora`.
+    checkpoints the block's ``forward``, so FSDP2's module hooks stay outside the recomputation). It acts in
+    training mode only (generation and scoring run in eval mode and are unchanged). The model's ``use_cache``
+    default is turned off: a training or scoring forward needs no KV cache, and generation asks for one
+    explicitly. Call it before `apply_lora`.
     Same losses and gradients as without it (tested), more compute, less activation memory."""
     if not cfg.gradient_checkpointing:
         return model
     if not getattr(model, "supports_gradient_checkpointing", False):
-        raise ModelError(f"model.gradient_checkpointing: {type(model).__name__} does not support gradient "
-                         f"checkpointing in transformers; set it to false")
+        raise ModelError(
+            f"model.gradient_checkpointing: {type(model).__name__} does not support gradient "
+            f"checkpointing in transformers; set it to false"
+        )
     kwargs = {"use_reentrant": False}
     enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.x: the new name
     if enable is not None:

@@ -53,7 +53,8 @@ def describe_runs(runs: dict[str, Any]) -> list[str]:
         span = f"Iter{int(first['iteration'])} to Iter{int(last['iteration'])}"
         out.append(
             f"In {label}, the share of degenerate pairs (y' == y) went from "
-            f"{_pct(first['share_synthetic_equals_annotated'])} to {_pct(last['share_synthetic_equals_annotated'])} ({span})"
+            f"{_pct(first['share_synthetic_equals_annotated'])} to "
+            f"{_pct(last['share_synthetic_equals_annotated'])} ({span})"
         )
         a, b = first["current_advantage_mean_nondegenerate"], last["current_advantage_mean_nondegenerate"]
         if np.isfinite(a) and np.isfinite(b):
@@ -127,7 +128,10 @@ def _noise_sentence(runs: dict[str, Any]) -> str | None:
     n = sizes.pop()
     p = float(np.mean(finals))
     if p * (1 - p) > 0:
-        what = f"one standard error of a {n}-problem score near {p:.2f} is about {score_standard_error(p, n) * 100:.1f} points"
+        what = (
+            f"one standard error of a {n}-problem score near {p:.2f} "
+            f"is about {score_standard_error(p, n) * 100:.1f} points"
+        )
     else:  # a score of 0 or 1 has no spread to estimate from: give the largest one (p = 0.5)
         what = f"one standard error of a {n}-problem score is at most {score_standard_error(0.5, n) * 100:.1f} points"
     if len(seeds) <= 1:

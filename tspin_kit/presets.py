@@ -182,8 +182,11 @@ def run_toy_methods(
     ``compare.run_grid``: one run after the other in this process (``workers=1``), or ``workers`` processes.
     """
     seeds, methods = list(seeds), list(methods)
-    configs = {(m, seed): toy_config(m, smoke=smoke, seed=seed, iterations=iterations, **copy.deepcopy(overrides))
-               for seed in seeds for m in methods}
+    configs = {
+        (m, seed): toy_config(m, smoke=smoke, seed=seed, iterations=iterations, **copy.deepcopy(overrides))
+        for seed in seeds
+        for m in methods
+    }
     records = compare.run_grid(configs, workers=workers)
     return {compare.label(m) + (f" s{seed}" if len(seeds) > 1 else ""): records[(m, seed)] for (m, seed) in configs}
 
@@ -228,7 +231,8 @@ def pick_triplet(records, iteration: int) -> pd.Series:
     fallback = None
     for _, row in part.iterrows():
         same_counts = tokenizer is None or all(
-            len(encode_response(tokenizer, row[r])) == row[f"{r}_ntokens"] for r in ("annotated", "synthetic", "proto"))
+            len(encode_response(tokenizer, row[r])) == row[f"{r}_ntokens"] for r in ("annotated", "synthetic", "proto")
+        )
         if not same_counts:
             continue
         fallback = row if fallback is None else fallback

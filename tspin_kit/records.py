@@ -8,7 +8,7 @@ methods (`methods.py`), so a new objective gets its records without touching thi
 from __future__ import annotations
 
 import contextlib
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -45,8 +45,14 @@ def _t(x) -> torch.Tensor | None:
     return None if x is None else torch.from_numpy(np.array(x, dtype=np.float64))
 
 
-def logprobs_of(method: M.Method, policy: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray] | None = None, *,
-                annotated_tokens=None, historical_mask=None) -> M.LogProbs:
+def logprobs_of(
+    method: M.Method,
+    policy: Mapping[str, np.ndarray],
+    reference: Mapping[str, np.ndarray] | None = None,
+    *,
+    annotated_tokens=None,
+    historical_mask=None,
+) -> M.LogProbs:
     """`methods.LogProbs` (float64) from per-role arrays: ``policy`` is log pi_theta of y, y', y0 (missing roles
     may be absent), ``reference`` log pi_t (read only when the method has a reference). ``historical_mask`` is
     applied only to methods that honour the y0 == y mask."""
@@ -64,8 +70,15 @@ def logprobs_of(method: M.Method, policy: Mapping[str, np.ndarray], reference: M
     )
 
 
-def method_columns(method: M.Method | str, before: Mapping[str, np.ndarray], after: Mapping[str, np.ndarray], *,
-                   knobs: Mapping[str, float], annotated_tokens, historical_mask=None) -> dict[str, np.ndarray]:
+def method_columns(
+    method: M.Method | str,
+    before: Mapping[str, np.ndarray],
+    after: Mapping[str, np.ndarray],
+    *,
+    knobs: Mapping[str, float],
+    annotated_tokens,
+    historical_mask=None,
+) -> dict[str, np.ndarray]:
     """The per-example columns an iteration's records hold for ``method``, from the log-probs of y, y', y0 under
     pi_t (``before``, which is also the reference pi_t) and pi_{t+1} (``after``).
 
@@ -86,8 +99,9 @@ def method_columns(method: M.Method | str, before: Mapping[str, np.ndarray], aft
     for role in ROLES:
         cols[f"ref_{role}_logp"] = np.asarray(before.get(role, nan), dtype=np.float64) if m.reference else nan
     with one_thread():
-        out = m.loss(logprobs_of(m, after, before, annotated_tokens=annotated_tokens, historical_mask=historical_mask),
-                     knobs)
+        out = m.loss(
+            logprobs_of(m, after, before, annotated_tokens=annotated_tokens, historical_mask=historical_mask), knobs
+        )
     cols["reward_annotated"] = out.annotated_rewards.numpy()
     cols["reward_synthetic"] = out.synthetic_rewards.numpy()
     cols["reward_proto"] = out.proto_rewards.numpy()
@@ -99,7 +113,9 @@ def method_columns(method: M.Method | str, before: Mapping[str, np.ndarray], aft
     return cols
 
 
-def objective_table(method: M.Method | str, lp: M.LogProbs, knobs: Mapping[str, float], example_id=None) -> pd.DataFrame:
+def objective_table(
+    method: M.Method | str, lp: M.LogProbs, knobs: Mapping[str, float], example_id=None
+) -> pd.DataFrame:
     """Per example, ``method``'s loss at ``knobs`` and its gradient on each log-prob (no model).
 
     Columns: ``example_id, current_advantage (u), historical_advantage (v), reward_margin, loss_current,
@@ -123,11 +139,19 @@ def objective_table(method: M.Method | str, lp: M.LogProbs, knobs: Mapping[str, 
         else:
             w_cur, w_hist = grad["annotated"].abs(), grad["proto"].abs()
         cols = {
-            "current_advantage": out.current_advantage, "historical_advantage": out.historical_advantage,
-            "reward_margin": out.reward_margin, "loss_current": out.current_term, "loss_historical": out.historical_term,
-            "loss": out.losses.detach(), "weight_current": w_cur, "weight_historical": w_hist,
-            "weight_synthetic": w_cur - w_hist, "drive": w_cur + w_hist, "grad_annotated": grad["annotated"],
-            "grad_synthetic": grad["synthetic"], "grad_proto": grad["proto"],
+            "current_advantage": out.current_advantage,
+            "historical_advantage": out.historical_advantage,
+            "reward_margin": out.reward_margin,
+            "loss_current": out.current_term,
+            "loss_historical": out.historical_term,
+            "loss": out.losses.detach(),
+            "weight_current": w_cur,
+            "weight_historical": w_hist,
+            "weight_synthetic": w_cur - w_hist,
+            "drive": w_cur + w_hist,
+            "grad_annotated": grad["annotated"],
+            "grad_synthetic": grad["synthetic"],
+            "grad_proto": grad["proto"],
         }
         # one (B, k) block: pandas then keeps the columns without copying them one by one
         block = torch.stack(list(cols.values()), dim=1).numpy()

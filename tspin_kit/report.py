@@ -17,8 +17,13 @@ from .store import RunRecords, write_bytes
 ALARM_IDS_SHOWN = 12  # example ids listed per alarm; the rest are counted
 
 
-def render_report(runs: dict[str, RunRecords], *, title: str, summary: list[str] | None = None,
-                  tables: dict[str, pd.DataFrame] | None = None) -> str:
+def render_report(
+    runs: dict[str, RunRecords],
+    *,
+    title: str,
+    summary: list[str] | None = None,
+    tables: dict[str, pd.DataFrame] | None = None,
+) -> str:
     import plotly.io as pio
 
     from .figures import report_figures
@@ -40,11 +45,15 @@ def render_report(runs: dict[str, RunRecords], *, title: str, summary: list[str]
     for label, r in runs.items():
         cfg = json.dumps(r.manifest.get("config", {}), indent=1)
         parts.append(f"<details><summary>{html.escape(label)}</summary><pre>{html.escape(cfg)}</pre></details>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             ".tbl{border-collapse:collapse}.tbl td,.tbl th{padding:2px 10px;text-align:right}"
-             ".alarm-critical{color:#b91c1c}.alarm-warning{color:#b15928}.alarm-ids{opacity:0.7;font-size:90%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        ".tbl{border-collapse:collapse}.tbl td,.tbl th{padding:2px 10px;text-align:right}"
+        ".alarm-critical{color:#b91c1c}.alarm-warning{color:#b15928}.alarm-ids{opacity:0.7;font-size:90%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
+    )
 
 
 def harness_tables(runs: dict[str, RunRecords]) -> dict[str, pd.DataFrame]:
@@ -61,15 +70,21 @@ def harness_tables(runs: dict[str, RunRecords]) -> dict[str, pd.DataFrame]:
             continue
         builtin = score_table({f"built-in {score_name(r.metrics)}": r}).T  # policies (rows) x the built-in score
         table = builtin.join(harness_table(h), how="outer")
-        out[f"lm-eval scores beside the built-in score: {label}"] = table.loc[sorted(table.index, key=lambda p: int(p[3:]))]
+        out[f"lm-eval scores beside the built-in score: {label}"] = table.loc[
+            sorted(table.index, key=lambda p: int(p[3:]))
+        ]
     return out
 
 
 def alarms_html(alarms: dict[str, list[Alarm]]) -> str:
     """The "instability alarms" section: per run, each alarm's severity, message and example ids."""
-    parts = ["<h2 id='alarms'>instability alarms</h2>",
-             ("<p>Flags computed from the records alone (tspin_kit.alarms); the example ids are the triplets "
-              "behind each flag, to open in the triplet browser.</p>")]
+    parts = [
+        "<h2 id='alarms'>instability alarms</h2>",
+        (
+            "<p>Flags computed from the records alone (tspin_kit.alarms); the example ids are the triplets "
+            "behind each flag, to open in the triplet browser.</p>"
+        ),
+    ]
     for label, found in alarms.items():
         parts.append(f"<h3>{html.escape(label)}</h3>")
         if not found:
@@ -83,7 +98,8 @@ def alarms_html(alarms: dict[str, list[Alarm]]) -> str:
             items.append(
                 f"<li class='alarm alarm-{a.severity}' data-alarm='{a.name}' data-iteration='{a.iteration}'>"
                 f"<b>{a.severity}</b> · {html.escape(a.name.replace('_', ' '))} · {html.escape(a.message)}"
-                + (f" <span class='alarm-ids'>examples: {ids}</span>" if ids else "") + "</li>"
+                + (f" <span class='alarm-ids'>examples: {ids}</span>" if ids else "")
+                + "</li>"
             )
         parts.append("<ul>" + "".join(items) + "</ul>")
     return "".join(parts)

@@ -57,18 +57,33 @@ ARMS: dict[str, dict] = {
 # (an estimate and interval against the arm named in "versus"; no verdict, since no paper claims them).
 # They are not used to pick defaults.
 FINDINGS: dict[str, dict] = {
-    "tspin_mask": {"label": "T-SPIN, y0 == y masked", "method": "tspin", "versus": "tspin",
-                   "overrides": {"mask_proto_equal_annotated": True},
-                   "why": "the historical term pushes y0 down; where y0 == y it pushes the annotated answer down"},
-    "spin_lam01": {"label": "SPIN, lam = 0.1 (paper)", "method": "spin", "versus": "spin",
-                   "overrides": {"lam": 0.1},
-                   "why": "docs/departures.md uses lam = 1 instead of the paper's 0.1"},
+    "tspin_mask": {
+        "label": "T-SPIN, y0 == y masked",
+        "method": "tspin",
+        "versus": "tspin",
+        "overrides": {"mask_proto_equal_annotated": True},
+        "why": "the historical term pushes y0 down; where y0 == y it pushes the annotated answer down",
+    },
+    "spin_lam01": {
+        "label": "SPIN, lam = 0.1 (paper)",
+        "method": "spin",
+        "versus": "spin",
+        "overrides": {"lam": 0.1},
+        "why": "docs/departures.md uses lam = 1 instead of the paper's 0.1",
+    },
 }
 ALL_ARMS = {**ARMS, **FINDINGS}
 # Per-example columns the claims read, as (seeds, iterations, examples) arrays.
-PAIR_COLUMNS = ("misaligned", "synthetic_equals_annotated", "reward_margin", "current_advantage_before",
-                "current_advantage_after", "historical_advantage_before", "historical_advantage_after",
-                "annotated_logp_after")
+PAIR_COLUMNS = (
+    "misaligned",
+    "synthetic_equals_annotated",
+    "reward_margin",
+    "current_advantage_before",
+    "current_advantage_after",
+    "historical_advantage_before",
+    "historical_advantage_after",
+    "annotated_logp_after",
+)
 POINT_MARGIN = 1.0  # accuracy points: the smallest difference between methods that would matter here
 MATCH_MARGIN = 2.0  # points: "matches" in claim (d) means no more than 2 points below
 
@@ -89,7 +104,11 @@ class ReproduceConfig:
 
     def __post_init__(self):
         if self.quick:
-            self.seeds, self.iterations, self.bootstrap = min(self.seeds, 2), min(self.iterations, 2), min(self.bootstrap, 400)
+            self.seeds, self.iterations, self.bootstrap = (
+                min(self.seeds, 2),
+                min(self.iterations, 2),
+                min(self.bootstrap, 400),
+            )
         unknown = [a for a in self.arms if a not in ARMS]
         if unknown:
             raise ConfigError(f"reproduce.arms: unknown {unknown}; expected some of {', '.join(ARMS)}")
@@ -141,9 +160,11 @@ def run_grid(rc: ReproduceConfig, *, echo=print) -> dict[tuple[str, int], float]
     # longest first, so the last runs to finish are short ones (the 4x-data SFT costs about 4 runs)
     order = sorted(configs, key=lambda k: -ALL_ARMS[k[0]].get("data_multiple", 1.0))
     seconds: dict[tuple[str, int], float] = {}
-    echo(f"reproduce: {len(configs)} runs ({len(rc.arms) + len(rc.findings)} arms x {rc.seeds} seeds x "
-         f"{rc.iterations} iterations), "
-         f"{workers} worker(s) x {threads} thread(s)")
+    echo(
+        f"reproduce: {len(configs)} runs ({len(rc.arms) + len(rc.findings)} arms x {rc.seeds} seeds x "
+        f"{rc.iterations} iterations), "
+        f"{workers} worker(s) x {threads} thread(s)"
+    )
     from .compare import run_parallel
 
     def done(n, total, key, secs):
@@ -183,8 +204,9 @@ def pair_cube(records: list, column: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- the claims
 
 
-def evaluate(scores: dict[str, np.ndarray], pairs: dict[str, dict[str, np.ndarray]], *, n_boot: int,
-             seed: int = 0) -> dict:
+def evaluate(
+    scores: dict[str, np.ndarray], pairs: dict[str, dict[str, np.ndarray]], *, n_boot: int, seed: int = 0
+) -> dict:
     """Every table and claim of the report, from the arrays alone."""
     any_cube = next(iter(scores.values()))
     n_seeds, n_idx, n_problems = any_cube.shape
@@ -198,8 +220,14 @@ def evaluate(scores: dict[str, np.ndarray], pairs: dict[str, dict[str, np.ndarra
     for arm, cube in scores.items():
         curves = np.array([C.curve(cube, r) for r in rs])
         lo, hi = np.quantile(curves[1:], [0.025, 0.975], axis=0)
-        table[arm] = {"label": ALL_ARMS[arm]["label"], "mean": curves[0].tolist(), "low": lo.tolist(), "high": hi.tolist(),
-                      "per_seed": cube.mean(axis=2).tolist(), "peak_iteration": C.peak_iteration(cube)}
+        table[arm] = {
+            "label": ALL_ARMS[arm]["label"],
+            "mean": curves[0].tolist(),
+            "low": lo.tolist(),
+            "high": hi.tolist(),
+            "per_seed": cube.mean(axis=2).tolist(),
+            "peak_iteration": C.peak_iteration(cube),
+        }
 
     def final(arm):
         return lambda r: C.to_points(C.curve(scores[arm], r)[-1])
@@ -217,56 +245,103 @@ def evaluate(scores: dict[str, np.ndarray], pairs: dict[str, dict[str, np.ndarra
     # (a) SPIN peaks early and ends below its peak; T-SPIN does not
     if {"spin", "tspin"} <= have and T >= 2:
         drop = {a: (lambda r, a=a: C.to_points(C.peak_drop(scores[a], r, halves))) for a in ("spin", "tspin")}
-        parts = [est("SPIN: peak minus last iteration (cross-fitted)", drop["spin"], C.verdict_positive, POINT_MARGIN),
-                 est("SPIN's drop minus T-SPIN's drop", diff(drop["spin"], drop["tspin"]), C.verdict_positive,
-                     POINT_MARGIN)]
+        parts = [
+            est("SPIN: peak minus last iteration (cross-fitted)", drop["spin"], C.verdict_positive, POINT_MARGIN),
+            est("SPIN's drop minus T-SPIN's drop", diff(drop["spin"], drop["tspin"]), C.verdict_positive, POINT_MARGIN),
+        ]
         tdrop = est("T-SPIN: peak minus last iteration (cross-fitted)", drop["tspin"], C.verdict_positive, POINT_MARGIN)
         verdict = C.combine([p.verdict for p in parts])
         peak = table["spin"]["peak_iteration"]
-        notes = [f"SPIN's mean curve peaks at Iter{peak} of Iter0..Iter{T - 1}; T-SPIN's at "
-                 f"Iter{table['tspin']['peak_iteration']}.",
-                 f"T-SPIN's own drop: {tdrop.estimate:+.1f} [{tdrop.low:+.1f}, {tdrop.high:+.1f}] points."]
+        notes = [
+            f"SPIN's mean curve peaks at Iter{peak} of Iter0..Iter{T - 1}; T-SPIN's at "
+            f"Iter{table['tspin']['peak_iteration']}.",
+            f"T-SPIN's own drop: {tdrop.estimate:+.1f} [{tdrop.low:+.1f}, {tdrop.high:+.1f}] points.",
+        ]
         if verdict == C.REPRODUCED and peak >= T // 2:
             verdict = C.INCONCLUSIVE
             notes.append("SPIN ends below its peak, but the peak is not early (second half of the iterations).")
-        out_claims.append(C.Claim("a", "SPIN peaks early and ends below its peak; T-SPIN does not", verdict, parts + [tdrop],
-                                  notes))
+        out_claims.append(
+            C.Claim("a", "SPIN peaks early and ends below its peak; T-SPIN does not", verdict, parts + [tdrop], notes)
+        )
     elif {"spin", "tspin"} <= have:
-        out_claims.append(C.Claim("a", "SPIN peaks early and ends below its peak; T-SPIN does not", C.INCONCLUSIVE, [],
-                                  ["needs at least 2 iterations"]))
+        out_claims.append(
+            C.Claim(
+                "a",
+                "SPIN peaks early and ends below its peak; T-SPIN does not",
+                C.INCONCLUSIVE,
+                [],
+                ["needs at least 2 iterations"],
+            )
+        )
 
     def beats(cid, a, b, text):
         if {a, b} <= have:
-            e = est(f"{ARMS[a]['label']} minus {ARMS[b]['label']}, last iteration", diff(final(a), final(b)),
-                    C.verdict_positive, POINT_MARGIN)
+            e = est(
+                f"{ARMS[a]['label']} minus {ARMS[b]['label']}, last iteration",
+                diff(final(a), final(b)),
+                C.verdict_positive,
+                POINT_MARGIN,
+            )
             out_claims.append(C.Claim(cid, text, e.verdict, [e]))
 
     beats("b", "tspin", "tspin_no_history", "T-SPIN beats its no-history ablation (T-SPIN w/o H-A)")
     beats("c", "tspin", "tspin_ref", "T-SPIN beats T-SPIN_ref (reference-free reward helps)")
     if {"tspin_25", "sft"} <= have:
-        e = est("T-SPIN on 25% minus SFT on 100%, last iteration", diff(final("tspin_25"), final("sft")),
-                C.verdict_noninferior, MATCH_MARGIN)
-        out_claims.append(C.Claim("d", "T-SPIN on 25% of the data matches or beats SFT on all of it", e.verdict, [e],
-                                  [f"'matches' = no more than {MATCH_MARGIN:g} points below"]))
+        e = est(
+            "T-SPIN on 25% minus SFT on 100%, last iteration",
+            diff(final("tspin_25"), final("sft")),
+            C.verdict_noninferior,
+            MATCH_MARGIN,
+        )
+        out_claims.append(
+            C.Claim(
+                "d",
+                "T-SPIN on 25% of the data matches or beats SFT on all of it",
+                e.verdict,
+                [e],
+                [f"'matches' = no more than {MATCH_MARGIN:g} points below"],
+            )
+        )
 
     # (e) misalignment, over all pairs and over non-degenerate pairs (y' != y), averaged over iterations
     if {"spin", "tspin"} <= have:
+
         def mis_share(arm, nondeg):
             p = pairs[arm]
             mask = (p["synthetic_equals_annotated"] < 0.5) if nondeg else np.ones_like(p["misaligned"], bool)
             return lambda r: 100.0 * float(np.nanmean(C.masked_curve(p["misaligned"], mask, r)))
 
-        parts = [est("SPIN minus T-SPIN misaligned share, all pairs", diff(mis_share("spin", False), mis_share("tspin", False)),
-                     C.verdict_positive, POINT_MARGIN, "percentage points"),
-                 est("SPIN minus T-SPIN misaligned share, non-degenerate pairs",
-                     diff(mis_share("spin", True), mis_share("tspin", True)), C.verdict_positive, POINT_MARGIN,
-                     "percentage points")]
+        parts = [
+            est(
+                "SPIN minus T-SPIN misaligned share, all pairs",
+                diff(mis_share("spin", False), mis_share("tspin", False)),
+                C.verdict_positive,
+                POINT_MARGIN,
+                "percentage points",
+            ),
+            est(
+                "SPIN minus T-SPIN misaligned share, non-degenerate pairs",
+                diff(mis_share("spin", True), mis_share("tspin", True)),
+                C.verdict_positive,
+                POINT_MARGIN,
+                "percentage points",
+            ),
+        ]
         tspin_max = float(np.nanmax(pairs["tspin"]["misaligned"]))
-        notes = [f"T-SPIN's misaligned share is {100 * np.nanmean(pairs['tspin']['misaligned']):.2f}%: its reward is "
-                 "alpha * log pi, so the reward margin and the likelihood margin always share a sign "
-                 "(zero by construction" + ("" if tspin_max == 0 else ", yet a non-zero value was recorded: check") + ")."]
-        out_claims.append(C.Claim("e", "The reward/likelihood misalignment share is higher for SPIN than for T-SPIN",
-                                  C.combine([p.verdict for p in parts]), parts, notes))
+        notes = [
+            f"T-SPIN's misaligned share is {100 * np.nanmean(pairs['tspin']['misaligned']):.2f}%: its reward is "
+            "alpha * log pi, so the reward margin and the likelihood margin always share a sign "
+            "(zero by construction" + ("" if tspin_max == 0 else ", yet a non-zero value was recorded: check") + ")."
+        ]
+        out_claims.append(
+            C.Claim(
+                "e",
+                "The reward/likelihood misalignment share is higher for SPIN than for T-SPIN",
+                C.combine([p.verdict for p in parts]),
+                parts,
+                notes,
+            )
+        )
 
     # (f) what vanishes
     def first_minus_last(values, mask_fn, arm, name, unit, sign=+1):
@@ -275,32 +350,62 @@ def evaluate(scores: dict[str, np.ndarray], pairs: dict[str, dict[str, np.ndarra
         def f(r):
             c = C.masked_curve(p[values], mask_fn(p), r)
             return sign * float(c[0] - c[-1])
+
         return est(name, f, C.verdict_positive, 0.0, unit)
 
     every = lambda p: np.ones_like(p["misaligned"], bool)  # noqa: E731
     nondeg = lambda p: p["synthetic_equals_annotated"] < 0.5  # noqa: E731
     if "spin" in have and T >= 2:
-        e = first_minus_last("reward_margin", every, "spin", "SPIN reward margin after training, Iter0 minus last", "nats")
+        e = first_minus_last(
+            "reward_margin", every, "spin", "SPIN reward margin after training, Iter0 minus last", "nats"
+        )
         out_claims.append(C.Claim("f1", "SPIN's reward margin after training decays over iterations", e.verdict, [e]))
-        parts = [first_minus_last("synthetic_equals_annotated", every, a, f"{ARMS[a]['label']}: last minus Iter0",
-                                  "share", sign=-1) for a in ("spin", "tspin") if a in have]
+        parts = [
+            first_minus_last(
+                "synthetic_equals_annotated", every, a, f"{ARMS[a]['label']}: last minus Iter0", "share", sign=-1
+            )
+            for a in ("spin", "tspin")
+            if a in have
+        ]
         for p in parts:
             p.estimate, p.low, p.high = 100 * p.estimate, 100 * p.low, 100 * p.high
             p.unit = "percentage points"
-        out_claims.append(C.Claim("f2", "The degenerate share (y' == y) grows over iterations",
-                                  C.combine([p.verdict for p in parts]), parts))
-        e = first_minus_last("current_advantage_before", nondeg, "spin",
-                             "SPIN: u at generation over y' != y, Iter0 minus last", "nats")
-        out_claims.append(C.Claim("f3", "The current advantage u over non-degenerate pairs shrinks (SPIN)", e.verdict, [e]))
+        out_claims.append(
+            C.Claim(
+                "f2",
+                "The degenerate share (y' == y) grows over iterations",
+                C.combine([p.verdict for p in parts]),
+                parts,
+            )
+        )
+        e = first_minus_last(
+            "current_advantage_before", nondeg, "spin", "SPIN: u at generation over y' != y, Iter0 minus last", "nats"
+        )
+        out_claims.append(
+            C.Claim("f3", "The current advantage u over non-degenerate pairs shrinks (SPIN)", e.verdict, [e])
+        )
     if {"tspin", "sft"} <= have and T >= 2:
+
         def v_mean(arm):
             p = pairs[arm]
             return lambda r: float(np.nanmean(C.masked_curve(p["historical_advantage_after"], every(p), r)[1:]))
 
-        e = est("T-SPIN's v after training minus the SFT control's, mean over Iter1..", diff(v_mean("tspin"), v_mean("sft")),
-                C.verdict_positive, 0.0, "nats")
-        out_claims.append(C.Claim("f4", "T-SPIN's historical advantage v exceeds the same v in the SFT control "
-                                  "(the historical term at work, not only drift away from pi_0)", e.verdict, [e]))
+        e = est(
+            "T-SPIN's v after training minus the SFT control's, mean over Iter1..",
+            diff(v_mean("tspin"), v_mean("sft")),
+            C.verdict_positive,
+            0.0,
+            "nats",
+        )
+        out_claims.append(
+            C.Claim(
+                "f4",
+                "T-SPIN's historical advantage v exceeds the same v in the SFT control "
+                "(the historical term at work, not only drift away from pi_0)",
+                e.verdict,
+                [e],
+            )
+        )
 
     # findings: settings outside the defaults, each against its default arm and the SFT control
     findings = []
@@ -311,11 +416,26 @@ def evaluate(scores: dict[str, np.ndarray], pairs: dict[str, dict[str, np.ndarra
         for other in (spec["versus"], "sft"):
             if other in have:
                 e, lo, hi = C.bootstrap(diff(final(arm), final(other)), rs)
-                parts.append({"name": f"{spec['label']} minus {ALL_ARMS[other]['label']}, last iteration",
-                              "estimate": e, "low": lo, "high": hi, "unit": "points"})
-        findings.append({"id": arm, "label": spec["label"], "why": spec["why"], "parts": parts,
-                         "final": table[arm]["mean"][-1], "peak": max(table[arm]["mean"][1:]),
-                         "peak_iteration": table[arm]["peak_iteration"]})
+                parts.append(
+                    {
+                        "name": f"{spec['label']} minus {ALL_ARMS[other]['label']}, last iteration",
+                        "estimate": e,
+                        "low": lo,
+                        "high": hi,
+                        "unit": "points",
+                    }
+                )
+        findings.append(
+            {
+                "id": arm,
+                "label": spec["label"],
+                "why": spec["why"],
+                "parts": parts,
+                "final": table[arm]["mean"][-1],
+                "peak": max(table[arm]["mean"][1:]),
+                "peak_iteration": table[arm]["peak_iteration"],
+            }
+        )
 
     # per-iteration vanishing table (point estimates)
     vanishing = {}
@@ -333,8 +453,13 @@ def evaluate(scores: dict[str, np.ndarray], pairs: dict[str, dict[str, np.ndarra
             "misaligned_share_nondegenerate": C.masked_curve(p["misaligned"], nondeg(p), ident).tolist(),
             "annotated_logp_after": C.masked_curve(p["annotated_logp_after"], ones, ident).tolist(),
         }
-    return {"scores": table, "claims": [c.to_dict() for c in out_claims], "findings": findings, "vanishing": vanishing,
-            "bootstrap": {"draws": n_boot, "seed": seed, "resamples": "seeds, then test problems / training examples"}}
+    return {
+        "scores": table,
+        "claims": [c.to_dict() for c in out_claims],
+        "findings": findings,
+        "vanishing": vanishing,
+        "bootstrap": {"draws": n_boot, "seed": seed, "resamples": "seeds, then test problems / training examples"},
+    }
 
 
 def _nan_to_none(x):
@@ -363,9 +488,17 @@ def analyse(rc: ReproduceConfig, seconds: dict | None = None) -> dict:
     first = records[("sft", 0)]
     result["pi0"] = {"score": float(first.initial.get("score", float("nan"))), **first.initial.get("pi0", {})}
     result["alarms"] = _alarm_validation([records[k] for k in records], rc)
-    result["settings"] = {"seeds": list(range(rc.seeds)), "iterations": rc.iterations, "task": rc.task,
-                          "arms": list(rc.arms), "findings": list(rc.findings), "quick": rc.quick, "bootstrap": rc.bootstrap,
-                          "eval_size": int(scores["sft"].shape[2]), "base_config": first.manifest["config"]}
+    result["settings"] = {
+        "seeds": list(range(rc.seeds)),
+        "iterations": rc.iterations,
+        "task": rc.task,
+        "arms": list(rc.arms),
+        "findings": list(rc.findings),
+        "quick": rc.quick,
+        "bootstrap": rc.bootstrap,
+        "eval_size": int(scores["sft"].shape[2]),
+        "base_config": first.manifest["config"],
+    }
     if seconds:
         result["run_seconds"] = {f"{a}/seed{s}": v for (a, s), v in seconds.items()}
     return result
@@ -393,11 +526,19 @@ def reproduce(rc: ReproduceConfig, *, command: str | None = None, echo=print) ->
     result = analyse(rc, seconds)
     cores = os.cpu_count() or 1
     workers = max(1, min(rc.workers or cores, rc.seeds * (len(rc.arms) + len(rc.findings))))
-    result = {"command": command or "tspin_kit.reproduce.reproduce(...)",
-              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "code": code,
-              "machine": {**machine_info(), "threads": max(1, cores // workers), "workers": workers,
-                          "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
-              "wall_seconds": wall, **result}
+    result = {
+        "command": command or "tspin_kit.reproduce.reproduce(...)",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "code": code,
+        "machine": {
+            **machine_info(),
+            "threads": max(1, cores // workers),
+            "workers": workers,
+            "loadavg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        },
+        "wall_seconds": wall,
+        **result,
+    }
     write_outputs(result, out)
     return result
 
@@ -409,8 +550,13 @@ def code_version() -> dict:
     root = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "tspin_kit"], cwd=root,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", "tspin_kit"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     if head.returncode != 0:
@@ -432,4 +578,14 @@ def command_line(argv: list[str] | None = None) -> str:
     return "tspin " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
 
 
-__all__ = ["ARMS", "FINDINGS", "ReproduceConfig", "reproduce", "run_configs", "run_grid", "analyse", "evaluate", "write_outputs"]
+__all__ = [
+    "ARMS",
+    "FINDINGS",
+    "ReproduceConfig",
+    "reproduce",
+    "run_configs",
+    "run_grid",
+    "analyse",
+    "evaluate",
+    "write_outputs",
+]

@@ -25,20 +25,31 @@ def provenance(result: dict) -> str:
     m = result["machine"]
     load = m.get("loadavg_1m")
     code = result.get("code") or {}
-    at = (f" at commit {code['commit'][:10]}" + (" (tspin_kit had uncommitted changes)" if code.get("dirty") else "")
-          if code.get("commit") else "")
-    return (f"`{result['command']}`{at} on {result['date']}: {m['cpu']}, {m['cores']} cores, {m['workers']} worker(s) x "
-            f"{m['threads']} thread(s), torch {m['torch']}, transformers {m['transformers']}; "
-            f"wall {result['wall_seconds'] / 60:.1f} min" + (f" (1-min load at the end {load:.1f})" if load else "") + ".")
+    at = (
+        f" at commit {code['commit'][:10]}" + (" (tspin_kit had uncommitted changes)" if code.get("dirty") else "")
+        if code.get("commit")
+        else ""
+    )
+    return (
+        f"`{result['command']}`{at} on {result['date']}: {m['cpu']}, {m['cores']} cores, {m['workers']} worker(s) x "
+        f"{m['threads']} thread(s), torch {m['torch']}, transformers {m['transformers']}; "
+        f"wall {result['wall_seconds'] / 60:.1f} min" + (f" (1-min load at the end {load:.1f})" if load else "") + "."
+    )
 
 
 def setup_line(result: dict) -> str:
     s = result["settings"]
     pi0 = result["pi0"]
-    src = f"the shipped pi_0 (sha256 {pi0['sha256'][:12]}...)" if pi0.get("source") == "shipped" else "a locally trained pi_0"
-    return (f"{len(s['seeds'])} seeds x {s['iterations']} iterations, {s['task']} task, accuracy on {s['eval_size']} "
-            f"held-out problems (greedy, exact match); every arm starts from {src}, accuracy {pi0['score']:.3f}. "
-            f"Intervals: 95% bootstrap over seeds and test problems ({result['bootstrap']['draws']} draws).")
+    src = (
+        f"the shipped pi_0 (sha256 {pi0['sha256'][:12]}...)"
+        if pi0.get("source") == "shipped"
+        else "a locally trained pi_0"
+    )
+    return (
+        f"{len(s['seeds'])} seeds x {s['iterations']} iterations, {s['task']} task, accuracy on {s['eval_size']} "
+        f"held-out problems (greedy, exact match); every arm starts from {src}, accuracy {pi0['score']:.3f}. "
+        f"Intervals: 95% bootstrap over seeds and test problems ({result['bootstrap']['draws']} draws)."
+    )
 
 
 def scores_markdown(result: dict, *, every: int = 1) -> str:
@@ -64,8 +75,10 @@ def claims_table(result: dict) -> str:
             first = i == 0
             stat = "" if p is None else f"{p['name']} ({p['unit']})"
             val = "" if p is None else _ci(p, "{:+.2f}" if p["unit"] == "nats" else "{:+.1f}")
-            lines.append(f"| {'(' + c['id'] + ')' if first else ''} | {c['text'] if first else ''} | {stat} | {val} | "
-                         f"{'**' + c['verdict'] + '**' if first else p['verdict'] if p else ''} |")
+            lines.append(
+                f"| {'(' + c['id'] + ')' if first else ''} | {c['text'] if first else ''} | {stat} | {val} | "
+                f"{'**' + c['verdict'] + '**' if first else p['verdict'] if p else ''} |"
+            )
     return "\n".join(lines)
 
 
@@ -78,13 +91,15 @@ def claim_notes(result: dict) -> str:
 
 
 def vanishing_table(result: dict) -> str:
-    rows = [("degenerate share (y' == y)", "degenerate_share", "{:.2f}"),
-            ("u at generation, all pairs", "u_before_all", "{:+.2f}"),
-            ("u at generation, y' != y", "u_before_nondegenerate", "{:+.2f}"),
-            ("reward margin after training", "reward_margin_after", "{:+.3f}"),
-            ("v after training", "v_after", "{:+.2f}"),
-            ("misaligned share, all / y' != y", None, None),
-            ("log pi(y) after training", "annotated_logp_after", "{:.2f}")]
+    rows = [
+        ("degenerate share (y' == y)", "degenerate_share", "{:.2f}"),
+        ("u at generation, all pairs", "u_before_all", "{:+.2f}"),
+        ("u at generation, y' != y", "u_before_nondegenerate", "{:+.2f}"),
+        ("reward margin after training", "reward_margin_after", "{:+.3f}"),
+        ("v after training", "v_after", "{:+.2f}"),
+        ("misaligned share, all / y' != y", None, None),
+        ("log pi(y) after training", "annotated_logp_after", "{:.2f}"),
+    ]
     van = result["vanishing"]
     n = len(next(iter(van.values()))["degenerate_share"])
     lines = ["| run | quantity | " + " | ".join(f"Iter{t}" for t in range(n)) + " |", "|---" * (n + 2) + "|"]
@@ -112,7 +127,9 @@ def alarm_table(result: dict) -> str:
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
     for r in rows:
-        lines.append("| " + " | ".join(_f(r[k], "{:.3g}") if isinstance(r[k], float) else str(r[k]) for k in keys) + " |")
+        lines.append(
+            "| " + " | ".join(_f(r[k], "{:.3g}") if isinstance(r[k], float) else str(r[k]) for k in keys) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -123,50 +140,63 @@ def findings_table(result: dict) -> str:
     lines = ["| setting | why it was run | last iteration (peak) | difference, 95% interval |", "|---|---|---|---|"]
     for f in rows:
         diffs = "; ".join(f"{p['name']}: {_ci(p)} points" for p in f["parts"])
-        lines.append(f"| {f['label']} | {f['why']} | {_f(f['final'])} ({_f(f['peak'])} at Iter{f['peak_iteration']}) "
-                     f"| {diffs} |")
+        lines.append(
+            f"| {f['label']} | {f['why']} | {_f(f['final'])} ({_f(f['peak'])} at Iter{f['peak_iteration']}) | {diffs} |"
+        )
     return "\n".join(lines)
 
 
 def render_markdown(result: dict) -> str:
     every = 1 if len(next(iter(result["scores"].values()))["mean"]) <= 11 else 2
-    return "\n\n".join([
-        "# `tspin reproduce`: the papers' claims on the embedded world",
-        "Made by " + provenance(result),
-        setup_line(result),
-        "## Claims",
-        claims_table(result),
-        claim_notes(result),
-        ("Verdicts: **reproduced** when the interval lies on the claimed side of 0 (for (d): above -2 points); "
-         "**not reproduced** when it rules out an effect of the stated margin (1 point for accuracy and shares, "
-         "0 for the trends of (f)); **inconclusive** otherwise. Peaks in (a) are chosen on one half of the test "
-         "problems and measured on the other, so noise alone cannot make one."),
-        "## Findings: settings outside the defaults (same seeds; no verdict, no paper claims them)",
-        findings_table(result),
-        "## Accuracy after each iteration (mean over seeds)",
-        scores_markdown(result, every=every),
-        "## What vanishes (mean over seeds; per iteration)",
-        vanishing_table(result),
-        "## Instability alarms: how often each fired before a drop of 2 points or more",
-        alarm_table(result),
-    ]) + "\n"
+    return (
+        "\n\n".join(
+            [
+                "# `tspin reproduce`: the papers' claims on the embedded world",
+                "Made by " + provenance(result),
+                setup_line(result),
+                "## Claims",
+                claims_table(result),
+                claim_notes(result),
+                (
+                    "Verdicts: **reproduced** when the interval lies on the claimed side of 0 "
+                    "(for (d): above -2 points); **not reproduced** when it rules out an effect of the stated margin "
+                    "(1 point for accuracy and shares, 0 for the trends of (f)); **inconclusive** otherwise. "
+                    "Peaks in (a) are chosen on one half of the test problems and measured on the other, "
+                    "so noise alone cannot make one."
+                ),
+                "## Findings: settings outside the defaults (same seeds; no verdict, no paper claims them)",
+                findings_table(result),
+                "## Accuracy after each iteration (mean over seeds)",
+                scores_markdown(result, every=every),
+                "## What vanishes (mean over seeds; per iteration)",
+                vanishing_table(result),
+                "## Instability alarms: how often each fired before a drop of 2 points or more",
+                alarm_table(result),
+            ]
+        )
+        + "\n"
+    )
 
 
 def render_section(result: dict) -> str:
     """The block between BEGIN and END in README.md and docs/results.md."""
-    return "\n\n".join([
-        BEGIN,
-        "From " + provenance(result) + " " + setup_line(result),
-        claims_table(result),
-        "Accuracy (mean over seeds; last column: the final iteration's 95% interval):",
-        scores_markdown(result, every=3),
-        "Findings (settings outside the defaults, same seeds, no verdict):",
-        findings_table(result),
-        ("Every number, the per-iteration tables and the alarm validation: [docs/reproduce/claims.md]"
-         "(docs/reproduce/claims.md), [reproduce.json](docs/reproduce/reproduce.json), "
-         "[reproduce.html](docs/reproduce/reproduce.html)."),
-        END,
-    ])
+    return "\n\n".join(
+        [
+            BEGIN,
+            "From " + provenance(result) + " " + setup_line(result),
+            claims_table(result),
+            "Accuracy (mean over seeds; last column: the final iteration's 95% interval):",
+            scores_markdown(result, every=3),
+            "Findings (settings outside the defaults, same seeds, no verdict):",
+            findings_table(result),
+            (
+                "Every number, the per-iteration tables and the alarm validation: [docs/reproduce/claims.md]"
+                "(docs/reproduce/claims.md), [reproduce.json](docs/reproduce/reproduce.json), "
+                "[reproduce.html](docs/reproduce/reproduce.html)."
+            ),
+            END,
+        ]
+    )
 
 
 RESULT_FILES = {"README.md": "docs/", "docs/results.md": ""}  # file -> how it reaches docs/
@@ -224,14 +254,37 @@ def score_figure(result: dict):
     x = ["pi_0"] + [f"Iter{t}" for t in range(n - 1)]
     for i, (arm, s) in enumerate(result["scores"].items()):
         color = method_color(arm, i)
-        fig.add_trace(go.Scatter(x=x + x[::-1], y=s["high"] + s["low"][::-1], fill="toself", fillcolor=color,
-                                 opacity=0.12, line={"width": 0}, hoverinfo="skip", showlegend=False,
-                                 legendgroup=arm))
-        fig.add_trace(go.Scatter(x=x, y=s["mean"], name=s["label"], mode="lines+markers", legendgroup=arm,
-                                 line={"color": color},
-                                 hovertemplate=s["label"] + " %{x}: %{y:.3f}<extra></extra>"))
-    fig.update_layout(title="accuracy after each iteration (mean over seeds, 95% band)", height=460,
-                      xaxis_title="policy", yaxis_title="accuracy (exact match, 0-1)", template="plotly_white")
+        fig.add_trace(
+            go.Scatter(
+                x=x + x[::-1],
+                y=s["high"] + s["low"][::-1],
+                fill="toself",
+                fillcolor=color,
+                opacity=0.12,
+                line={"width": 0},
+                hoverinfo="skip",
+                showlegend=False,
+                legendgroup=arm,
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=s["mean"],
+                name=s["label"],
+                mode="lines+markers",
+                legendgroup=arm,
+                line={"color": color},
+                hovertemplate=s["label"] + " %{x}: %{y:.3f}<extra></extra>",
+            )
+        )
+    fig.update_layout(
+        title="accuracy after each iteration (mean over seeds, 95% band)",
+        height=460,
+        xaxis_title="policy",
+        yaxis_title="accuracy (exact match, 0-1)",
+        template="plotly_white",
+    )
     return fig
 
 
@@ -242,8 +295,12 @@ def render_html(result: dict) -> str:
     figure = pio.to_html(score_figure(result), full_html=False, include_plotlyjs="inline")
     body = _md_to_html(render_markdown(result))
     head, sep, rest = body.partition("<h2>Accuracy after each iteration")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}"
-             ".tbl{border-collapse:collapse;font-size:13px}.tbl td,.tbl th{padding:2px 8px;border-bottom:1px solid #ddd}"
-             "code{background:#f4f4f4}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>tspin reproduce</title><style>{style}</style>"
-            f"</head><body>{head}{figure}{sep}{rest}</body></html>\n")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}"
+        ".tbl{border-collapse:collapse;font-size:13px}.tbl td,.tbl th{padding:2px 8px;border-bottom:1px solid #ddd}"
+        "code{background:#f4f4f4}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>tspin reproduce</title><style>{style}</style>"
+        f"</head><body>{head}{figure}{sep}{rest}</body></html>\n"
+    )

@@ -19,9 +19,9 @@ import logging
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -31,9 +31,12 @@ from . import toy
 from .config import RunConfig, config_diff
 from .generation import derive_seed, sample_responses, score_responses
 from .records import method_columns
+from .scoring import score_roles, task_score
 from .store import RunDirError, RunRecords, RunStore, load_run, read_json, read_parquet, write_json, write_parquet
-from .templates import PLAIN_TEMPLATE, token_strings
-from .training import Examples, build_examples, train_iteration
+from .templates import token_strings
+from .training import Examples, train_iteration
+from .triplets import assemble
+from .world import World, load_world
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +48,12 @@ def _versions() -> dict:
     import accelerate
     import transformers
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-           "accelerate": accelerate.__version__}
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+    }
     try:
         import peft
 
@@ -61,16 +68,25 @@ def _versions() -> dict:
 
 def _heldout_frame(iteration: int, per_problem: list[float]) -> pd.DataFrame:
     """Per-problem task score of one policy (iteration -1 is pi_0, t is pi_{t+1})."""
-    return pd.DataFrame({"iteration": iteration, "problem_id": np.arange(len(per_problem)),
-                         "value": np.asarray(per_problem, dtype=float)})
+    return pd.DataFrame(
+        {
+            "iteration": iteration,
+            "problem_id": np.arange(len(per_problem)),
+            "value": np.asarray(per_problem, dtype=float),
+        }
+    )
 
 
 def _q(x: np.ndarray, prefix: str) -> dict:
     x = x[~np.isnan(x)] if len(x) else x
     if len(x) == 0:
         return {f"{prefix}_{k}": float("nan") for k in ("mean", "q10", "q50", "q90")}
-    return {f"{prefix}_mean": float(x.mean()), f"{prefix}_q10": float(np.quantile(x, 0.1)),
-            f"{prefix}_q50": float(np.quantile(x, 0.5)), f"{prefix}_q90": float(np.quantile(x, 0.9))}
+    return {
+        f"{prefix}_mean": float(x.mean()),
+        f"{prefix}_q10": float(np.quantile(x, 0.1)),
+        f"{prefix}_q50": float(np.quantile(x, 0.5)),
+        f"{prefix}_q90": float(np.quantile(x, 0.9)),
+    }
 
 
 class SelfPlaySession:
@@ -90,9 +106,12 @@ class SelfPlaySession:
         self._generated: pd.DataFrame | None = None
         self._train_info: dict | None = None
         self._heldout: list[pd.DataFrame] = []
-        self.model = self.tokenizer = None
-        self.accelerator = None
-        self.pi0_info: dict = {}
+        self.world: World | None = None  # model, tokenizer, rows and token ids (world.py), loaded by prepare()
+        self.proto_ids: list[list[int]] | None = None  # y0 of every example, sampled once from pi_0
+        self._prev_generated: pd.DataFrame | None = None  # the last iteration's y' (mix_previous without a store)
+        self._gen_seconds = float("nan")
+        self._trackers: list | None = None  # report_to's trackers, made on first use
+        self._steps_logged: int | None = None
         self._token_text: dict[int, str] = {}  # token id -> its text (templates.token_strings)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -134,7 +153,7 @@ class SelfPlaySession:
             self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ prepare
-    def prepare(self, progress: Progress = None) -> "SelfPlaySession":
+    def prepare(self, progress: Progress = None) -> SelfPlaySession:
         """Load data and pi_0, score pi_0, sample the proto-synthetic y0 once."""
         self._expect("prepare")
         t0 = time.perf_counter()
@@ -154,12 +173,18 @@ class SelfPlaySession:
                 score_session(self, -1)
             score, per_problem = self._task_score(progress)
             self.initial = {"score": score, "score_name": self.score_name, "pi0": self.pi0_info}
-            proto = self._sample(derive_seed(cfg.seed, "proto"), "sample y0", progress) if self._self_play_records else None
+            proto = (
+                self._sample(derive_seed(cfg.seed, "proto"), "sample y0", progress) if self._self_play_records else None
+            )
             self.proto_ids = proto
             if self.store and self._main:
                 if proto is not None:
-                    write_parquet(self.store.root / "proto.parquet", pd.DataFrame(
-                        {"example_id": range(len(proto)), "proto_ids": proto, "proto": self._decode_all(proto)}))
+                    write_parquet(
+                        self.store.root / "proto.parquet",
+                        pd.DataFrame(
+                            {"example_id": range(len(proto)), "proto_ids": proto, "proto": self._decode_all(proto)}
+                        ),
+                    )
                 if self._weights_are_local():
                     self.store.policy_dir(0).parent.mkdir(parents=True, exist_ok=True)
                     from .store import save_weights
@@ -175,88 +200,22 @@ class SelfPlaySession:
         return self
 
     def _load_world(self) -> None:
-        from accelerate import Accelerator
+        self.world = load_world(self.config)
 
-        cfg = self.config
-        self.accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available())
-        from .sharding import check_supported
-
-        check_supported(self.accelerator, cfg.train)  # DeepSpeed, FSDP1, ... stop here, not at the first train
-        src = cfg.data.source
-        self.task = src.split(":", 1)[1] if src.startswith("toy:") else None
-        if self.task is not None:
-            pool = max(cfg.data.num_examples or 0, cfg.model.toy_sft_examples)
-            train, held_out = toy.make_world(self.task, pool, cfg.data.eval_size, cfg.data.seed)
-            self.train_rows = train[: cfg.data.num_examples] if cfg.data.num_examples else train
-            if cfg.data.fraction is not None:
-                self.train_rows = self.train_rows[: max(1, int(round(cfg.data.fraction * len(self.train_rows))))]
-            pi0_rows = train[: cfg.model.toy_sft_examples]
-        else:
-            train_ds, eval_ds = cfg.data.load()  # rows carry "row", their row in the source file
-            self.train_rows = [dict(r) for r in train_ds]
-            held_out = [dict(r) for r in eval_ds]
-            pi0_rows = [{k: v for k, v in r.items() if k != "row"} for r in self.train_rows]
-        self.held_out = held_out
-        # The toy tokenizer's chat template is a bare concatenation made for `a+b=` prompts; on a user's own
-        # text it would run prompt and response together, so `auto` takes the plain template there.
-        toy_on_text = cfg.model.name_or_path == "toy" and self.task is None and cfg.model.prompt_template == "auto"
-        self.template_mode = "plain" if toy_on_text else cfg.model.prompt_template
-        if toy_on_text:
-            logger.info("toy model on your own data: prompts use the plain template %r", PLAIN_TEMPLATE)
-        if cfg.model.name_or_path == "toy":
-            # Check every prompt's length budget before pi_0 is trained (the toy tokenizer is built in code).
-            self._build_examples(toy.build_tokenizer(), {"max_position_embeddings": toy.ToyModelSize().max_position_embeddings})
-            # The main process makes (or finds) the cached pi_0; the others then load it.
-            self.pi0_info = {}
-            with self.accelerator.main_process_first():
-                self.model, self.tokenizer = toy.initial_policy(
-                    self.task or "text", pi0_rows,
-                    toy.InitialPolicySettings(epochs=cfg.model.toy_sft_epochs, seed=cfg.model.toy_pi0_seed),
-                    cpu=self.accelerator.device.type == "cpu", info=self.pi0_info, template=self.template_mode)
-        else:
-            from .models import load_pretrained
-
-            self.pi0_info = {"source": "pretrained", "name_or_path": cfg.model.name_or_path}
-            self.model, self.tokenizer = load_pretrained(cfg.model)
-        from .models import apply_gradient_checkpointing, apply_lora, check_tokenizer, max_length_of
-
-        check_tokenizer(self.tokenizer, cfg.model.name_or_path)
-        self.model = apply_gradient_checkpointing(self.model, cfg.model)  # model.gradient_checkpointing
-        with torch.random.fork_rng():
-            torch.manual_seed(derive_seed(cfg.seed, "lora"))
-            self.model = apply_lora(self.model, cfg.model)
-        self.model.to(self.accelerator.device)
-        self.max_length = max_length_of(self.model, self.tokenizer, cfg.model)
-        self._build_examples(self.tokenizer, self.model.config)
-        self.score_name = "accuracy" if self.task in toy.TASKS else "heldout_token_logp"
-        if self.task is None and not self.template["separator"]:
-            logger.warning("the prompt template puts nothing between a prompt and its response (%r): the model "
-                           "cannot tell where the prompt ends", self.template["text"])
-
-    def _build_examples(self, tokenizer, model_config) -> None:
-        """Token ids of every row, and the whole length budget (prompt + max_new_tokens + EOS, prompt + y)
-        checked up front: a long row is a one-line error naming the file, its row and field, never an
-        IndexError halfway through sampling."""
-        from types import SimpleNamespace
-
-        from .data import describe_source
-        from .models import check_length_budget, position_limit
-        from .templates import describe_template
-
-        cfg = self.config
-        if isinstance(model_config, dict):
-            model_config = SimpleNamespace(**model_config)
-        positions = position_limit(model_config, tokenizer)
-        prompt_limit = cfg.model.max_length or positions or 2048
-        origin = f"data.source {cfg.data.source!r}" if self.task is not None else describe_source(cfg.data.source)
-        self.template = {**describe_template(tokenizer, self.template_mode), "requested": cfg.model.prompt_template}
-        for name, rows in (("examples", self.train_rows), ("held_out_prompt_ids", self.held_out)):
-            ex = build_examples(tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows],
-                                self.template_mode, None)
-            check_length_budget(ex.prompt_ids, ex.annotated_ids, rows, origin=origin, prompt_limit=prompt_limit,
-                                positions=positions, max_new_tokens=cfg.sampling.max_new_tokens,
-                                prompt_field=cfg.data.prompt_column, response_field=cfg.data.response_column)
-            setattr(self, name, ex)
+    # the world's parts, as the session has always exposed them (widgets and notebooks read these)
+    accelerator = property(lambda self: self.world.accelerator if self.world else None)
+    model = property(lambda self: self.world.model if self.world else None)
+    tokenizer = property(lambda self: self.world.tokenizer if self.world else None)
+    task = property(lambda self: self.world.task if self.world else None)
+    train_rows = property(lambda self: self.world.train_rows if self.world else None)
+    held_out = property(lambda self: self.world.held_out if self.world else None)
+    examples = property(lambda self: self.world.examples if self.world else None)
+    held_out_prompt_ids = property(lambda self: self.world.held_out_examples if self.world else None)
+    template = property(lambda self: self.world.template if self.world else None)
+    template_mode = property(lambda self: self.world.template_mode if self.world else None)
+    max_length = property(lambda self: self.world.max_length if self.world else None)
+    score_name = property(lambda self: self.world.score_name if self.world else None)
+    pi0_info = property(lambda self: self.world.pi0_info if self.world else {})
 
     def _weights_are_local(self) -> bool:
         # A toy pi_0 or a LoRA adapter is small and not re-creatable from a hub id: keep it in the run.
@@ -264,12 +223,21 @@ class SelfPlaySession:
 
     def _write_manifest(self) -> None:
         cfg = self.config
-        new = {"config": cfg.to_dict(), "label": self.label, "versions": _versions(),
-               "seeds": {"run": cfg.seed, "data": cfg.data.seed},
-               "sampling": cfg.to_dict()["sampling"], "phases": ["prepare", "generate", "train", "evaluate"],
-               "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "score_name": self.score_name,
-               "num_examples": len(self.train_rows), "eval_size": len(self.held_out),
-               "machine": toy.machine_info(), "pi0": self.pi0_info, "template": self.template}
+        new = {
+            "config": cfg.to_dict(),
+            "label": self.label,
+            "versions": _versions(),
+            "seeds": {"run": cfg.seed, "data": cfg.data.seed},
+            "sampling": cfg.to_dict()["sampling"],
+            "phases": ["prepare", "generate", "train", "evaluate"],
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "score_name": self.score_name,
+            "num_examples": len(self.train_rows),
+            "eval_size": len(self.held_out),
+            "machine": toy.machine_info(),
+            "pi0": self.pi0_info,
+            "template": self.template,
+        }
         if self.store.exists() and self.store.is_done("prepare"):
             old = read_json(self.store.manifest_path)
             # run_dir is where the run lives, not how it runs: a moved run, or one resumed through a relative
@@ -280,13 +248,18 @@ class SelfPlaySession:
             # and one made before the table of methods had no method.params: the same as none set
             was = {"sft_records": True, **old.get("config", {})}
             was["method"] = {"params": {}, **was.get("method", {})}
-            diff = [d for d in config_diff(was, new["config"])
-                    if not d.startswith(("run_dir:", "report_to:", "train.checkpoint_every:",
-                                         "model.gradient_checkpointing:"))]  # memory, not numbers
+            diff = [
+                d
+                for d in config_diff(was, new["config"])
+                if not d.startswith(
+                    ("run_dir:", "report_to:", "train.checkpoint_every:", "model.gradient_checkpointing:")
+                )
+            ]  # memory, not numbers
             if diff:
                 raise RunDirError(
                     f"{self.store.root}: this run directory was made with a different config ({'; '.join(diff[:5])}); "
-                    f"use a new run_dir, or `tspin resume {self.store.root}` to continue it as it was")
+                    f"use a new run_dir, or `tspin resume {self.store.root}` to continue it as it was"
+                )
             return
         # A run that never finished prepare has no records yet: its manifest is rewritten, so a corrected
         # config can use the same run_dir.
@@ -328,13 +301,31 @@ class SelfPlaySession:
         logger.info("%s: resuming at iteration %d, phase %s", self.label, self.iteration, self.next_phase)
 
     # ------------------------------------------------------------------ helpers
-    def _sample(self, seed: int, desc: str, progress: Progress, greedy: bool = False,
-                prompt_ids=None, chunk_dir: Path | None = None) -> list[list[int]]:
+    def _sample(
+        self,
+        seed: int,
+        desc: str,
+        progress: Progress,
+        greedy: bool = False,
+        prompt_ids=None,
+        chunk_dir: Path | None = None,
+    ) -> list[list[int]]:
         s = self.config.sampling
         ids = prompt_ids if prompt_ids is not None else self.examples.prompt_ids
-        return sample_responses(self.model, self.tokenizer, ids, temperature=0.0 if greedy else s.temperature,
-                                top_p=s.top_p, top_k=s.top_k, max_new_tokens=s.max_new_tokens,
-                                batch_size=s.batch_size, seed=seed, desc=desc, progress=progress, chunk_dir=chunk_dir)
+        return sample_responses(
+            self.model,
+            self.tokenizer,
+            ids,
+            temperature=0.0 if greedy else s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            max_new_tokens=s.max_new_tokens,
+            batch_size=s.batch_size,
+            seed=seed,
+            desc=desc,
+            progress=progress,
+            chunk_dir=chunk_dir,
+        )
 
     def _decode_all(self, ids: list[list[int]]) -> list[str]:
         return [self.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
@@ -344,33 +335,29 @@ class SelfPlaySession:
         return [list(x) + [eos] for x in ids]
 
     def _score(self, response_ids, desc, progress, prompt_ids=None) -> list[dict]:
-        return score_responses(self.model, prompt_ids or self.examples.prompt_ids, response_ids,
-                               pad_id=self.tokenizer.pad_token_id, batch_size=self.config.sampling.batch_size,
-                               desc=desc, progress=progress)
+        return score_responses(
+            self.model,
+            prompt_ids or self.examples.prompt_ids,
+            response_ids,
+            pad_id=self.tokenizer.pad_token_id,
+            batch_size=self.config.sampling.batch_size,
+            desc=desc,
+            progress=progress,
+        )
 
     def _score_roles(self, ids: dict[str, list[list[int]]], desc: str, progress: Progress) -> dict[str, list[dict]]:
-        """Score several roles of the training prompts under the current policy in one call, so that each distinct
-        (prompt, response) is forwarded once and each prompt once (y' == y and y0 == y repeat about half of the
-        rows on the toy task)."""
-        if not ids:
-            return {}
-        n = len(self.examples.prompt_ids)
-        flat = [r for role in ids for r in ids[role]]
-        scored = self._score(flat, desc, progress, prompt_ids=self.examples.prompt_ids * len(ids))
-        return {role: scored[k * n:(k + 1) * n] for k, role in enumerate(ids)}
+        return score_roles(
+            self.model,
+            self.examples.prompt_ids,
+            ids,
+            pad_id=self.tokenizer.pad_token_id,
+            batch_size=self.config.sampling.batch_size,
+            desc=desc,
+            progress=progress,
+        )
 
     def _task_score(self, progress: Progress) -> tuple[float, list[float]]:
-        """The task score and its per-problem values (1/0 per problem, or per-token log-lik), kept so that
-        intervals can resample test problems."""
-        held = self.held_out_prompt_ids
-        if self.score_name == "accuracy":
-            out = self._sample(0, "evaluate", progress, greedy=True, prompt_ids=held.prompt_ids)
-            texts = self._decode_all(out)
-            per = [float(toy.is_correct(self.task, t, r["answer"])) for t, r in zip(texts, self.held_out)]
-        else:
-            scored = self._score(held.annotated_ids, "evaluate", progress, prompt_ids=held.prompt_ids)
-            per = [s["logp"] / len(ids) for s, ids in zip(scored, held.annotated_ids)]
-        return float(np.mean(per)), per
+        return task_score(self.world, self.config.sampling, progress)
 
     # ------------------------------------------------------------------ generate
     def generate(self, progress: Progress = None) -> pd.DataFrame:
@@ -389,8 +376,9 @@ class SelfPlaySession:
             ids.update(synthetic=self._with_eos(syn), proto=self._with_eos(self.proto_ids))
         prev = self._frames[-1] if self._frames else None
         # y and y0 do not change, and evaluate(t-1) already scored them under pi_t ("after"); the rest in one call
-        scored = self._score_roles({r: x for r, x in ids.items() if prev is None or r == "synthetic"},
-                                   f"score it{t}", progress)
+        scored = self._score_roles(
+            {r: x for r, x in ids.items() if prev is None or r == "synthetic"}, f"score it{t}", progress
+        )
         for role in ids:
             if role in scored:
                 df[f"{role}_logp_before"] = [s["logp"] for s in scored[role]]
@@ -411,27 +399,21 @@ class SelfPlaySession:
 
     # ------------------------------------------------------------------ train
     def _triplets(self) -> Examples:
-        t, cfg, g = self.iteration, self.config, self._generated
-        ex = self.examples
-        syn = self._with_eos([list(map(int, x)) for x in g["synthetic_ids"]])
-        proto = self._with_eos(self.proto_ids)
-        out = Examples(ex.prompt_ids, ex.annotated_ids, syn, proto)
-        if cfg.method.uses_reference:
-            out.ref_annotated = torch.tensor(g["annotated_logp_before"].to_numpy(), dtype=torch.float32)
-            out.ref_synthetic = torch.tensor(g["synthetic_logp_before"].to_numpy(), dtype=torch.float32)
-            out.ref_proto = torch.tensor(g["proto_logp_before"].to_numpy(), dtype=torch.float32)
-        if cfg.method.mask_proto_equal_annotated:
-            out.historical_mask = torch.tensor([p != a for p, a in zip(proto, ex.annotated_ids)])
+        t, cfg = self.iteration, self.config
+        previous = None
         if cfg.method.mix_previous and t > 0:
-            prev = read_parquet(self.store.iter_dir(t - 1) / "generated.parquet") if self.store else self._prev_generated
-            prev_syn = self._with_eos([list(map(int, x)) for x in prev["synthetic_ids"]])
-            extra = Examples(ex.prompt_ids, ex.annotated_ids, prev_syn, proto)
-            if cfg.method.uses_reference:
-                ref = torch.tensor([s["logp"] for s in self._score(prev_syn, "score previous y'", None)])
-                extra.ref_annotated, extra.ref_synthetic, extra.ref_proto = out.ref_annotated, ref, out.ref_proto
-            extra.historical_mask = out.historical_mask
-            out = out.concat(extra)
-        return out
+            previous = (
+                read_parquet(self.store.iter_dir(t - 1) / "generated.parquet") if self.store else self._prev_generated
+            )
+        return assemble(
+            self.examples,
+            self._generated,
+            self.proto_ids,
+            cfg.method,
+            eos=self.tokenizer.eos_token_id,
+            previous=previous,
+            score_previous=lambda ids: [s["logp"] for s in self._score(ids, "score previous y'", None)],
+        )
 
     def train(self, progress: Progress = None) -> dict:
         """pi_t -> pi_{t+1} on this iteration's triplets (or pairs, or annotated data for SFT)."""
@@ -439,14 +421,30 @@ class SelfPlaySession:
         t, cfg = self.iteration, self.config
         examples = self._triplets() if cfg.method.spec.self_play else self.examples
         # mid-phase checkpoints (train.checkpoint_every): every process reads the folder, the main process writes it
-        res = train_iteration(self.model, examples, method=cfg.method, train=cfg.train, iteration=t, seed=cfg.seed,
-                              accelerator=self.accelerator, progress=progress,
-                              checkpoint_dir=self.store.iter_dir(t) / "train_checkpoint"
-                              if self.store and cfg.train.checkpoint_every > 0 else None)
+        res = train_iteration(
+            self.model,
+            examples,
+            method=cfg.method,
+            train=cfg.train,
+            iteration=t,
+            seed=cfg.seed,
+            accelerator=self.accelerator,
+            progress=progress,
+            checkpoint_dir=self.store.iter_dir(t) / "train_checkpoint"
+            if self.store and cfg.train.checkpoint_every > 0
+            else None,
+        )
         self._prev_generated = self._generated
-        info = {"step_losses": res.step_losses, "step_terms": res.step_terms, "seconds": res.seconds, "steps": res.steps,
-                "lr": res.lr,
-                "beta": cfg.method.beta_at(t), "lam": cfg.method.lam_at(t), "num_train_examples": len(examples)}
+        info = {
+            "step_losses": res.step_losses,
+            "step_terms": res.step_terms,
+            "seconds": res.seconds,
+            "steps": res.steps,
+            "lr": res.lr,
+            "beta": cfg.method.beta_at(t),
+            "lam": cfg.method.lam_at(t),
+            "num_train_examples": len(examples),
+        }
         self._train_info = info
         if self.store and self._main:
             from .store import save_weights
@@ -468,14 +466,16 @@ class SelfPlaySession:
         score_after, per_problem = self._task_score(progress)
         # an SFT run without y'/y0 records (`sft_records` off) has y only: their columns hold NaN / None
         syn_ids = [list(map(int, x)) for x in g["synthetic_ids"]] if "synthetic_ids" in g else None
-        rec = pd.DataFrame({
-            "iteration": t,
-            "example_id": np.arange(len(self.examples)),
-            "prompt": [r["prompt"] for r in self.train_rows],
-            "annotated": [r["response"] for r in self.train_rows],
-            "synthetic": self._decode_all(syn_ids) if syn_ids is not None else None,
-            "proto": self._decode_all(self.proto_ids) if syn_ids is not None else None,
-        })
+        rec = pd.DataFrame(
+            {
+                "iteration": t,
+                "example_id": np.arange(len(self.examples)),
+                "prompt": [r["prompt"] for r in self.train_rows],
+                "annotated": [r["response"] for r in self.train_rows],
+                "synthetic": self._decode_all(syn_ids) if syn_ids is not None else None,
+                "proto": self._decode_all(self.proto_ids) if syn_ids is not None else None,
+            }
+        )
         ids = {"annotated": self.examples.annotated_ids}
         if syn_ids is not None:
             ids.update(synthetic=self._with_eos(syn_ids), proto=self._with_eos(self.proto_ids))
@@ -498,8 +498,12 @@ class SelfPlaySession:
             rec["proto_equals_annotated"] = [p == a for p, a in zip(ids["proto"], ids["annotated"])]
             rec["synthetic_equals_proto"] = [s == p for s, p in zip(ids["synthetic"], ids["proto"])]
         else:
-            for c in ("synthetic_token_entropy", "synthetic_equals_annotated", "proto_equals_annotated",
-                      "synthetic_equals_proto"):
+            for c in (
+                "synthetic_token_entropy",
+                "synthetic_equals_annotated",
+                "proto_equals_annotated",
+                "synthetic_equals_proto",
+            ):
                 rec[c] = np.nan
         self._add_method_columns(rec, t)
         if self.score_name == "accuracy" and syn_ids is not None:
@@ -510,26 +514,42 @@ class SelfPlaySession:
             rec["synthetic_correct"] = np.nan
             rec["proto_correct"] = np.nan
         score_before = self._metrics[-1]["score_after"] if self._metrics else self.initial["score"]
-        m = {"iteration": t, "method": cfg.method.name, "label": self.label, "score_name": self.score_name,
-             "score_before": score_before, "score_after": score_after}
+        m = {
+            "iteration": t,
+            "method": cfg.method.name,
+            "label": self.label,
+            "score_name": self.score_name,
+            "score_before": score_before,
+            "score_after": score_after,
+        }
         for when in ("before", "after"):
             m.update(_q(rec[f"current_advantage_{when}"].to_numpy(float), f"current_advantage_{when}"))
             m.update(_q(rec[f"historical_advantage_{when}"].to_numpy(float), f"historical_advantage_{when}"))
-        m.update({
-            "misaligned_share": float(rec["misaligned"].mean()),
-            "share_synthetic_equals_annotated": float(rec["synthetic_equals_annotated"].mean()),
-            "share_proto_equals_annotated": float(rec["proto_equals_annotated"].mean()),
-            "share_synthetic_equals_proto": float(rec["synthetic_equals_proto"].mean()),
-            "synthetic_accuracy": float(np.mean(rec["synthetic_correct"])) if self.score_name == "accuracy" else float("nan"),
-            "synthetic_token_entropy": float(rec["synthetic_token_entropy"].mean()),
-            "loss_mean": float(np.mean(self._train_info["step_losses"])) if self._train_info["step_losses"] else float("nan"),
-            "beta": self._train_info["beta"], "lam": self._train_info["lam"], "lr": self._train_info["lr"],
-            "seconds_generate": float(g["seconds"].iloc[0]) if "seconds" in g else getattr(self, "_gen_seconds", float("nan")),
-            "seconds_train": self._train_info["seconds"],
-            "seconds_evaluate": time.perf_counter() - t0,
-            "sampling_temperature": cfg.sampling.temperature, "sampling_top_p": cfg.sampling.top_p,
-            "sampling_top_k": cfg.sampling.top_k, "sampling_max_new_tokens": cfg.sampling.max_new_tokens,
-        })
+        m.update(
+            {
+                "misaligned_share": float(rec["misaligned"].mean()),
+                "share_synthetic_equals_annotated": float(rec["synthetic_equals_annotated"].mean()),
+                "share_proto_equals_annotated": float(rec["proto_equals_annotated"].mean()),
+                "share_synthetic_equals_proto": float(rec["synthetic_equals_proto"].mean()),
+                "synthetic_accuracy": float(np.mean(rec["synthetic_correct"]))
+                if self.score_name == "accuracy"
+                else float("nan"),
+                "synthetic_token_entropy": float(rec["synthetic_token_entropy"].mean()),
+                "loss_mean": float(np.mean(self._train_info["step_losses"]))
+                if self._train_info["step_losses"]
+                else float("nan"),
+                "beta": self._train_info["beta"],
+                "lam": self._train_info["lam"],
+                "lr": self._train_info["lr"],
+                "seconds_generate": float(g["seconds"].iloc[0]) if "seconds" in g else self._gen_seconds,
+                "seconds_train": self._train_info["seconds"],
+                "seconds_evaluate": time.perf_counter() - t0,
+                "sampling_temperature": cfg.sampling.temperature,
+                "sampling_top_p": cfg.sampling.top_p,
+                "sampling_top_k": cfg.sampling.top_k,
+                "sampling_max_new_tokens": cfg.sampling.max_new_tokens,
+            }
+        )
         if self.store and self._main:
             write_parquet(self.store.iter_dir(t) / "examples.parquet", rec)
             write_parquet(self.store.iter_dir(t) / "heldout.parquet", _heldout_frame(t, per_problem))
@@ -545,8 +565,16 @@ class SelfPlaySession:
         self._report("iteration", t, m, rec)
         self.iteration += 1
         self._generated = None
-        logger.info("%s it%d: %s %.4f -> %.4f (u after %.3f, v after %.3f)", self.label, t, self.score_name,
-                    score_before, score_after, m["current_advantage_after_mean"], m["historical_advantage_after_mean"])
+        logger.info(
+            "%s it%d: %s %.4f -> %.4f (u after %.3f, v after %.3f)",
+            self.label,
+            t,
+            self.score_name,
+            score_before,
+            score_after,
+            m["current_advantage_after_mean"],
+            m["historical_advantage_after_mean"],
+        )
         return m
 
     def _add_method_columns(self, rec: pd.DataFrame, t: int) -> None:
@@ -555,8 +583,14 @@ class SelfPlaySession:
         logps = {when: {r: rec[f"{r}_logp_{when}"].to_numpy(float) for r in ROLES} for when in ("before", "after")}
         # Same rule as training: token ids of y0 and y differ (rec holds proto_equals_annotated from the ids).
         mask = ~rec["proto_equals_annotated"].to_numpy(bool) if method.mask_proto_equal_annotated else None
-        cols = method_columns(method.spec, logps["before"], logps["after"], knobs=method.knobs_at(t),
-                              annotated_tokens=rec["annotated_ntokens"].to_numpy(float), historical_mask=mask)
+        cols = method_columns(
+            method.spec,
+            logps["before"],
+            logps["after"],
+            knobs=method.knobs_at(t),
+            annotated_tokens=rec["annotated_ntokens"].to_numpy(float),
+            historical_mask=mask,
+        )
         for c, v in cols.items():
             rec[c] = v
 
@@ -583,14 +617,18 @@ class SelfPlaySession:
             return
         from . import trackers as T
 
-        if getattr(self, "_trackers", None) is None:
-            self._trackers = T.make_trackers(self.config.report_to, run_dir=self.config.run_dir, label=self.label,
-                                             config=self.config.to_dict())
+        if self._trackers is None:
+            self._trackers = T.make_trackers(
+                self.config.report_to, run_dir=self.config.run_dir, label=self.label, config=self.config.to_dict()
+            )
             self._steps_logged = None
         if kind == "steps":
             if self._steps_logged is None:  # optimiser steps of earlier iterations (also after a resume)
-                self._steps_logged = sum(len(read_json(self.store.iter_dir(i) / "train.json")["step_losses"])
-                                         for i in range(t)) if self.store else 0
+                self._steps_logged = (
+                    sum(len(read_json(self.store.iter_dir(i) / "train.json")["step_losses"]) for i in range(t))
+                    if self.store
+                    else 0
+                )
             for tr in self._trackers:
                 tr.log_steps(self._steps_logged, list(payload[0]), dict(payload[1]))
             self._steps_logged += len(payload[0])
@@ -603,22 +641,33 @@ class SelfPlaySession:
 
     def close_trackers(self) -> None:
         """Finish the trackers' runs (run() does this at its end; call it after stepping by hand)."""
-        for tr in getattr(self, "_trackers", None) or []:
+        for tr in self._trackers or []:
             tr.close()
         self._trackers = None
 
     def records(self) -> RunRecords:
-        manifest = {"config": self.config.to_dict(), "label": self.label, "score_name": getattr(self, "score_name", None)}
+        manifest = {
+            "config": self.config.to_dict(),
+            "label": self.label,
+            "score_name": self.score_name,
+        }
         examples = pd.concat(self._frames, ignore_index=True) if self._frames else pd.DataFrame()
         heldout = pd.concat(self._heldout, ignore_index=True) if self._heldout else pd.DataFrame()
         from .harness import session_frame  # lm-eval scores (eval_harness), empty without
 
-        return RunRecords(self.store.root if self.store else None, manifest, examples, pd.DataFrame(self._metrics),
-                          dict(self.initial), heldout, session_frame(self))
+        return RunRecords(
+            self.store.root if self.store else None,
+            manifest,
+            examples,
+            pd.DataFrame(self._metrics),
+            dict(self.initial),
+            heldout,
+            session_frame(self),
+        )
 
     # ------------------------------------------------------------------ resume
     @classmethod
-    def resume(cls, run_dir: str | Path) -> "SelfPlaySession":
+    def resume(cls, run_dir: str | Path) -> SelfPlaySession:
         """Reopen a run directory; the next call continues with the first phase not done."""
         store = RunStore(run_dir)
         if not store.root.is_dir():

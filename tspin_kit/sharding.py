@@ -58,8 +58,10 @@ def uses_fsdp(accelerator) -> bool:
         return False
     version = getattr(getattr(state, "fsdp_plugin", None), "fsdp_version", None)
     if version != 2:
-        raise ValueError(f"accelerate is configured with FSDP version {version}; tspin-kit trains with FSDP2 only: "
-                         f"set `fsdp_version: 2` in the accelerate config (as configs/accelerate/fsdp2.yaml does)")
+        raise ValueError(
+            f"accelerate is configured with FSDP version {version}; tspin-kit trains with FSDP2 only: "
+            f"set `fsdp_version: 2` in the accelerate config (as configs/accelerate/fsdp2.yaml does)"
+        )
     return True
 
 
@@ -112,11 +114,13 @@ def check_supported(accelerator, train=None) -> None:
     if accelerator.state.distributed_type == DistributedType.DEEPSPEED:
         raise NotImplementedError(
             "accelerate is configured with DeepSpeed: tspin-kit does not train under DeepSpeed/ZeRO-3 yet; launch "
-            "with configs/accelerate/fsdp2.yaml (sharded) or configs/accelerate/ddp.yaml instead")
+            "with configs/accelerate/fsdp2.yaml (sharded) or configs/accelerate/ddp.yaml instead"
+        )
     if uses_fsdp(accelerator) and train is not None and getattr(train, "checkpoint_every", 0):
         raise NotImplementedError(FSDP_MID_PHASE_CHECKPOINTS)
 
 
 FSDP_MID_PHASE_CHECKPOINTS = (
     "train.checkpoint_every under FSDP: the mid-phase checkpoint saves the main process's full parameters and "
-    "optimiser state, which FSDP shards over processes; set train.checkpoint_every: 0 or launch with DDP")
+    "optimiser state, which FSDP shards over processes; set train.checkpoint_every: 0 or launch with DDP"
+)

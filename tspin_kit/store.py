@@ -127,7 +127,9 @@ def load_weights(model, folder: Path) -> None:
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     missing = [k for k in missing if k not in tied and "lm_head" not in k]
     if missing or unexpected:
-        raise RunDirError(f"{folder}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise RunDirError(
+            f"{folder}: weights do not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
 
 
 class RunStore:
@@ -165,7 +167,8 @@ class RunStore:
         if found:
             raise RunDirError(
                 f"{self.root}: not empty ({', '.join(found[:3])}{' ...' if len(found) > 3 else ''}) and not a "
-                f"tspin run directory (no manifest.json); choose a new or empty run_dir")
+                f"tspin run directory (no manifest.json); choose a new or empty run_dir"
+            )
 
     # state
     def read_state(self) -> dict:

@@ -132,9 +132,7 @@ def build_records(
     for t in range(n_iterations):
         p_equal = min(0.05 + 0.12 * t * strength, 0.6)
         syn_ok = rng.random(n_examples) < min(0.15 + 0.12 * t * strength, 0.9)
-        syn_equal = syn_ok & (
-            rng.random(n_examples) < p_equal / max(0.15 + 0.12 * t * strength, 1e-9)
-        )
+        syn_equal = syn_ok & (rng.random(n_examples) < p_equal / max(0.15 + 0.12 * t * strength, 1e-9))
         synthetic = []
         for ans, p, ok, eq in zip(answers, proto, syn_ok, syn_equal):
             if eq or ok:
@@ -151,17 +149,13 @@ def build_records(
         # size shrinks over iterations; v = lp(y') - lp(y0) ~ 0 at t = 0, positive afterwards.
         decay = 0.55**t
         u_before = rng.normal(-6.0 * decay, 2.5 * decay + 0.5, n_examples)
-        v_before = rng.normal(
-            0.0 if t == 0 else 1.0 + 0.8 * t * (1.0 if spec.history else 0.4), 2.0, n_examples
-        )
+        v_before = rng.normal(0.0 if t == 0 else 1.0 + 0.8 * t * (1.0 if spec.history else 0.4), 2.0, n_examples)
         lp_a_before = lp_annotated.copy()
         lp_s_before = lp_a_before - u_before
         lp_p_before = lp_s_before - v_before
         lp_s_before = np.where(synthetic_equals_annotated, lp_a_before, lp_s_before)
         lp_p_before = np.where(proto_equals_annotated, lp_a_before, lp_p_before)
-        lp_p_before = np.where(
-            synthetic_equals_proto & ~synthetic_equals_annotated, lp_s_before, lp_p_before
-        )
+        lp_p_before = np.where(synthetic_equals_proto & ~synthetic_equals_annotated, lp_s_before, lp_p_before)
         # log-probs < 0
         lp_s_before, lp_p_before = np.minimum(lp_s_before, -0.2), np.minimum(lp_p_before, -0.2)
 
@@ -169,24 +163,18 @@ def build_records(
         # often disagree.
         gain = rng.normal(3.0 * strength * decay + 0.5, 1.0, n_examples)
         lp_a_after = lp_a_before + gain * 0.6
-        lp_s_after = (
-            lp_s_before - gain * 0.4 + (rng.normal(0, 3.0, n_examples) if spec.reference else 0.0)
-        )
+        lp_s_after = lp_s_before - gain * 0.4 + (rng.normal(0, 3.0, n_examples) if spec.reference else 0.0)
         lp_s_after = np.where(synthetic_equals_annotated, lp_a_after, lp_s_after)
         lp_p_after = lp_p_before - rng.normal(0.8 * strength, 0.5, n_examples)
         lp_p_after = np.where(proto_equals_annotated, lp_a_after, lp_p_after)
-        lp_a_after, lp_s_after, lp_p_after = (
-            np.minimum(x, -0.1) for x in (lp_a_after, lp_s_after, lp_p_after)
-        )
+        lp_a_after, lp_s_after, lp_p_after = (np.minimum(x, -0.1) for x in (lp_a_after, lp_s_after, lp_p_after))
 
         texts = {"annotated": answers, "synthetic": synthetic, "proto": proto}
         ntok = {r: np.array([len(s) + 1 for s in texts[r]]) for r in ROLES}  # characters + EOS
         before = {"annotated": lp_a_before, "synthetic": lp_s_before, "proto": lp_p_before}
         after = {"annotated": lp_a_after, "synthetic": lp_s_after, "proto": lp_p_after}
         # the method's advantages, rewards and loss terms, as the session records them (no mask)
-        method_cols = method_columns(
-            spec, before, after, knobs=mc.knobs_at(t), annotated_tokens=ntok["annotated"]
-        )
+        method_cols = method_columns(spec, before, after, knobs=mc.knobs_at(t), annotated_tokens=ntok["annotated"])
         cols = {
             "iteration": np.full(n_examples, t),
             "example_id": ids,
@@ -200,15 +188,11 @@ def build_records(
         for r in ROLES:
             for stage, lp in (("before", before[r]), ("after", after[r])):
                 cols[f"{r}_token_logps_{stage}"] = (
-                    _token_logps(rng, lp, ntok[r])
-                    if token_lists
-                    else [[] for _ in range(n_examples)]
+                    _token_logps(rng, lp, ntok[r]) if token_lists else [[] for _ in range(n_examples)]
                 )
             # the text of each token: the toy tokenizer's characters, then its EOS
             cols[f"{r}_tokens"] = (
-                [[*text, "<eos>"] for text in texts[r]]
-                if token_lists
-                else [[] for _ in range(n_examples)]
+                [[*text, "<eos>"] for text in texts[r]] if token_lists else [[] for _ in range(n_examples)]
             )
         # per example, the sampled y' tokens' mean entropy; here the estimate -log pi(y') / tokens
         cols["synthetic_token_entropy"] = -lp_s_before / ntok["synthetic"]
@@ -279,14 +263,10 @@ def write_run_dir(records: BuiltRecords, run_dir: str | Path) -> Path:
         d = run_dir / "iterations" / f"iter_{int(t):03d}"
         write_parquet(d / "examples.parquet", part)
         row = records.metrics[records.metrics["iteration"] == t].iloc[0].to_dict()
-        write_json(
-            d / "metrics.json", {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}
-        )
+        write_json(d / "metrics.json", {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})
     # every phase done, as a finished run's state.json records it (written last, like the store does)
     done = ["prepare"] + [
-        f"{phase}:{int(t)}"
-        for t in sorted(ex["iteration"].unique())
-        for phase in ("generate", "train", "evaluate")
+        f"{phase}:{int(t)}" for t in sorted(ex["iteration"].unique()) for phase in ("generate", "train", "evaluate")
     ]
     write_json(run_dir / "state.json", {"done": done})
     return run_dir
@@ -300,8 +280,6 @@ def read_run_dir(run_dir: str | Path) -> BuiltRecords:
     run_dir = Path(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     iters = sorted((run_dir / "iterations").glob("iter_*"))
-    examples = pd.concat(
-        [pd.read_parquet(d / "examples.parquet") for d in iters], ignore_index=True
-    )
+    examples = pd.concat([pd.read_parquet(d / "examples.parquet") for d in iters], ignore_index=True)
     metrics = pd.DataFrame([json.loads((d / "metrics.json").read_text()) for d in iters])
     return BuiltRecords(examples, metrics, manifest, str(run_dir))

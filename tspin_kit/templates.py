@@ -56,11 +56,18 @@ def describe_template(tokenizer, mode: str = "auto") -> dict:
     prompt (``{prompt}`` marks where it goes). ``auto`` falling back to plain is logged, not silent."""
     chat = uses_chat_template(tokenizer, mode)
     if mode == "auto" and not chat:
-        logger.warning("the tokenizer has no chat template: prompts use the plain template %r "
-                       "(set model.prompt_template: plain to say so)", PLAIN_TEMPLATE)
+        logger.warning(
+            "the tokenizer has no chat template: prompts use the plain template %r "
+            "(set model.prompt_template: plain to say so)",
+            PLAIN_TEMPLATE,
+        )
     text = render_prompt(tokenizer, "{prompt}", mode)
-    return {"requested": mode, "used": "chat" if chat else "plain", "text": text,
-            "separator": not text.endswith("{prompt}")}
+    return {
+        "requested": mode,
+        "used": "chat" if chat else "plain",
+        "text": text,
+        "separator": not text.endswith("{prompt}"),
+    }
 
 
 def token_strings(tokenizer, ids: list[int], cache: dict | None = None) -> list[str]:

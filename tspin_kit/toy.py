@@ -124,7 +124,8 @@ def make_world(task: str, num_train: int, eval_size: int, seed: int = 0) -> tupl
     random.Random(seed).shuffle(pairs)
     if num_train + eval_size > len(pairs):
         raise ValueError(
-            f"data.num_examples + data.eval_size = {num_train + eval_size}: the {task} world has only {len(pairs)} problems"
+            f"data.num_examples + data.eval_size = {num_train + eval_size}: "
+            f"the {task} world has only {len(pairs)} problems"
         )
     held_out = [make_problem(task, a, b) for a, b in pairs[:eval_size]]
     train = [make_problem(task, a, b) for a, b in pairs[eval_size : eval_size + num_train]]
@@ -181,14 +182,29 @@ def machine_info() -> dict:
                 break
     except OSError:  # not Linux
         pass
-    return {"cpu": cpu, "machine": platform.machine(), "system": platform.system(),
-            "threads": torch.get_num_threads(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__}
+    return {
+        "cpu": cpu,
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "threads": torch.get_num_threads(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
-def train_initial_policy(task: str, train: list[dict], settings: InitialPolicySettings | None = None,
-                         size: ToyModelSize | None = None, *, cpu: bool = True, perturb: float = 0.0,
-                         perturb_seed: int = 0, template: str = "auto"):
+def train_initial_policy(
+    task: str,
+    train: list[dict],
+    settings: InitialPolicySettings | None = None,
+    size: ToyModelSize | None = None,
+    *,
+    cpu: bool = True,
+    perturb: float = 0.0,
+    perturb_seed: int = 0,
+    template: str = "auto",
+):
     """pi_0 from scratch: SFT of a random tiny Llama on `train` (no cache). Returns (model, tokenizer).
 
     `perturb` multiplies every initial weight by (1 + perturb * N(0, 1)): a rounding-sized nudge (1e-6)
@@ -210,8 +226,14 @@ def train_initial_policy(task: str, train: list[dict], settings: InitialPolicySe
         model,
         examples,
         method=MethodConfig(name="sft"),
-        train=TrainConfig(optimizer="adamw", lr=settings.lr, epochs=settings.epochs, batch_size=settings.batch_size,
-                          warmup_ratio=settings.warmup_ratio, schedule=settings.schedule),
+        train=TrainConfig(
+            optimizer="adamw",
+            lr=settings.lr,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            warmup_ratio=settings.warmup_ratio,
+            schedule=settings.schedule,
+        ),
         iteration=0,
         seed=settings.seed,
         cpu=cpu,
@@ -221,16 +243,27 @@ def train_initial_policy(task: str, train: list[dict], settings: InitialPolicySe
     return model, tokenizer
 
 
-def heldout_correct(model, tokenizer, task: str, rows: list[dict], *, max_new_tokens: int | None = None,
-                    batch_size: int = 250) -> list[bool]:
+def heldout_correct(
+    model, tokenizer, task: str, rows: list[dict], *, max_new_tokens: int | None = None, batch_size: int = 250
+) -> list[bool]:
     """Greedy answers to `rows`, each marked right or wrong (the toy task score, per problem)."""
     from .generation import sample_responses
     from .templates import encode_prompt
 
     prompts = [encode_prompt(tokenizer, r["prompt"]) for r in rows]
     new = max_new_tokens or (8 if task == "addition" else 32)
-    out = sample_responses(model, tokenizer, prompts, temperature=0.0, top_p=1.0, top_k=0, max_new_tokens=new,
-                           batch_size=batch_size, seed=0, desc="evaluate")
+    out = sample_responses(
+        model,
+        tokenizer,
+        prompts,
+        temperature=0.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=new,
+        batch_size=batch_size,
+        seed=0,
+        desc="evaluate",
+    )
     texts = [tokenizer.decode(x, skip_special_tokens=True) for x in out]
     return [is_correct(task, t, r["answer"]) for t, r in zip(texts, rows)]
 
@@ -270,8 +303,11 @@ def shipped_policy(task: str, train: list[dict], settings: InitialPolicySettings
     info = shipped_info(task)
     if info is None:
         return None
-    if (info["rows_sha256"] != _rows_digest(train) or info["settings"] != asdict(settings)
-            or info["size"] != asdict(size)):
+    if (
+        info["rows_sha256"] != _rows_digest(train)
+        or info["settings"] != asdict(settings)
+        or info["size"] != asdict(size)
+    ):
         return None
     path = SHIPPED_DIR / info["file"]
     if not path.is_file():
@@ -280,7 +316,8 @@ def shipped_policy(task: str, train: list[dict], settings: InitialPolicySettings
     if digest != info["sha256"]:
         raise ShippedPolicyError(
             f"{path}: SHA-256 {digest[:16]}... does not match the recorded {info['sha256'][:16]}...; the file was "
-            f"damaged or edited: reinstall tspin-kit, or remake it with `tspin pi0 --task {task} --ship`")
+            f"damaged or edited: reinstall tspin-kit, or remake it with `tspin pi0 --task {task} --ship`"
+        )
     from safetensors.torch import load_file
 
     tokenizer = build_tokenizer()
@@ -288,8 +325,9 @@ def shipped_policy(task: str, train: list[dict], settings: InitialPolicySettings
     state = load_file(str(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:
-        raise ShippedPolicyError(f"{path}: weights do not fit the toy model (missing {missing[:3]}, "
-                                 f"unexpected {unexpected[:3]})")
+        raise ShippedPolicyError(
+            f"{path}: weights do not fit the toy model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     model.tie_weights()
     return model, tokenizer
 
@@ -313,30 +351,58 @@ def ship_policy(task: str, model, score: float, *, command: str, folder: Path | 
     path = folder / f"{task}.safetensors"
     save_file(state, str(path))
     train, _ = default_world_rows(task)
-    info = {"task": task, "file": path.name, "sha256": _file_sha256(path), "score": score, "score_name": "accuracy",
-            "eval_size": 500, "rows_sha256": _rows_digest(train), "num_examples": len(train),
-            "settings": asdict(InitialPolicySettings()), "size": asdict(ToyModelSize()),
-            "made": {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "command": command,
-                     "machine": machine_info()}}
+    info = {
+        "task": task,
+        "file": path.name,
+        "sha256": _file_sha256(path),
+        "score": score,
+        "score_name": "accuracy",
+        "eval_size": 500,
+        "rows_sha256": _rows_digest(train),
+        "num_examples": len(train),
+        "settings": asdict(InitialPolicySettings()),
+        "size": asdict(ToyModelSize()),
+        "made": {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "command": command,
+            "machine": machine_info(),
+        },
+    }
     (folder / f"{task}.json").write_text(json.dumps(info, indent=1) + "\n")
     return path
 
 
-def _cache_key(task: str, train: list[dict], settings: InitialPolicySettings, size: ToyModelSize,
-               template: str = "auto") -> str:
+def _cache_key(
+    task: str, train: list[dict], settings: InitialPolicySettings, size: ToyModelSize, template: str = "auto"
+) -> str:
     # Everything that shapes the weights, including what makes float results differ between machines:
     # a pi_0 trained elsewhere, or under another torch/transformers, is not reused as if it were the same.
     m = machine_info()
-    src = json.dumps({"task": task, "rows": _rows_digest(train), "settings": asdict(settings), "size": asdict(size),
-                      "template": template,
-                      "machine": {k: m[k] for k in ("cpu", "machine", "system", "threads", "torch", "transformers")},
-                      "v": 3}, sort_keys=True)
+    src = json.dumps(
+        {
+            "task": task,
+            "rows": _rows_digest(train),
+            "settings": asdict(settings),
+            "size": asdict(size),
+            "template": template,
+            "machine": {k: m[k] for k in ("cpu", "machine", "system", "threads", "torch", "transformers")},
+            "v": 3,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(src.encode()).hexdigest()[:16]
 
 
-def initial_policy(task: str, train: list[dict], settings: InitialPolicySettings | None = None,
-                   size: ToyModelSize | None = None, *, cpu: bool = True, info: dict | None = None,
-                   template: str = "auto"):
+def initial_policy(
+    task: str,
+    train: list[dict],
+    settings: InitialPolicySettings | None = None,
+    size: ToyModelSize | None = None,
+    *,
+    cpu: bool = True,
+    info: dict | None = None,
+    template: str = "auto",
+):
     """pi_0 for a toy world: the shipped one for the default worlds, else SFT from random init, cached.
 
     `info`, when given, is filled with where pi_0 came from (``source``: shipped/cache/trained, the file or
@@ -350,8 +416,15 @@ def initial_policy(task: str, train: list[dict], settings: InitialPolicySettings
     shipped = shipped_policy(task, train, settings, size) if template == "auto" else None
     if shipped is not None:
         meta = shipped_info(task)
-        info.update({"source": "shipped", "file": meta["file"], "sha256": meta["sha256"],
-                     "shipped_score": meta["score"], "made_on": meta["made"]["machine"]})
+        info.update(
+            {
+                "source": "shipped",
+                "file": meta["file"],
+                "sha256": meta["sha256"],
+                "shipped_score": meta["score"],
+                "made_on": meta["made"]["machine"],
+            }
+        )
         logger.info("pi_0: the shipped initial policy for %s (sha256 %s...)", task, meta["sha256"][:12])
         return shipped
     folder = cache_dir() / "pi0" / f"{task}-{len(train)}-{_cache_key(task, train, settings, size, template)}"
@@ -360,7 +433,9 @@ def initial_policy(task: str, train: list[dict], settings: InitialPolicySettings
         logger.info("pi_0: loading cached initial policy from %s", folder)
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), build_tokenizer()
 
-    logger.info("pi_0: SFT of a random tiny Llama on %d pairs, %d epochs (cached afterwards)", len(train), settings.epochs)
+    logger.info(
+        "pi_0: SFT of a random tiny Llama on %d pairs, %d epochs (cached afterwards)", len(train), settings.epochs
+    )
     info["source"] = "trained"
     model, tokenizer = train_initial_policy(task, train, settings, size, cpu=cpu, template=template)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
@@ -374,7 +449,23 @@ def initial_policy(task: str, train: list[dict], settings: InitialPolicySettings
 
 
 __all__ = [
-    "TASKS", "build_tokenizer", "build_model", "make_world", "make_problem", "is_correct", "extract_answer",
-    "initial_policy", "train_initial_policy", "default_world_rows", "ship_policy", "heldout_correct", "shipped_policy", "shipped_info", "machine_info",
-    "InitialPolicySettings", "ToyModelSize", "ShippedPolicyError", "SHIPPED_DIR",
+    "TASKS",
+    "build_tokenizer",
+    "build_model",
+    "make_world",
+    "make_problem",
+    "is_correct",
+    "extract_answer",
+    "initial_policy",
+    "train_initial_policy",
+    "default_world_rows",
+    "ship_policy",
+    "heldout_correct",
+    "shipped_policy",
+    "shipped_info",
+    "machine_info",
+    "InitialPolicySettings",
+    "ToyModelSize",
+    "ShippedPolicyError",
+    "SHIPPED_DIR",
 ]

@@ -26,8 +26,18 @@ import pandas as pd
 from .config import ConfigError
 
 TOP_K = 5
-TABLE_COLUMNS = ["example_id", "prompt", "annotated", "synthetic", "proto", "annotated_logp_after",
-                 "synthetic_logp_after", "proto_logp_after", "current_advantage_after", "historical_advantage_after"]
+TABLE_COLUMNS = [
+    "example_id",
+    "prompt",
+    "annotated",
+    "synthetic",
+    "proto",
+    "annotated_logp_after",
+    "synthetic_logp_after",
+    "proto_logp_after",
+    "current_advantage_after",
+    "historical_advantage_after",
+]
 
 
 def numeric_metrics(metrics: dict) -> dict[str, float]:
@@ -52,8 +62,12 @@ def triplet_tables(examples: pd.DataFrame, k: int = TOP_K) -> dict[str, pd.DataF
             continue
         ordered = examples.sort_values([col, "example_id"], ascending=[False, True])
         top, bottom = ordered.head(k), ordered.tail(k).iloc[::-1]
-        table = pd.concat([top.assign(rank=[f"top {i + 1}" for i in range(len(top))]),
-                           bottom.assign(rank=[f"bottom {i + 1}" for i in range(len(bottom))])])
+        table = pd.concat(
+            [
+                top.assign(rank=[f"top {i + 1}" for i in range(len(top))]),
+                bottom.assign(rank=[f"bottom {i + 1}" for i in range(len(bottom))]),
+            ]
+        )
         out[name] = table[["rank"] + cols].reset_index(drop=True)
     return out
 
@@ -96,8 +110,9 @@ def _need(module: str, extra: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(f"run.report_to names {extra}, but {module} is not installed: "
-                          f"pip install 'tspin-kit[{extra}]'") from None
+        raise ConfigError(
+            f"run.report_to names {extra}, but {module} is not installed: pip install 'tspin-kit[{extra}]'"
+        ) from None
 
 
 class TensorBoardTracker(Tracker):
@@ -119,7 +134,9 @@ class TensorBoardTracker(Tracker):
         for k, v in metrics.items():
             self.writer.add_scalar(f"iteration/{k}", v, iteration)
         for name, t in tables.items():
-            self.writer.add_text(f"triplets/{name}", t.to_markdown(index=False) if _has_tabulate() else t.to_html(index=False), iteration)
+            self.writer.add_text(
+                f"triplets/{name}", t.to_markdown(index=False) if _has_tabulate() else t.to_html(index=False), iteration
+            )
         self.writer.flush()
 
     def close(self):
@@ -155,8 +172,13 @@ class WandbTracker(Tracker):
 
         self.wandb = _need("wandb", "wandb")
         log_dir.mkdir(parents=True, exist_ok=True)
-        self.run = self.wandb.init(project=project, name=run_name, config=config, dir=str(log_dir),
-                                   mode=os.environ.get("WANDB_MODE", "offline"))
+        self.run = self.wandb.init(
+            project=project,
+            name=run_name,
+            config=config,
+            dir=str(log_dir),
+            mode=os.environ.get("WANDB_MODE", "offline"),
+        )
         self.run.define_metric("train/step")
         self.run.define_metric("train/*", step_metric="train/step")
         self.run.define_metric("iteration/iteration")

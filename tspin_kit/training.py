@@ -29,9 +29,9 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -65,7 +65,7 @@ class Examples:
         """Token ids of one role (``annotated``, ``synthetic``, ``proto``) for every example."""
         return getattr(self, f"{role}_ids")
 
-    def concat(self, other: "Examples") -> "Examples":
+    def concat(self, other: Examples) -> Examples:
         def cat(a, b):
             if a is None or b is None:
                 return None
@@ -74,12 +74,13 @@ class Examples:
         return Examples(**{k: cat(getattr(self, k), getattr(other, k)) for k in self.__dataclass_fields__})
 
 
-def build_examples(tokenizer, prompts: list[str], responses: list[str], template: str = "auto",
-                   max_length: int | None = None) -> Examples:
+def build_examples(
+    tokenizer, prompts: list[str], responses: list[str], template: str = "auto", max_length: int | None = None
+) -> Examples:
     prompt_ids = [encode_prompt(tokenizer, p, template) for p in prompts]
     annotated_ids = [encode_response(tokenizer, r) for r in responses]
     if max_length is not None:
-        for i, (p, r) in enumerate(zip(prompt_ids, annotated_ids)):
+        for i, (p, _r) in enumerate(zip(prompt_ids, annotated_ids)):
             if len(p) >= max_length:
                 # DataError (a ValueError) so that `tspin` reports it as a bad input (exit code 2), not a crash;
                 # the prompt text is quoted because `i` counts the rows kept after the split, not source rows.
@@ -133,9 +134,19 @@ def lr_lambda(total_steps: int, cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
-def compute_loss(model, ex: Examples, idx: list[int], method: MethodConfig, *, beta: float, lam: float,
-                 keep_one: bool = False, packed: PackedExamples | None = None, skip: list[bool] | None = None,
-                 iteration: int = 0) -> M.Terms:
+def compute_loss(
+    model,
+    ex: Examples,
+    idx: list[int],
+    method: MethodConfig,
+    *,
+    beta: float,
+    lam: float,
+    keep_one: bool = False,
+    packed: PackedExamples | None = None,
+    skip: list[bool] | None = None,
+    iteration: int = 0,
+) -> M.Terms:
     """The method's `methods.Terms` on examples `idx`, from one forward over the rows that can move it.
 
     Row layout: the method's roles (`methods.Method.roles`): [y], [y; y'] or [y; y'; y0], split back with
@@ -165,8 +176,9 @@ def compute_loss(model, ex: Examples, idx: list[int], method: MethodConfig, *, b
             per_role = packed.logps(model, kept).unbind(-1)  # (n,) each: y, y'(, y0)
         else:
             roles = [ex.role_ids(r) for r in spec.roles]
-            rows = rows_logps(model, [ex.prompt_ids[i] for i in kept] * len(roles),
-                              [r[i] for r in roles for i in kept], pad)  # rows: [y; y'] or [y; y'; y0] of the live ones
+            rows = rows_logps(
+                model, [ex.prompt_ids[i] for i in kept] * len(roles), [r[i] for r in roles for i in kept], pad
+            )  # rows: [y; y'] or [y; y'; y0] of the live ones
             per_role = rows.chunk(len(roles))
         if n == B:
             parts = list(per_role)
@@ -188,8 +200,9 @@ def compute_loss(model, ex: Examples, idx: list[int], method: MethodConfig, *, b
         counts = packed.token_counts[idx, 0].to(device)
     else:
         counts = torch.tensor([len(ex.annotated_ids[i]) for i in idx], dtype=torch.float32, device=device)
-    lp = M.LogProbs(**policy, **ref, annotated_tokens=counts,
-                    historical_mask=at(ex.historical_mask) if spec.maskable else None)
+    lp = M.LogProbs(
+        **policy, **ref, annotated_tokens=counts, historical_mask=at(ex.historical_mask) if spec.maskable else None
+    )
     return spec.loss(lp, {**method.knobs_at(iteration), "beta": beta, "lam": lam})
 
 
@@ -200,8 +213,9 @@ def skipped_examples(ex: Examples, method: MethodConfig, beta: float) -> list[bo
         return [False] * len(ex)
     keep = ex.historical_mask.tolist() if ex.historical_mask is not None and spec.maskable else [True] * len(ex)
     proto = ex.proto_ids if spec.triplet else [None] * len(ex)
-    return [M.zero_gradient(spec, beta, a, s, p, k)
-            for a, s, p, k in zip(ex.annotated_ids, ex.synthetic_ids, proto, keep)]
+    return [
+        M.zero_gradient(spec, beta, a, s, p, k) for a, s, p, k in zip(ex.annotated_ids, ex.synthetic_ids, proto, keep)
+    ]
 
 
 def training_pack(model, ex: Examples, method: MethodConfig) -> PackedExamples | None:
@@ -215,10 +229,21 @@ def training_pack(model, ex: Examples, method: MethodConfig) -> PackedExamples |
     return PackedExamples(ex.prompt_ids, roles, pad)
 
 
-def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainConfig, iteration: int, seed: int,
-                    cpu: bool = False, accelerator=None, local: bool = False, desc: str | None = None,
-                    progress: Callable[[int, int, str], None] | None = None,
-                    checkpoint_dir: str | Path | None = None) -> TrainResult:
+def train_iteration(
+    model,
+    ex: Examples,
+    *,
+    method: MethodConfig,
+    train: TrainConfig,
+    iteration: int,
+    seed: int,
+    cpu: bool = False,
+    accelerator=None,
+    local: bool = False,
+    desc: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+) -> TrainResult:
     """Train `model` in place for one iteration on `ex`. Returns per-step losses and timings.
 
     ``local=True`` trains in this process only, without DDP (used for the cached toy pi_0, which the main
@@ -229,11 +254,9 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
     training continues from the step after it, ending with the weights and TrainResult of an uninterrupted call.
     The folder is deleted when the phase completes.
     """
-    from accelerate import Accelerator
+    from accelerate import Accelerator, PartialState
 
     from .generation import derive_seed
-
-    from accelerate import PartialState
 
     state = accelerator.state if accelerator is not None else PartialState(cpu=cpu)
     world, rank = (1, 0) if local else (state.num_processes, state.process_index)
@@ -264,8 +287,7 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
     writes_checkpoints = local or state.is_main_process
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    fingerprint = {"iteration": iteration, "seed": seed, "steps": total, "examples": n, "method": method.name,
-                   "lr": lr}
+    fingerprint = {"iteration": iteration, "seed": seed, "steps": total, "examples": n, "method": method.name, "lr": lr}
     resumed = None
     if ckpt_dir is not None:
         if writes_checkpoints:
@@ -320,8 +342,18 @@ def train_iteration(model, ex: Examples, *, method: MethodConfig, train: TrainCo
             sync = j == len(micro) - 1
             ctx = contextlib.nullcontext() if sync or world == 1 else accelerator.no_sync(ddp_model)
             with ctx:
-                out = compute_loss(ddp_model, ex, idx, method, beta=beta, lam=lam, keep_one=distributed, packed=packed,
-                                   skip=skip, iteration=iteration)
+                out = compute_loss(
+                    ddp_model,
+                    ex,
+                    idx,
+                    method,
+                    beta=beta,
+                    lam=lam,
+                    keep_one=distributed,
+                    packed=packed,
+                    skip=skip,
+                    iteration=iteration,
+                )
                 # sum of this process's per-example losses / global batch; DDP averages over processes,
                 # so multiply back by world: the result is the global mean whatever the split.
                 loss = out.losses.sum() * world / len(global_idx)
@@ -393,8 +425,9 @@ def _train_checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda d: int(d.name[5:]))
 
 
-def _save_train_checkpoint(folder: Path, step: int, fingerprint: dict, named: list, opt, sched,
-                           result: TrainResult, seconds: float) -> None:
+def _save_train_checkpoint(
+    folder: Path, step: int, fingerprint: dict, named: list, opt, sched, result: TrainResult, seconds: float
+) -> None:
     """Write ``folder/step_<step>/state.pt`` via a temporary folder and one rename, then drop older steps: a kill
     at any moment leaves the previous complete checkpoint (or the new one) readable."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -402,13 +435,22 @@ def _save_train_checkpoint(folder: Path, step: int, fingerprint: dict, named: li
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     state = {
-        "format": TRAIN_CHECKPOINT_FORMAT, "fingerprint": fingerprint, "step": step,
+        "format": TRAIN_CHECKPOINT_FORMAT,
+        "fingerprint": fingerprint,
+        "step": step,
         "params": {n: p.detach().cpu() for n, p in named},
-        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        "result": {"step_losses": list(result.step_losses), "step_terms": {k: list(v) for k, v in result.step_terms.items()},
-                   "tokens": int(result.tokens), "seconds": float(seconds)},
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        "result": {
+            "step_losses": list(result.step_losses),
+            "step_terms": {k: list(v) for k, v in result.step_terms.items()},
+            "tokens": int(result.tokens),
+            "seconds": float(seconds),
+        },
     }
     with open(tmp / "state.pt", "wb") as f:
         torch.save(state, f)
@@ -434,10 +476,17 @@ def _load_train_checkpoint(folder: Path, fingerprint: dict, named: list, opt, sc
         logger.warning("%s: unreadable train checkpoint (%s); training this phase from step 0", path, e)
         return None
     names = [n for n, _ in named]
-    if (state.get("format") != TRAIN_CHECKPOINT_FORMAT or state.get("fingerprint") != fingerprint
-            or list(state.get("params", {})) != names):
-        logger.warning("%s: train checkpoint of another phase or model (%s, expected %s); training this phase from "
-                       "step 0", path, state.get("fingerprint"), fingerprint)
+    if (
+        state.get("format") != TRAIN_CHECKPOINT_FORMAT
+        or state.get("fingerprint") != fingerprint
+        or list(state.get("params", {})) != names
+    ):
+        logger.warning(
+            "%s: train checkpoint of another phase or model (%s, expected %s); training this phase from step 0",
+            path,
+            state.get("fingerprint"),
+            fingerprint,
+        )
         return None
     with torch.no_grad():
         for n, p in named:

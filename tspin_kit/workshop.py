@@ -84,8 +84,14 @@ def _triplet_cases() -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor
         ("random log-probs, alpha=0.3, beta=1", a, s, p, 0.3, 1.0),
         ("beta=0 (the 'w/o H-A' ablation)", a, s, p, 2.0, 0.0),
         ("y' identical to y (SPIN's vanishing case)", a, a.clone(), p, 1.0, 0.1),
-        ("large advantages (numerical stability)", torch.tensor([0.0, -200.0]), torch.tensor([-200.0, 0.0]),
-         torch.tensor([-100.0, -100.0]), 1.0, 0.5),
+        (
+            "large advantages (numerical stability)",
+            torch.tensor([0.0, -200.0]),
+            torch.tensor([-200.0, 0.0]),
+            torch.tensor([-100.0, -100.0]),
+            1.0,
+            0.5,
+        ),
     ]
 
 
@@ -104,14 +110,26 @@ def check_tspin_loss(fn: Callable) -> CheckResult:
             return CheckResult(name, FAILED, f"expected a torch.Tensor of shape (B,), got {type(out).__name__}")
         ref = L.tspin_loss(a, s, p, alpha=alpha, beta=beta).losses
         if out.shape != ref.shape:
-            return CheckResult(name, FAILED, f"{label}: shape {tuple(out.shape)}, expected {tuple(ref.shape)} "
-                                             "(one loss per example, not the batch mean)")
+            return CheckResult(
+                name,
+                FAILED,
+                f"{label}: shape {tuple(out.shape)}, expected {tuple(ref.shape)} "
+                "(one loss per example, not the batch mean)",
+            )
         if not torch.isfinite(out).all():
-            return CheckResult(name, FAILED, f"{label}: non-finite losses {out.detach().tolist()}; "
-                                             "use torch.nn.functional.logsigmoid for l(x) = -log sigmoid(x)")
+            return CheckResult(
+                name,
+                FAILED,
+                f"{label}: non-finite losses {out.detach().tolist()}; "
+                "use torch.nn.functional.logsigmoid for l(x) = -log sigmoid(x)",
+            )
         if not _close(out.detach(), ref):
-            return CheckResult(name, FAILED, f"{label}: got {[round(v, 4) for v in out.detach().tolist()[:4]]}..., "
-                                             f"expected {[round(v, 4) for v in ref.tolist()[:4]]}...")
+            return CheckResult(
+                name,
+                FAILED,
+                f"{label}: got {[round(v, 4) for v in out.detach().tolist()[:4]]}..., "
+                f"expected {[round(v, 4) for v in ref.tolist()[:4]]}...",
+            )
         if not out.requires_grad:
             return CheckResult(name, FAILED, f"{label}: the losses carry no gradient (a .item() or .detach() inside?)")
         out.sum().backward()
@@ -119,8 +137,9 @@ def check_tspin_loss(fn: Callable) -> CheckResult:
         L.tspin_loss(*ref_args, alpha=alpha, beta=beta).losses.sum().backward()
         for role, mine, theirs in zip(("annotated", "synthetic", "proto"), args, ref_args):
             if mine.grad is None or not _close(mine.grad, theirs.grad):
-                return CheckResult(name, FAILED, f"{label}: the gradient with respect to the {role} log-probs "
-                                                 "differs from Theorem 1's")
+                return CheckResult(
+                    name, FAILED, f"{label}: the gradient with respect to the {role} log-probs differs from Theorem 1's"
+                )
     return CheckResult(name, PASSED, f"matches tspin_loss in value and gradient on {len(_triplet_cases())} cases")
 
 
@@ -150,8 +169,12 @@ def check_drivers(fn: Callable, inputs=None, *, alpha: float = 1.0, beta: float 
     if bad is not None:
         return bad
     if not isinstance(out, torch.Tensor) or out.shape != u.shape:
-        return CheckResult(name, FAILED, f"expected a tensor of shape {tuple(u.shape)}, got "
-                                         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+        return CheckResult(
+            name,
+            FAILED,
+            f"expected a tensor of shape {tuple(u.shape)}, got "
+            f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}",
+        )
     table = A.recompute_losses(inputs, kind="tspin", alpha=alpha, beta=beta)
     ref = torch.tensor(table["drive"].to_numpy())
     k = min(k, len(ref))
@@ -159,8 +182,12 @@ def check_drivers(fn: Callable, inputs=None, *, alpha: float = 1.0, beta: float 
     ref_top = set(torch.topk(ref, k).indices.tolist())
     overlap = len(mine_top & ref_top)
     if not _close(out.detach(), ref, tol=1e-4):
-        return CheckResult(name, FAILED, f"your top-{k} shares {overlap}/{k} triplets with the library's, but the "
-                                         "values differ: the push is sigmoid(-alpha*u) + beta*sigmoid(-alpha*v)")
+        return CheckResult(
+            name,
+            FAILED,
+            f"your top-{k} shares {overlap}/{k} triplets with the library's, but the "
+            "values differ: the push is sigmoid(-alpha*u) + beta*sigmoid(-alpha*v)",
+        )
     return CheckResult(name, PASSED, f"matches Theorem 1's weights on {len(ref)} triplets; top-{k} identical")
 
 
@@ -189,6 +216,9 @@ def check_find_alpha(fn: Callable) -> CheckResult:
             return CheckResult(name, FAILED, f"alpha must be a finite number > 0, got {alpha}")
         h = float(L.entropy(L.opponent_distribution(c, alpha)))
         if abs(h - target) > 0.01:
-            return CheckResult(name, FAILED, f"with c = {c.tolist()} your alpha = {alpha:.4g} gives entropy "
-                                             f"{h:.3f} nats, target {target}")
+            return CheckResult(
+                name,
+                FAILED,
+                f"with c = {c.tolist()} your alpha = {alpha:.4g} gives entropy {h:.3f} nats, target {target}",
+            )
     return CheckResult(name, PASSED, f"hits the target entropy on {len(cases)} cases")

@@ -11,4 +11,12 @@ from .dashboard import Dashboard
 from .triplets import TripletBrowser
 from .workshop import workshop_tabs
 
-__all__ = ["AdvantageDecay", "AlphaBetaPanel", "Dashboard", "ObjectiveLab", "RunComparison", "TripletBrowser", "workshop_tabs"]
+__all__ = [
+    "AdvantageDecay",
+    "AlphaBetaPanel",
+    "Dashboard",
+    "ObjectiveLab",
+    "RunComparison",
+    "TripletBrowser",
+    "workshop_tabs",
+]

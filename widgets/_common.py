@@ -32,7 +32,9 @@ PHASES = ("prepare", "generate", "train", "evaluate", "step")
 
 def is_session(obj: Any) -> bool:
     """Duck-typed live session: ``records()`` plus the phase methods and ``next_phase``."""
-    return callable(getattr(obj, "records", None)) and all(callable(getattr(obj, p, None)) for p in ("generate", "train", "evaluate", "step"))
+    return callable(getattr(obj, "records", None)) and all(
+        callable(getattr(obj, p, None)) for p in ("generate", "train", "evaluate", "step")
+    )
 
 
 def load_run_dir(path: str | os.PathLike) -> Any:
@@ -97,8 +99,10 @@ class ErrorLog:
         self.errors.append(tb)
         what = f"{context}: " if context else ""
         self.banner.value = (
-            f"<div class='tspin-error' style='color:#b91c1c;border:1px solid #b91c1c;padding:4px 8px;border-radius:4px'>"
-            f"<b>Error</b> {html.escape(what)}{html.escape(type(exc).__name__)}: {html.escape(str(exc))} (traceback below)</div>"
+            "<div class='tspin-error' "
+            "style='color:#b91c1c;border:1px solid #b91c1c;padding:4px 8px;border-radius:4px'>"
+            f"<b>Error</b> {html.escape(what)}{html.escape(type(exc).__name__)}: {html.escape(str(exc))} "
+            "(traceback below)</div>"
         )
         # append_stderr is safe from a worker thread (no ``with output:`` context across threads).
         self.output.append_stderr(tb)
@@ -154,7 +158,9 @@ def figure_row(*slots: W.Widget, min_width: str = "380px") -> W.Box:
         s.layout.flex = "1 1 0"
         s.layout.min_width = min_width
         s.layout.width = "auto"
-    return W.Box(list(slots), layout=W.Layout(display="flex", flex_flow="row wrap", width="100%", align_items="flex-start"))
+    return W.Box(
+        list(slots), layout=W.Layout(display="flex", flex_flow="row wrap", width="100%", align_items="flex-start")
+    )
 
 
 def tips(*pairs: tuple[W.Widget, str]) -> None:
@@ -177,10 +183,7 @@ def fmt(x: Any, spec: str = "+.2f") -> str:
         return html.escape(str(x))
 
 
-CARD_STYLE = (
-    "font-family:var(--jp-ui-font-family, sans-serif);font-size:13px;"
-    "color:var(--jp-ui-font-color1, #222);"
-)
+CARD_STYLE = "font-family:var(--jp-ui-font-family, sans-serif);font-size:13px;color:var(--jp-ui-font-color1, #222);"
 TABLE_STYLE = (
     "border-collapse:collapse;font-size:12px;font-family:var(--jp-code-font-family, monospace);"
     "color:var(--jp-ui-font-color1, #222);"
@@ -199,7 +202,10 @@ def html_table(df, columns: dict[str, tuple[str, Callable[[Any], str]]], table_i
         rows.append(f"<tr>{cells}</tr>")
     more = f"<div style='opacity:0.7;font-size:11px'>showing {min(len(df), max_rows)} of {len(df)} rows</div>"
     tid = f" id='{table_id}'" if table_id else ""
-    return f"<div style='{CARD_STYLE}'><table{tid} style='{TABLE_STYLE}'><tr>{head}</tr>{''.join(rows)}</table>{more}</div>"
+    return (
+        f"<div style='{CARD_STYLE}'><table{tid} style='{TABLE_STYLE}'>"
+        f"<tr>{head}</tr>{''.join(rows)}</table>{more}</div>"
+    )
 
 
 def text_cell(s: Any, width: int = 24) -> str:
@@ -222,7 +228,9 @@ class FigureSlots:
         """Export buttons for this view: ``table()`` as CSV, every figure shown as one standalone HTML."""
         from .export import ExportBar
 
-        self.export = ExportBar(name, table=table, figures=lambda: [s.figure for s in self.__dict__.get("_slots", {}).values()])
+        self.export = ExportBar(
+            name, table=table, figures=lambda: [s.figure for s in self.__dict__.get("_slots", {}).values()]
+        )
         return self.export
 
     def __getattr__(self, attr: str):
@@ -258,7 +266,9 @@ class OpensTriplets:
     def _link_clicks(self, *slot_names: str) -> None:
         self.triplet_box = W.VBox()
         for name in slot_names:
-            self._slots[name].on_click(self.errors.guard(lambda p, name=name: self._clicked(p, name), f"click in {name}"))
+            self._slots[name].on_click(
+                self.errors.guard(lambda p, name=name: self._clicked(p, name), f"click in {name}")
+            )
 
     def _clicked(self, point: dict, where: str = "") -> None:
         e = example_id_of(point)

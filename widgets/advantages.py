@@ -33,11 +33,18 @@ class AdvantageDecay(OpensTriplets, FigureSlots, W.VBox):
         self.errors = ErrorLog()
         self.runs = resolve_runs(runs)
         self._quiet = False
-        self.stage = W.ToggleButtons(options=[("at generation (π_t)", "before"), ("after training (π_t+1)", "after")], value="before", description="log-probs")
+        self.stage = W.ToggleButtons(
+            options=[("at generation (π_t)", "before"), ("after training (π_t+1)", "after")],
+            value="before",
+            description="log-probs",
+        )
         self.iteration = W.Dropdown(options=[], description="iteration")
         tips(
             (self.stage, "advantages under log pi_t (when y' was generated) or log pi_t+1 (after training)"),
-            (self.iteration, "iteration of the reward-vs-likelihood misalignment scatter; click a point to open its triplet"),
+            (
+                self.iteration,
+                "iteration of the reward-vs-likelihood misalignment scatter; click a point to open its triplet",
+            ),
         )
         self._slot("decay")
         self._slot("degenerate")
@@ -94,11 +101,22 @@ class AdvantageDecay(OpensTriplets, FigureSlots, W.VBox):
     def refresh(self) -> None:
         m = self._methods()
         runs = self._with_examples()
-        self._slots["degenerate"].show(F.degenerate_shares({k: (A.degenerate_shares(r.examples), m[k]) for k, r in runs.items()}))
+        self._slots["degenerate"].show(
+            F.degenerate_shares({k: (A.degenerate_shares(r.examples), m[k]) for k, r in runs.items()})
+        )
         ref = {k: r for k, r in runs.items() if A.reference_based(m[k])}  # margins on one scale
-        self._slots["margin"].show(F.reward_margins({k: (A.reward_margin_split(r.examples), m[k]) for k, r in (ref or runs).items()}))
-        self._slots["score"].show(F.scores({k: (A.policy_scores(r.metrics), m[k]) for k, r in self.runs.items()}, score_name=A.score_name(next(iter(self.runs.values())).metrics) if self.runs else "accuracy"))
-        self._slots["entropy"].show(F.token_entropy({k: (A.token_entropy_table(r.metrics, r.examples), m[k]) for k, r in runs.items()}))
+        self._slots["margin"].show(
+            F.reward_margins({k: (A.reward_margin_split(r.examples), m[k]) for k, r in (ref or runs).items()})
+        )
+        self._slots["score"].show(
+            F.scores(
+                {k: (A.policy_scores(r.metrics), m[k]) for k, r in self.runs.items()},
+                score_name=A.score_name(next(iter(self.runs.values())).metrics) if self.runs else "accuracy",
+            )
+        )
+        self._slots["entropy"].show(
+            F.token_entropy({k: (A.token_entropy_table(r.metrics, r.examples), m[k]) for k, r in runs.items()})
+        )
         iters = sorted({t for r in runs.values() for t in A.iterations_of(r.examples)})
         keep = self.iteration.value if self.iteration.value in iters else (iters[-1] if iters else None)
         self._quiet = True
@@ -115,7 +133,9 @@ class AdvantageDecay(OpensTriplets, FigureSlots, W.VBox):
         runs = self._with_examples()
         stage = self.stage.value
         u = {k: (A.current_advantage_split(r.examples, stage), m[k]) for k, r in runs.items()}
-        self._slots["decay"].show(F.vanishing_advantages(u, A.historical_advantage_table(runs, stage), stage, self.iteration.value))
+        self._slots["decay"].show(
+            F.vanishing_advantages(u, A.historical_advantage_table(runs, stage), stage, self.iteration.value)
+        )
 
     def _on_iteration(self, change=None) -> None:
         if self._quiet:
@@ -123,6 +143,8 @@ class AdvantageDecay(OpensTriplets, FigureSlots, W.VBox):
         t = self.iteration.value
         m = self._methods()
         runs = {k: r for k, r in self._with_examples().items() if t in A.iterations_of(r.examples)}
-        self._slots["misalignment"].show(F.misalignment({k: (A.misalignment_table(r.examples, t), m[k]) for k, r in runs.items()}, t))
+        self._slots["misalignment"].show(
+            F.misalignment({k: (A.misalignment_table(r.examples, t), m[k]) for k, r in runs.items()}, t)
+        )
         if change is not None:
             self._on_stage()  # move the iteration marker

@@ -41,7 +41,9 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
 
     _redraw = "_on_data"  # the dashboard's iteration changes the cached tensors, not only the view
 
-    def __init__(self, source, iteration: int | None = None, kind: str | None = None, stage: str | None = None, **kwargs):
+    def __init__(
+        self, source, iteration: int | None = None, kind: str | None = None, stage: str | None = None, **kwargs
+    ):
         super().__init__(**kwargs)
         self.errors = ErrorLog()
         self.records, self.session = resolve_source(source)
@@ -50,8 +52,14 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
         kind = kind or A.default_loss_kind(s["method"])
         iters = A.iterations_of(self.records.examples)
 
-        self.iteration = W.Dropdown(options=iters, value=iteration if iteration is not None else (iters[-1] if iters else None), description="iteration")
-        self.kind = W.Dropdown(options=[(m.label, n) for n, m in M.table().items()], value=kind, description="objective")
+        self.iteration = W.Dropdown(
+            options=iters,
+            value=iteration if iteration is not None else (iters[-1] if iters else None),
+            description="iteration",
+        )
+        self.kind = W.Dropdown(
+            options=[(m.label, n) for n, m in M.table().items()], value=kind, description="objective"
+        )
         self.stage = W.ToggleButtons(
             options=[("log π_t (before training)", "before"), ("log π_t+1 (after)", "after")],
             value=stage or A.default_stage(kind),
@@ -61,7 +69,9 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
         # one slider per knob of the table (alpha, beta, lam first); the objective's own are enabled
         self.knobs: dict[str, W.Widget] = {name: _slider(k) for name, k in M.KNOBS.items()}
         self.alpha, self.beta, self.lam = self.knobs["alpha"], self.knobs["beta"], self.knobs["lam"]
-        self.reset = W.Button(description="training's values", tooltip="set every knob to what training used at this iteration")
+        self.reset = W.Button(
+            description="training's values", tooltip="set every knob to what training used at this iteration"
+        )
         self.example = W.Dropdown(options=[], description="prompt #")
         self.summary = W.HTML()
         self.help = W.HTML()
@@ -72,7 +82,9 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
             (self.example, "prompt whose candidates (y, y', y0) the opponent softmax(c/alpha) is shown for"),
             *[(w, f"{name}: {M.KNOBS[name].help}") for name, w in self.knobs.items()],
         )
-        self._set_knobs(A.knobs_used(self.records, self.iteration.value, kind) if self.iteration.value is not None else {})
+        self._set_knobs(
+            A.knobs_used(self.records, self.iteration.value, kind) if self.iteration.value is not None else {}
+        )
 
         self._quiet = False
         self._inputs = None
@@ -133,14 +145,26 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
             self.summary.value = f"<div style='{CARD_STYLE}'>No finished iteration yet.</div>"
             return
         ex = self.records.examples
-        self._inputs = A.loss_inputs(ex, t, self.stage.value, mask_proto_equal_annotated=self.settings["mask_proto_equal_annotated"])
+        self._inputs = A.loss_inputs(
+            ex, t, self.stage.value, mask_proto_equal_annotated=self.settings["mask_proto_equal_annotated"]
+        )
         v = self._values()
         lo, hi = M.KNOBS[spec.scale].slider if spec.scale else (0.05, 5.0)
-        self._landscape = A.loss_landscape(self._inputs, kind=kind, scales=np.geomspace(max(lo, 1e-3), hi, 25), betas=BETA_GRID, **v)
+        self._landscape = A.loss_landscape(
+            self._inputs, kind=kind, scales=np.geomspace(max(lo, 1e-3), hi, 25), betas=BETA_GRID, **v
+        )
         # Entropy view: offer the prompts with the most distinct candidates first.
         part = ex[ex["iteration"] == t]
-        distinct = (part["synthetic"] != part["annotated"]).astype(int) + (part["proto"] != part["annotated"]).astype(int) + (part["synthetic"] != part["proto"]).astype(int)
-        order = part.assign(_d=distinct.to_numpy()).sort_values(["_d", "example_id"], ascending=[False, True])["example_id"].head(200)
+        distinct = (
+            (part["synthetic"] != part["annotated"]).astype(int)
+            + (part["proto"] != part["annotated"]).astype(int)
+            + (part["synthetic"] != part["proto"]).astype(int)
+        )
+        order = (
+            part.assign(_d=distinct.to_numpy())
+            .sort_values(["_d", "example_id"], ascending=[False, True])["example_id"]
+            .head(200)
+        )
         options = [int(e) for e in order]
         current = self.example.value if self.example.value in options else (options[0] if options else None)
         self._quiet = True  # options/value swaps must not fire _on_example half-way
@@ -150,7 +174,11 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
         finally:
             self._quiet = False
         self._load_candidates()
-        self._slots["entropy"].show(F.token_entropy({A.run_label(self.records): (A.token_entropy_table(self.records.metrics, ex), self.settings["method"])}))
+        self._slots["entropy"].show(
+            F.token_entropy(
+                {A.run_label(self.records): (A.token_entropy_table(self.records.metrics, ex), self.settings["method"])}
+            )
+        )
         self._on_settings()
 
     def _values(self) -> dict[str, float]:
@@ -181,7 +209,9 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
         if e is None or t is None:
             self._candidates = _empty_candidates()
         else:  # c = alpha_run * log pi: the opponent is the policy itself at the alpha the run trained with
-            self._candidates = A.candidate_confidences(self.records.examples, t, e, self.stage.value, alpha_run=A.opponent_alpha(self.records))
+            self._candidates = A.candidate_confidences(
+                self.records.examples, t, e, self.stage.value, alpha_run=A.opponent_alpha(self.records)
+            )
 
     def _on_settings(self, change=None) -> None:
         """A slider moved: recompute every dependent figure from the cached tensors."""
@@ -201,23 +231,53 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
         self._slots["drivers"].show(F.top_drivers(top))
         self._slots["landscape"].show(F.loss_landscape(self._landscape, kind=kind, scale=scale, beta=beta_used))
         self._update_opponent()
-        state = {"alpha": alpha, "beta": beta, "lam": lam, **v, "kind": kind, "stage": self.stage.value,
-                 "iteration": self.iteration.value, "example": self.example.value}  # what the figures were computed from (browser tests)
+        state = {
+            "alpha": alpha,
+            "beta": beta,
+            "lam": lam,
+            **v,
+            "kind": kind,
+            "stage": self.stage.value,
+            "iteration": self.iteration.value,
+            "example": self.example.value,
+        }  # what the figures were computed from (browser tests)
         self.summary.value = _summary_html(summary, kind, alpha, beta_used, lam, top, state)
 
     def _update_opponent(self) -> None:
         c = self._candidates
         alpha = float(self.alpha.value)
-        self._slots["opponent"].show(F.opponent(A.opponent_table(c, alpha), A.opponent_entropy_curve(c, ENTROPY_ALPHAS), alpha, A.opponent_alpha(self.records)))
+        self._slots["opponent"].show(
+            F.opponent(
+                A.opponent_table(c, alpha),
+                A.opponent_entropy_curve(c, ENTROPY_ALPHAS),
+                alpha,
+                A.opponent_alpha(self.records),
+            )
+        )
 
 
 def _slider(k: M.Knob) -> W.Widget:
     lo, hi = k.slider
     if k.log_slider:
-        return W.FloatLogSlider(value=k.default, base=10, min=float(np.log10(lo)), max=float(np.log10(hi)), step=0.02,
-                                description=k.name, readout_format=".3f", continuous_update=True)
-    return W.FloatSlider(value=k.default, min=lo, max=hi, step=(hi - lo) / 100, description=k.name, readout_format=".2f",
-                         continuous_update=True)
+        return W.FloatLogSlider(
+            value=k.default,
+            base=10,
+            min=float(np.log10(lo)),
+            max=float(np.log10(hi)),
+            step=0.02,
+            description=k.name,
+            readout_format=".3f",
+            continuous_update=True,
+        )
+    return W.FloatSlider(
+        value=k.default,
+        min=lo,
+        max=hi,
+        step=(hi - lo) / 100,
+        description=k.name,
+        readout_format=".2f",
+        continuous_update=True,
+    )
 
 
 def _help(spec: M.Method, records, t) -> str:
@@ -231,19 +291,28 @@ def _help(spec: M.Method, records, t) -> str:
         values = ", ".join(f"{M.KNOBS[k].symbol} = {v:g}" for k, v in knobs.items()) or "no knobs"
         part = records.examples[records.examples["iteration"] == t]
         loss = float(part["loss"].mean()) if "loss" in part and len(part) else float("nan")
-        used = (f" Training at iteration {t}: {html.escape(run.label)} with {values}; recorded mean loss "
-                f"{fmt(loss, '.4f')} nats (after training).")
-    return (f"<div id='tspin-objective-help' style='{CARD_STYLE};opacity:0.85'><b>{html.escape(spec.label)}</b>: "
-            f"{html.escape(spec.formula)}.{used}</div>")
+        used = (
+            f" Training at iteration {t}: {html.escape(run.label)} with {values}; recorded mean loss "
+            f"{fmt(loss, '.4f')} nats (after training)."
+        )
+    return (
+        f"<div id='tspin-objective-help' style='{CARD_STYLE};opacity:0.85'><b>{html.escape(spec.label)}</b>: "
+        f"{html.escape(spec.formula)}.{used}</div>"
+    )
 
 
 def _summary_html(s: dict, kind: str, alpha: float, beta: float, lam: float, top, state: dict | None = None) -> str:
     ids = ", ".join(f"#{int(e)}" for e in top["example_id"].head(5))
     return (
-        f"<div id='tspin-loss-summary' style='{CARD_STYLE}' data-alpha='{alpha:.4f}' data-beta='{beta:.4f}' data-lam='{lam:.4f}' data-state='{html.escape(json.dumps(state or {}))}' data-loss='{s['loss']:.6f}'>"
-        f"<b>mean loss</b> {fmt(s['loss'], '.4f')} nats = current {fmt(s['loss_current'], '.4f')} + historical {fmt(s['loss_historical'], '.4f')}"
-        f" &nbsp;|&nbsp; <b>mean weights</b> w_cur {fmt(s['weight_current'], '.3f')}, w_hist {fmt(s['weight_historical'], '.3f')}"
-        f" &nbsp;|&nbsp; top {s['top_share']:.0%} of examples carry {fmt(s['top_drive_share'] * 100, '.1f')}% of the push"
+        f"<div id='tspin-loss-summary' style='{CARD_STYLE}' "
+        f"data-alpha='{alpha:.4f}' data-beta='{beta:.4f}' data-lam='{lam:.4f}' "
+        f"data-state='{html.escape(json.dumps(state or {}))}' data-loss='{s['loss']:.6f}'>"
+        f"<b>mean loss</b> {fmt(s['loss'], '.4f')} nats = current {fmt(s['loss_current'], '.4f')} "
+        f"+ historical {fmt(s['loss_historical'], '.4f')}"
+        " &nbsp;|&nbsp; <b>mean weights</b> "
+        f"w_cur {fmt(s['weight_current'], '.3f')}, w_hist {fmt(s['weight_historical'], '.3f')}"
+        f" &nbsp;|&nbsp; top {s['top_share']:.0%} of examples carry "
+        f"{fmt(s['top_drive_share'] * 100, '.1f')}% of the push"
         f" ({s['n']:,} examples; strongest: {ids})</div>"
     )
 

@@ -21,9 +21,14 @@ class RunComparison(FigureSlots, W.VBox):
         self.runs = resolve_runs(runs)
         self.table = A.comparison_table(self.runs)
         labels = list(self.runs)
-        self.run_select = W.SelectMultiple(options=labels, value=tuple(labels), description="runs", rows=min(6, max(2, len(labels))))
+        self.run_select = W.SelectMultiple(
+            options=labels, value=tuple(labels), description="runs", rows=min(6, max(2, len(labels)))
+        )
         self.metric_select = W.SelectMultiple(
-            options=[(v, k) for k, v in A.COMPARISON_METRICS.items()], value=tuple(metrics), description="metrics", rows=len(A.COMPARISON_METRICS),
+            options=[(v, k) for k, v in A.COMPARISON_METRICS.items()],
+            value=tuple(metrics),
+            description="metrics",
+            rows=len(A.COMPARISON_METRICS),
             layout=W.Layout(width="420px"),
         )
         tips(
@@ -35,7 +40,14 @@ class RunComparison(FigureSlots, W.VBox):
         g = self.errors.guard
         self.run_select.observe(g(self._update, "runs"), names=["value"])
         self.metric_select.observe(g(self._update, "metrics"), names=["value"])
-        self.children = [W.HTML("<h3 style='margin:4px 0'>Run comparison</h3>"), W.HBox([self.run_select, self.metric_select]), self._slots["comparison"], self.final_html, self._export_bar("comparison", lambda: self.table), self.errors.box]
+        self.children = [
+            W.HTML("<h3 style='margin:4px 0'>Run comparison</h3>"),
+            W.HBox([self.run_select, self.metric_select]),
+            self._slots["comparison"],
+            self.final_html,
+            self._export_bar("comparison", lambda: self.table),
+            self.errors.box,
+        ]
         g(self._update, "initial view")()
 
     def _update(self, change=None) -> None:

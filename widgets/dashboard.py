@@ -52,12 +52,28 @@ class Dashboard(FigureSlots, W.VBox):
         self._queue: list[str] = []  # phases clicked while one runs: run in order, never dropped
         self._running = False
         self._quiet = False
-        self.buttons = {name: W.Button(description=label, tooltip=tip, layout=W.Layout(width="130px")) for name, label, tip in BUTTONS}
-        self.progress = W.IntProgress(value=0, min=0, max=1, description="", tooltip="progress of the running phase", layout=W.Layout(width="260px"))
+        self.buttons = {
+            name: W.Button(description=label, tooltip=tip, layout=W.Layout(width="130px"))
+            for name, label, tip in BUTTONS
+        }
+        self.progress = W.IntProgress(
+            value=0,
+            min=0,
+            max=1,
+            description="",
+            tooltip="progress of the running phase",
+            layout=W.Layout(width="260px"),
+        )
         self.status = W.HTML()
         self.settings_html = W.HTML()
-        self.iteration = W.IntSlider(value=0, min=0, max=0, description="iteration", continuous_update=False,
-                                     tooltip="revisit a finished iteration t (the policy pi_t that generated y')")
+        self.iteration = W.IntSlider(
+            value=0,
+            min=0,
+            max=0,
+            description="iteration",
+            continuous_update=False,
+            tooltip="revisit a finished iteration t (the policy pi_t that generated y')",
+        )
         self.iteration_hint = W.HTML()
         self.iteration_html = W.HTML()
         self.alarms: list[Alarm] = []
@@ -71,7 +87,11 @@ class Dashboard(FigureSlots, W.VBox):
         for name, b in self.buttons.items():
             b.on_click(g(lambda _b, name=name: self.run_phase(name), name))
         self.iteration.observe(g(self._on_iteration, "iteration"), names=["value"])
-        controls = [W.HBox(list(self.buttons.values())), W.HBox([self.progress, self.status])] if self.session is not None else [self.status]
+        controls = (
+            [W.HBox(list(self.buttons.values())), W.HBox([self.progress, self.status])]
+            if self.session is not None
+            else [self.status]
+        )
         self.children = [
             W.HTML("<h3 style='margin:4px 0'>Self-play dashboard</h3>"),
             self.settings_html,
@@ -100,7 +120,9 @@ class Dashboard(FigureSlots, W.VBox):
         with self._lock:
             if self._running:  # a click while a phase runs: queued, run right after it (never dropped)
                 self._queue.append(name)
-                self._set_status(f"{html.escape(name)} queued: runs when the running phase ends ({len(self._queue)} waiting)", "busy")
+                self._set_status(
+                    f"{html.escape(name)} queued: runs when the running phase ends ({len(self._queue)} waiting)", "busy"
+                )
                 return
             self._running = True
         self.errors.clear()
@@ -147,6 +169,7 @@ class Dashboard(FigureSlots, W.VBox):
         self._set_status(f"running {name}…", "running")
         t0 = time.perf_counter()
         from tspin_kit.progress import quiet
+
         try:
             with quiet():  # the widget shows progress; no bars from this thread in some other cell
                 getattr(self.session, name)(progress=self._progress)
@@ -187,7 +210,9 @@ class Dashboard(FigureSlots, W.VBox):
         color = {"idle": "inherit", "running": "#1f78b4", "busy": "#b15928", "error": "#b91c1c"}.get(state, "inherit")
         nxt = getattr(self.session, "next_phase", None) if self.session is not None else None
         extra = f" · next phase: <b>{html.escape(str(nxt))}</b>" if nxt else ""
-        self.status.value = f"<span id='tspin-status' data-state='{state}' style='{CARD_STYLE};color:{color}'>{text}{extra}</span>"
+        self.status.value = (
+            f"<span id='tspin-status' data-state='{state}' style='{CARD_STYLE};color:{color}'>{text}{extra}</span>"
+        )
 
     # -- views ---------------------------------------------------------------------------------
     def _refresh(self, follow_last: bool = False) -> None:
@@ -219,17 +244,28 @@ class Dashboard(FigureSlots, W.VBox):
         for i, a in enumerate(self.alarms):
             color = "#b91c1c" if a.severity == "critical" else "#b15928"
             text = W.HTML(
-                f"<span class='tspin-alarm' data-alarm='{a.name}' data-iteration='{a.iteration}' style='{CARD_STYLE};color:{color}'>"
+                f"<span class='tspin-alarm' data-alarm='{a.name}' data-iteration='{a.iteration}' "
+                f"style='{CARD_STYLE};color:{color}'>"
                 f"<b>{a.severity}</b> · {html.escape(a.message)}</span>"
             )
-            b = W.Button(description=f"show {len(a.example_ids)} triplets", layout=W.Layout(width="170px"),
-                         disabled=not a.example_ids, tooltip="open the triplet browser at this iteration, on these triplets")
+            b = W.Button(
+                description=f"show {len(a.example_ids)} triplets",
+                layout=W.Layout(width="170px"),
+                disabled=not a.example_ids,
+                tooltip="open the triplet browser at this iteration, on these triplets",
+            )
             b.on_click(g(lambda _b, i=i: self.open_alarm(i), f"alarm {a.name}"))
             self.alarm_buttons.append(b)
             rows.append(W.HBox([b, text]))
-        head = (f"<b>Instability alarms</b> ({len(self.alarms)}, from the records alone)" if self.alarms
-                else "<b>Instability alarms</b>: none fired.")
-        self.alarms_box.children = [W.HTML(f"<div id='tspin-alarms' data-count='{len(self.alarms)}' style='{CARD_STYLE}'>{head}</div>"), *rows]
+        head = (
+            f"<b>Instability alarms</b> ({len(self.alarms)}, from the records alone)"
+            if self.alarms
+            else "<b>Instability alarms</b>: none fired."
+        )
+        self.alarms_box.children = [
+            W.HTML(f"<div id='tspin-alarms' data-count='{len(self.alarms)}' style='{CARD_STYLE}'>{head}</div>"),
+            *rows,
+        ]
 
     def open_alarm(self, alarm: Alarm | int) -> TripletBrowser:
         """Show the triplets behind ``alarm`` (or ``self.alarms[alarm]``) in the triplet browser."""
@@ -253,9 +289,17 @@ class Dashboard(FigureSlots, W.VBox):
         t = self.iteration.value if iters else None
         self.iteration_html.value = iteration_html(rec, t)
         if iters:
-            self._slots["decay"].show(F.advantage_decay({label: (A.advantage_summary(rec.examples), s["method"])}, "before", t))
-        self._slots["score"].show(F.scores({label: (A.policy_scores(rec.metrics), s["method"])}, t, score_name=A.score_name(rec.metrics),
-                                           harness={label: getattr(rec, "harness", None)}))  # lm-eval scores, if any
+            self._slots["decay"].show(
+                F.advantage_decay({label: (A.advantage_summary(rec.examples), s["method"])}, "before", t)
+            )
+        self._slots["score"].show(
+            F.scores(
+                {label: (A.policy_scores(rec.metrics), s["method"])},
+                t,
+                score_name=A.score_name(rec.metrics),
+                harness={label: getattr(rec, "harness", None)},
+            )
+        )  # lm-eval scores, if any
         if change is not None:
             for v in self.views:
                 v.set_iteration(t)
@@ -282,7 +326,8 @@ def settings_html(s: dict) -> str:
     return (
         f"<div id='tspin-settings' style='{CARD_STYLE}'><b>{html.escape(F.method_label(s['method']))}</b>"
         f"{knobs} · iterations {s['iterations_done']}/{planned}"
-        f" · model {html.escape(str(s['model']))} · seed {s['seed']}<br><span style='opacity:0.8'>sampling: {html.escape(samp)}"
+        f" · model {html.escape(str(s['model']))} · seed {s['seed']}"
+        f"<br><span style='opacity:0.8'>sampling: {html.escape(samp)}"
         + (f" · run dir <code>{html.escape(s['run_dir'])}</code>" if s["run_dir"] else "")
         + "</span></div>"
     )
@@ -290,7 +335,9 @@ def settings_html(s: dict) -> str:
 
 def iteration_html(rec, t) -> str:
     if t is None:
-        return f"<div id='tspin-iteration-summary' data-iteration='' style='{CARD_STYLE}'>No finished iteration yet.</div>"
+        return (
+            f"<div id='tspin-iteration-summary' data-iteration='' style='{CARD_STYLE}'>No finished iteration yet.</div>"
+        )
     ex = rec.examples
     part = ex[ex["iteration"] == t]
     m = rec.metrics[rec.metrics["iteration"] == t] if rec.metrics is not None and len(rec.metrics) else None
@@ -298,7 +345,8 @@ def iteration_html(rec, t) -> str:
     u, v = part["current_advantage_before"], part["historical_advantage_before"]
     return (
         f"<div id='tspin-iteration-summary' data-iteration='{t}' style='{CARD_STYLE}'>"
-        f"<b>iteration {t}</b> ({len(part):,} triplets) · score π_{t} {fmt(row.get('score_before'), '.3f')} → π_{t + 1} {fmt(row.get('score_after'), '.3f')}"
+        f"<b>iteration {t}</b> ({len(part):,} triplets)"
+        f" · score π_{t} {fmt(row.get('score_before'), '.3f')} → π_{t + 1} {fmt(row.get('score_after'), '.3f')}"
         f" · u mean {fmt(u.mean())} nats (median {fmt(u.median())}) · v mean {fmt(v.mean())} nats"
         f" · y'==y {part['synthetic_equals_annotated'].mean():.1%} · y0==y {part['proto_equals_annotated'].mean():.1%}"
         f" · misaligned {part['misaligned'].mean():.1%} · loss {fmt(part['loss'].mean(), '.3f')}"

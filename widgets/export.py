@@ -24,24 +24,32 @@ export default {
   render({ model, el }) {
     const bar = document.createElement("div");
     bar.className = "tspin-export";
-    bar.style.cssText = "display:flex;gap:6px;align-items:center;margin:4px 0;font-size:12px;font-family:var(--jp-ui-font-family,sans-serif);color:var(--jp-ui-font-color1,#222)";
+    bar.style.cssText = "display:flex;gap:6px;align-items:center;margin:4px 0;font-size:12px;" +
+      "font-family:var(--jp-ui-font-family,sans-serif);color:var(--jp-ui-font-color1,#222)";
     const status = document.createElement("span");
     status.className = "tspin-export-status";
     const button = (kind, label, title) => {
       const b = document.createElement("button");
       b.textContent = label; b.title = title; b.className = "tspin-export-" + kind;
-      b.style.cssText = "font-size:12px;padding:1px 8px;cursor:pointer;background:var(--jp-layout-color2,#eee);color:var(--jp-ui-font-color1,#222);border:1px solid var(--jp-border-color1,#999);border-radius:3px";
-      b.onclick = () => { status.textContent = "preparing " + kind.toUpperCase() + "…"; model.send({ event: "export", kind }); };
+      b.style.cssText = "font-size:12px;padding:1px 8px;cursor:pointer;background:var(--jp-layout-color2,#eee);" +
+        "color:var(--jp-ui-font-color1,#222);border:1px solid var(--jp-border-color1,#999);border-radius:3px";
+      b.onclick = () => {
+        status.textContent = "preparing " + kind.toUpperCase() + "…";
+        model.send({ event: "export", kind });
+      };
       return b;
     };
     bar.append(button("csv", "⤓ CSV", "download this view's table as CSV"),
-               button("html", "⤓ HTML", "download this view's figures as one standalone HTML file (plotly.js inlined: opens offline)"), status);
+               button("html", "⤓ HTML",
+                      "download this view's figures as one standalone HTML file (plotly.js inlined: opens offline)"),
+               status);
     el.appendChild(bar);
     const onMsg = (msg, buffers) => {
       if (!msg || msg.event !== "file") return;
       if (msg.error) { status.textContent = msg.error; return; }
       const buf = buffers && buffers[0];
-      const blob = new Blob([buf && buf.buffer ? new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength) : buf], { type: msg.mime });
+      const blob = new Blob([buf && buf.buffer ? new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength) : buf],
+                            { type: msg.mime });
       const a = document.createElement("a");
       a.href = URL.createObjectURL(blob); a.download = msg.name;
       document.body.appendChild(a); a.click(); a.remove();
@@ -89,10 +97,7 @@ class ExportBar(anywidget.AnyWidget):
         figs = [f for f in (self._figures() if self._figures else []) if f is not None]
         if not figs:
             raise ValueError(f"{self.name}: no figure to export yet")
-        parts = [
-            pio.to_html(f, full_html=False, include_plotlyjs=(i == 0), validate=False)
-            for i, f in enumerate(figs)
-        ]
+        parts = [pio.to_html(f, full_html=False, include_plotlyjs=(i == 0), validate=False) for i, f in enumerate(figs)]
         title = _html.escape(f"tspin: {self.name}")
         return (
             f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title></head><body>"

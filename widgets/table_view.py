@@ -68,9 +68,7 @@ class TableView(anywidget.AnyWidget):
         self._order: dict[tuple[str, bool], np.ndarray] = {}
         self._haystack: np.ndarray | None = None
         self._mask: tuple[str, np.ndarray] | None = None
-        self.view_index = np.zeros(
-            0, dtype=np.int64
-        )  # positions in df of the matching rows, in order
+        self.view_index = np.zeros(0, dtype=np.int64)  # positions in df of the matching rows, in order
         self._row_handlers: list[Callable[[Any], None]] = []
         self.on_msg(self._on_msg)
         self.observe(self._changed, names=["sort_by", "descending", "query", "page", "page_size"])
@@ -82,14 +80,12 @@ class TableView(anywidget.AnyWidget):
         self._order, self._haystack, self._mask = {}, None, None
         self._build_index()  # when the data is set, not on the first search (a keystroke)
         numeric = {
-            c: pd.api.types.is_numeric_dtype(self.df[c])
-            and not pd.api.types.is_bool_dtype(self.df[c])
+            c: pd.api.types.is_numeric_dtype(self.df[c]) and not pd.api.types.is_bool_dtype(self.df[c])
             for c in self.columns
             if c in self.df
         }
         self.headers = [
-            {"key": c, "label": h, "numeric": bool(numeric.get(c, False))}
-            for c, (h, _) in self.columns.items()
+            {"key": c, "label": h, "numeric": bool(numeric.get(c, False))} for c, (h, _) in self.columns.items()
         ]
         self._refresh(reset_page=not keep_page)
 
@@ -155,16 +151,10 @@ class TableView(anywidget.AnyWidget):
 
     def _changed(self, change) -> None:
         if not self._busy:
-            self._refresh(
-                reset_page=change["name"] in ("sort_by", "descending", "query", "page_size")
-            )
+            self._refresh(reset_page=change["name"] in ("sort_by", "descending", "query", "page_size"))
 
     def _refresh(self, reset_page: bool = False) -> None:
-        order = (
-            self.sort_order(self.sort_by, self.descending)
-            if self.sort_by
-            else np.arange(len(self.df))
-        )
+        order = self.sort_order(self.sort_by, self.descending) if self.sort_by else np.arange(len(self.df))
         mask = self.search_mask(self.query)
         idx = order if mask is None else order[mask[order]]
         self.view_index = idx

@@ -2,9 +2,10 @@
 
 Table: sortable and filterable by current advantage u, historical advantage v, correctness of y',
 y' == y and y0 == y, and optionally restricted to a set of example ids (``show(iteration,
-example_ids)``: how the dashboard opens the triplets behind an instability alarm). Detail: the prompt and the annotated, synthetic and proto-synthetic responses
-side by side with log-probs, rewards and advantages, each token shaded by its log-probability,
-and how this prompt's synthetic response changed across iterations.
+example_ids)``: how the dashboard opens the triplets behind an instability alarm). Detail: the prompt
+and the annotated, synthetic and proto-synthetic responses side by side with log-probs, rewards and
+advantages, each token shaded by its log-probability, and how this prompt's synthetic response changed
+across iterations.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ _TRI_VALUE = {"any": None, "yes": True, "no": False, "correct": True, "incorrect
 
 def _tri(value):
     return _TRI_VALUE.get(value, value)
+
+
 PAGE = 25
 
 
@@ -57,23 +60,48 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         self.records, self.session = resolve_source(source)
         iters = A.iterations_of(self.records.examples)
         self._quiet = False
-        self.iteration = W.Dropdown(options=iters, value=iteration if iteration is not None else (iters[-1] if iters else None), description="iteration")
-        self.stage = W.ToggleButtons(options=[("before training", "before"), ("after training", "after")], value="before", description="u, v at")
-        self.current = W.FloatRangeSlider(description="u range", min=-1, max=1, value=(-1, 1), step=0.1, readout_format=".1f", continuous_update=False)
-        self.historical = W.FloatRangeSlider(description="v range", min=-1, max=1, value=(-1, 1), step=0.1, readout_format=".1f", continuous_update=False)
-        self.correct = W.Dropdown(options=[("any", "any"), ("correct", "correct"), ("incorrect", "incorrect")], value="any", description="y' is",
-                                  tooltip="keep triplets whose synthetic response y' is correct / incorrect (task scorer)")
-        self.synthetic_equals_annotated = W.Dropdown(options=TRI, value="any", description="y' == y",
-                                                     tooltip="degenerate pair: y' equals the annotated y (u = 0 by construction)")
-        self.proto_equals_annotated = W.Dropdown(options=TRI, value="any", description="y0 == y",
-                                                 tooltip="y0 (sampled once from pi_0) equals y: T-SPIN masks the historical term there")
+        self.iteration = W.Dropdown(
+            options=iters,
+            value=iteration if iteration is not None else (iters[-1] if iters else None),
+            description="iteration",
+        )
+        self.stage = W.ToggleButtons(
+            options=[("before training", "before"), ("after training", "after")], value="before", description="u, v at"
+        )
+        self.current = W.FloatRangeSlider(
+            description="u range", min=-1, max=1, value=(-1, 1), step=0.1, readout_format=".1f", continuous_update=False
+        )
+        self.historical = W.FloatRangeSlider(
+            description="v range", min=-1, max=1, value=(-1, 1), step=0.1, readout_format=".1f", continuous_update=False
+        )
+        self.correct = W.Dropdown(
+            options=[("any", "any"), ("correct", "correct"), ("incorrect", "incorrect")],
+            value="any",
+            description="y' is",
+            tooltip="keep triplets whose synthetic response y' is correct / incorrect (task scorer)",
+        )
+        self.synthetic_equals_annotated = W.Dropdown(
+            options=TRI,
+            value="any",
+            description="y' == y",
+            tooltip="degenerate pair: y' equals the annotated y (u = 0 by construction)",
+        )
+        self.proto_equals_annotated = W.Dropdown(
+            options=TRI,
+            value="any",
+            description="y0 == y",
+            tooltip="y0 (sampled once from pi_0) equals y: T-SPIN masks the historical term there",
+        )
         self.sort_by = W.Dropdown(options=SORT_OPTIONS, value="current_advantage", description="sort by")
         self.descending = W.Checkbox(value=False, description="descending", indent=False)
         tips(
             (self.iteration, "iteration t: triplets whose y' was sampled from pi_t"),
             (self.stage, "u and v under log pi_t (before this iteration's training) or log pi_t+1 (after)"),
             (self.current, "keep triplets whose current advantage u = log pi(y) - log pi(y') is in this range (nats)"),
-            (self.historical, "keep triplets whose historical advantage v = log pi(y') - log pi(y0) is in this range (nats)"),
+            (
+                self.historical,
+                "keep triplets whose historical advantage v = log pi(y') - log pi(y0) is in this range (nats)",
+            ),
             (self.sort_by, "column the table and the triplet list are sorted by"),
             (self.descending, "largest first"),
         )
@@ -102,7 +130,11 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         )
         self.grid.on_row_click(lambda key: self.errors.guard(self.open_example, "table row")(int(key)))
         self.grid.observe(lambda ch: self.errors.guard(self._on_grid_sort, "sort")(ch), names=["sort_by", "descending"])
-        self.example = W.Dropdown(options=[], description="triplet", tooltip="the triplet shown in detail below (or click a table row or a point in a chart)")
+        self.example = W.Dropdown(
+            options=[],
+            description="triplet",
+            tooltip="the triplet shown in detail below (or click a table row or a point in a chart)",
+        )
         self.detail_html = W.HTML()
         self._slot("tokens")
         self.history_html = W.HTML()
@@ -111,12 +143,24 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         self.example_ids: tuple[int, ...] | None = None  # restrict the table to these examples (None: all)
         self._ids_note = ""
         self.ids_html = W.HTML()
-        self.show_all = W.Button(description="show all triplets", tooltip="drop the example-id filter", layout=W.Layout(width="160px", display="none"))
+        self.show_all = W.Button(
+            description="show all triplets",
+            tooltip="drop the example-id filter",
+            layout=W.Layout(width="160px", display="none"),
+        )
 
         g = self.errors.guard
         self.iteration.observe(g(self._on_iteration, "iteration"), names=["value"])
         self.stage.observe(g(self._on_iteration, "stage"), names=["value"])
-        for w in (self.current, self.historical, self.correct, self.synthetic_equals_annotated, self.proto_equals_annotated, self.sort_by, self.descending):
+        for w in (
+            self.current,
+            self.historical,
+            self.correct,
+            self.synthetic_equals_annotated,
+            self.proto_equals_annotated,
+            self.sort_by,
+            self.descending,
+        ):
             w.observe(g(self._on_filter, w.description), names=["value"])
         self.example.observe(g(self._on_example, "triplet"), names=["value"])
         self.show_all.on_click(g(lambda _b: self.show(self.iteration.value), "show all triplets"))
@@ -150,7 +194,9 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         without ids or the "show all triplets" button is pressed.
         """
         if iteration not in self.iteration.options:
-            raise ValueError(f"iteration {iteration} is not among this run's finished iterations {list(self.iteration.options)}")
+            raise ValueError(
+                f"iteration {iteration} is not among this run's finished iterations {list(self.iteration.options)}"
+            )
         self.example_ids = None if example_ids is None else tuple(int(e) for e in example_ids)
         self._ids_note = note if self.example_ids is not None else ""
         self._quiet = True
@@ -178,7 +224,9 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         if e not in values:
             row = self.table[self.table["example_id"] == e] if self.table is not None else None
             if row is None or row.empty:
-                raise KeyError(f"example {e} is not among the triplets of iteration {self.iteration.value} that match the filters")
+                raise KeyError(
+                    f"example {e} is not among the triplets of iteration {self.iteration.value} that match the filters"
+                )
             self._quiet = True
             try:
                 self.example.options = [(_option_label(next(row.itertuples())), e), *self.example.options]
@@ -278,7 +326,8 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         tab = self.table
         n_all = len(part)
         self.table_html.value = (
-            f"<div id='tspin-triplet-count' data-count='{len(tab)}' style='{CARD_STYLE}'><b>{len(tab):,}</b> of {n_all:,} triplets match the filters"
+            f"<div id='tspin-triplet-count' data-count='{len(tab)}' style='{CARD_STYLE}'>"
+            f"<b>{len(tab):,}</b> of {n_all:,} triplets match the filters"
             " · click a column to sort, a row to open it</div>"
         )
         grid = self.grid
@@ -289,7 +338,11 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
             grid._busy = False
         grid.set_data(tab)
         options = [(_option_label(r), int(r.example_id)) for r in tab.head(500).itertuples()]
-        keep = self.example.value if self.example.value in [v for _, v in options] else (options[0][1] if options else None)
+        keep = (
+            self.example.value
+            if self.example.value in [v for _, v in options]
+            else (options[0][1] if options else None)
+        )
         self._quiet = True
         try:
             self.example.options = options
@@ -321,14 +374,19 @@ class TripletBrowser(FollowsIteration, FigureSlots, W.VBox):
         detail = A.triplet_detail(ex, t, e)
         shading = A.token_shading(ex, t, e, stage=self.stage.value)
         self.detail_html.value = detail_html(detail, shading, self.stage.value)
-        self._slots["tokens"].show(F.token_logps(shading, f"Per-token log-probs of example {e}, iteration {t} ({self.stage.value} training)"))
+        self._slots["tokens"].show(
+            F.token_logps(shading, f"Per-token log-probs of example {e}, iteration {t} ({self.stage.value} training)")
+        )
         hist = A.synthetic_history(self._rows_of_example(e), e)
         self.history_html.value = history_html(hist, detail["roles"].iloc[0]["text"])
         self._slots["history"].show(F.synthetic_history(hist, e))
 
 
 def _option_label(r) -> str:
-    return f"#{int(r.example_id)}  u={r.current_advantage:+.2f}  v={r.historical_advantage:+.2f}  y'={str(r.synthetic)[:20]!r}"
+    return (
+        f"#{int(r.example_id)}  u={r.current_advantage:+.2f}  v={r.historical_advantage:+.2f}  "
+        f"y'={str(r.synthetic)[:20]!r}"
+    )
 
 
 def _shade(logp: float) -> str:
@@ -345,27 +403,46 @@ def detail_html(detail: dict, shading, stage: str) -> str:
     for role in A.ROLES:
         r = roles.loc[role]
         toks = shading[shading["role"] == role]
-        spans = "".join(
-            f"<span class='tspin-token' title='{html.escape(repr(tk.token))}: {tk.logp:.3f} nats' "
-            f"style='background:{_shade(tk.logp)};padding:1px 1px;margin:0 1px;border-radius:2px;white-space:pre'>{html.escape(str(tk.token))}</span>"
-            for tk in toks.itertuples()
-        ) or f"<span style='white-space:pre-wrap'>{html.escape(str(r['text']))}</span>"
+        spans = (
+            "".join(
+                f"<span class='tspin-token' title='{html.escape(repr(tk.token))}: {tk.logp:.3f} nats' "
+                f"style='background:{_shade(tk.logp)};padding:1px 1px;margin:0 1px;border-radius:2px;white-space:pre'>"
+                f"{html.escape(str(tk.token))}</span>"
+                for tk in toks.itertuples()
+            )
+            or f"<span style='white-space:pre-wrap'>{html.escape(str(r['text']))}</span>"
+        )
         color = F.ROLE_COLORS[role]
         cols.append(
-            f"<div style='flex:1;min-width:200px;border:1px solid var(--jp-border-color2,#ddd);border-top:4px solid {color};padding:6px;border-radius:4px'>"
+            "<div style='flex:1;min-width:200px;border:1px solid var(--jp-border-color2,#ddd);"
+            f"border-top:4px solid {color};padding:6px;border-radius:4px'>"
             f"<div style='color:{color};font-weight:bold'>{html.escape(F.ROLE_LABELS[role])}</div>"
-            f"<div style='font-family:var(--jp-code-font-family,monospace);font-size:14px;margin:6px 0;line-height:1.8'>{spans}</div>"
-            f"<div style='font-size:12px'>log π_t = {fmt(r['logp_before'])} · log π_t+1 = {fmt(r['logp_after'])} nats<br>"
-            f"{int(r['ntokens'])} token{'' if int(r['ntokens']) == 1 else 's'} ({fmt(r['logp_per_token_after'], '.3f')} nats/token after) · reward {fmt(r['reward'], '.3f')}</div></div>"
+            "<div style='font-family:var(--jp-code-font-family,monospace);font-size:14px;margin:6px 0;line-height:1.8'>"
+            f"{spans}</div>"
+            f"<div style='font-size:12px'>log π_t = {fmt(r['logp_before'])} · "
+            f"log π_t+1 = {fmt(r['logp_after'])} nats<br>"
+            f"{int(r['ntokens'])} token{'' if int(r['ntokens']) == 1 else 's'} "
+            f"({fmt(r['logp_per_token_after'], '.3f')} nats/token after) · reward {fmt(r['reward'], '.3f')}</div></div>"
         )
-    flags = ", ".join(k.replace("_", " ") for k in ("synthetic_equals_annotated", "proto_equals_annotated", "synthetic_equals_proto", "misaligned") if adv.get(k))
+    flags = ", ".join(
+        k.replace("_", " ")
+        for k in ("synthetic_equals_annotated", "proto_equals_annotated", "synthetic_equals_proto", "misaligned")
+        if adv.get(k)
+    )
     summary = (
-        f"u = log π(y) − log π(y') = {fmt(adv.get('current_advantage_before'))} → {fmt(adv.get('current_advantage_after'))} nats · "
-        f"v = log π(y') − log π(y0) = {fmt(adv.get('historical_advantage_before'))} → {fmt(adv.get('historical_advantage_after'))} nats (before → after training)<br>"
-        f"reward margin {fmt(adv.get('reward_margin'), '.3f')} · loss {fmt(adv.get('loss'), '.3f')} = current {fmt(adv.get('loss_current'), '.3f')} + historical {fmt(adv.get('loss_historical'), '.3f')}"
+        f"u = log π(y) − log π(y') = {fmt(adv.get('current_advantage_before'))} → "
+        f"{fmt(adv.get('current_advantage_after'))} nats · "
+        f"v = log π(y') − log π(y0) = {fmt(adv.get('historical_advantage_before'))} → "
+        f"{fmt(adv.get('historical_advantage_after'))} nats (before → after training)<br>"
+        f"reward margin {fmt(adv.get('reward_margin'), '.3f')} · loss {fmt(adv.get('loss'), '.3f')} = "
+        f"current {fmt(adv.get('loss_current'), '.3f')} + historical {fmt(adv.get('loss_historical'), '.3f')}"
         + (f" · <b>{html.escape(flags)}</b>" if flags else "")
     )
-    legend = "<span style='opacity:0.75;font-size:11px'>token shading: darker = less likely under the policy (" + ("π_t" if stage == "before" else "π_t+1") + "); hover a token for its log-prob</span>"
+    legend = (
+        "<span style='opacity:0.75;font-size:11px'>token shading: darker = less likely under the policy ("
+        + ("π_t" if stage == "before" else "π_t+1")
+        + "); hover a token for its log-prob</span>"
+    )
     return (
         f"<div id='tspin-triplet-detail' style='{CARD_STYLE}'>"
         f"<div><b>example {detail['example_id']}, iteration {detail['iteration']}</b> · prompt x: "
@@ -382,10 +459,14 @@ def history_html(hist, annotated: str) -> str:
         mark = "= y" if r.synthetic_equals_annotated else ("changed" if r.changed else "")
         rows.append(
             f"<tr><td style='padding:1px 8px'>{int(r.iteration)}</td>"
-            f"<td style='padding:1px 8px;font-family:var(--jp-code-font-family,monospace);color:{F.ROLE_COLORS['synthetic']}'>{html.escape(str(r.synthetic))}</td>"
-            f"<td style='padding:1px 8px;text-align:right'>{fmt(r.synthetic_logp_before)}</td><td style='padding:1px 8px'>{mark}</td></tr>"
+            "<td style='padding:1px 8px;font-family:var(--jp-code-font-family,monospace);"
+            f"color:{F.ROLE_COLORS['synthetic']}'>{html.escape(str(r.synthetic))}</td>"
+            f"<td style='padding:1px 8px;text-align:right'>{fmt(r.synthetic_logp_before)}</td>"
+            f"<td style='padding:1px 8px'>{mark}</td></tr>"
         )
     return (
         f"<div id='tspin-synthetic-history' style='{CARD_STYLE}'><b>Synthetic response y' across iterations</b> (y = "
-        f"<code>{html.escape(str(annotated))}</code>)<table style='font-size:12px'><tr><th>t</th><th>y'</th><th>log π_t(y') (nats)</th><th></th></tr>{''.join(rows)}</table></div>"
+        f"<code>{html.escape(str(annotated))}</code>)<table style='font-size:12px'>"
+        "<tr><th>t</th><th>y'</th><th>log π_t(y') (nats)</th><th></th></tr>"
+        f"{''.join(rows)}</table></div>"
     )

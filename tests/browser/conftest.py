@@ -139,9 +139,19 @@ def lab(workspace, root_dir: Path, env: dict, name: str = "lab"):
     port, token = free_port(), uuid.uuid4().hex
     log = workspace["root"] / f"{name}.log"
     cmd = [
-        sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-        "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root_dir}",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly",
+        sys.executable,
+        "-m",
+        "jupyter",
+        "lab",
+        "--allow-root",
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root_dir}",
+        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+        "--LabApp.extension_manager=readonly",
         f"--LabApp.app_settings_dir={workspace['app_settings']}",
     ]
     with open(log, "w") as fh:
@@ -163,8 +173,14 @@ def _voila(workspace, notebook: str, template: str | None = None):
     env = dict(workspace["env"], JUPYTER_PATH=str(ROOT / "widgets" / "share")) if template else workspace["env"]
     log = workspace["root"] / f"voila-{Path(notebook).stem}.log"
     cmd = [
-        sys.executable, "-m", "voila", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
-        "--VoilaConfiguration.show_tracebacks=True", str(workspace["work"] / notebook),
+        sys.executable,
+        "-m",
+        "voila",
+        "--no-browser",
+        f"--port={port}",
+        "--Voila.ip=127.0.0.1",
+        "--VoilaConfiguration.show_tracebacks=True",
+        str(workspace["work"] / notebook),
     ] + ([f"--template={template}"] if template else [])
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=workspace["work"])
@@ -223,17 +239,41 @@ def page(browser, request):
 def workshop_server(workspace):
     """Voila on the real ``notebooks/dashboard.ipynb`` (smoke settings, its finished run made first),
     with the "tspin" template of ``make dashboard`` (no CDN links)."""
-    env = dict(workspace["env"], TSPIN_SMOKE="1", TSPIN_RUNS=str(workspace["root"] / "runs"), TSPIN_PROGRESS="0",
-               JUPYTER_PATH=str(ROOT / "widgets" / "share"))
+    env = dict(
+        workspace["env"],
+        TSPIN_SMOKE="1",
+        TSPIN_RUNS=str(workspace["root"] / "runs"),
+        TSPIN_PROGRESS="0",
+        JUPYTER_PATH=str(ROOT / "widgets" / "share"),
+    )
     nb = workspace["work"] / "dashboard.ipynb"
     shutil.copy(ROOT / "notebooks" / "dashboard.ipynb", nb)
     # the run exists before the page is opened (the first-render target is "after the run exists")
-    subprocess.run([sys.executable, "-c", "from tspin_kit import presets; presets.run_toy(presets.toy_config('tspin', smoke=True))"],
-                   env=env, cwd=workspace["work"], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from tspin_kit import presets; presets.run_toy(presets.toy_config('tspin', smoke=True))",
+        ],
+        env=env,
+        cwd=workspace["work"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     port = free_port()
     log = workspace["root"] / "workshop_voila.log"
-    cmd = [sys.executable, "-m", "voila", "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1", "--template=tspin",
-           "--VoilaConfiguration.show_tracebacks=True", str(nb)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "voila",
+        "--no-browser",
+        f"--port={port}",
+        "--Voila.ip=127.0.0.1",
+        "--template=tspin",
+        "--VoilaConfiguration.show_tracebacks=True",
+        str(nb),
+    ]
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=workspace["work"])
     try:

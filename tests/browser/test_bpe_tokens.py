@@ -21,10 +21,17 @@ def bpe_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("bpe")
     model = save_gpt2_world(root / "model", n_positions=64)
     data = write_jsonl(root / "user.jsonl", user_pairs(18))
-    cfg = RunConfig.from_dict({"model": {"name_or_path": str(model)},
-                               "data": {"source": str(data), "num_examples": 12, "eval_size": 6},
-                               "train": {"batch_size": 4, "epochs": 1}, "sampling": {"batch_size": 8, "max_new_tokens": 8},
-                               "iterations": 1, "cpu": True, "run_dir": str(root / "run")})
+    cfg = RunConfig.from_dict(
+        {
+            "model": {"name_or_path": str(model)},
+            "data": {"source": str(data), "num_examples": 12, "eval_size": 6},
+            "train": {"batch_size": 4, "epochs": 1},
+            "sampling": {"batch_size": 8, "max_new_tokens": 8},
+            "iterations": 1,
+            "cpu": True,
+            "run_dir": str(root / "run"),
+        }
+    )
     SelfPlaySession(cfg).run()
     return root / "run"
 

@@ -57,7 +57,9 @@ def wait_kernel_idle(page, server, notebook: str, timeout: float = 60) -> None:
 def delete_sessions(server) -> None:
     with urllib.request.urlopen(f"{server['url']}/api/sessions?token={server['token']}", timeout=5) as r:
         for s in json.load(r):
-            req = urllib.request.Request(f"{server['url']}/api/sessions/{s['id']}?token={server['token']}", method="DELETE")
+            req = urllib.request.Request(
+                f"{server['url']}/api/sessions/{s['id']}?token={server['token']}", method="DELETE"
+            )
             urllib.request.urlopen(req, timeout=5).close()
 
 
@@ -97,8 +99,18 @@ def panel_expected(run_dir, state: dict) -> list:
     return [
         F.gradient_weights(table, kind=kind, scale=scale, beta=beta_used),
         F.top_drivers(A.top_drivers(table)),
-        F.loss_landscape(A.loss_landscape(inputs, kind=kind, scales=SCALE_GRID, betas=BETA_GRID), kind=kind, scale=scale, beta=beta_used),
-        F.opponent(A.opponent_table(cands, alpha), A.opponent_entropy_curve(cands, ENTROPY_ALPHAS), alpha, A.opponent_alpha(rec)),
+        F.loss_landscape(
+            A.loss_landscape(inputs, kind=kind, scales=SCALE_GRID, betas=BETA_GRID),
+            kind=kind,
+            scale=scale,
+            beta=beta_used,
+        ),
+        F.opponent(
+            A.opponent_table(cands, alpha),
+            A.opponent_entropy_curve(cands, ENTROPY_ALPHAS),
+            alpha,
+            A.opponent_alpha(rec),
+        ),
         F.token_entropy({A.run_label(rec): (A.token_entropy_table(rec.metrics, rec.examples), s["method"])}),
     ]
 
@@ -117,7 +129,9 @@ def panel_state(page, previous: dict | None = None, timeout: float = 30) -> dict
 
 
 def select(page, description: str, label: str) -> None:
-    page.locator(f'.widget-dropdown:has(label:text-is("{description}")) select >> visible=true').first.select_option(label=label)
+    page.locator(f'.widget-dropdown:has(label:text-is("{description}")) select >> visible=true').first.select_option(
+        label=label
+    )
 
 
 def test_lab_every_panel_control_redraws_every_figure_right(page, lab_server, workspace):
@@ -132,16 +146,35 @@ def test_lab_every_panel_control_redraws_every_figure_right(page, lab_server, wo
     run_dir = workspace["run_dir"]
     state = panel_state(page)
     expect_figures(page, panel_expected(run_dir, state))
-    assert 'alpha = 1' not in page.locator("#tspin-loss-summary").inner_text()
+    assert "alpha = 1" not in page.locator("#tspin-loss-summary").inner_text()
 
     moves = [
-        ("alpha", lambda: [page.locator('.widget-slider:has-text("alpha") .noUi-handle').first.press("ArrowRight") for _ in range(4)]),
-        ("beta", lambda: [page.locator('.widget-slider:has-text("beta") .noUi-handle').first.press("ArrowRight") for _ in range(5)]),
+        (
+            "alpha",
+            lambda: [
+                page.locator('.widget-slider:has-text("alpha") .noUi-handle').first.press("ArrowRight")
+                for _ in range(4)
+            ],
+        ),
+        (
+            "beta",
+            lambda: [
+                page.locator('.widget-slider:has-text("beta") .noUi-handle').first.press("ArrowRight") for _ in range(5)
+            ],
+        ),
         ("stage", lambda: page.locator('.widget-toggle-button:has-text("log π_t+1 (after)")').first.click()),
         ("iteration", lambda: select(page, "iteration", "1")),
-        ("prompt", lambda: page.locator('.widget-dropdown:has(label:text-is("prompt #")) select').first.select_option(index=3)),
+        (
+            "prompt",
+            lambda: page.locator('.widget-dropdown:has(label:text-is("prompt #")) select').first.select_option(index=3),
+        ),
         ("loss", lambda: select(page, "loss", "SPIN")),
-        ("lam", lambda: [page.locator('.widget-slider:has-text("lam") .noUi-handle').first.press("ArrowLeft") for _ in range(6)]),
+        (
+            "lam",
+            lambda: [
+                page.locator('.widget-slider:has-text("lam") .noUi-handle').first.press("ArrowLeft") for _ in range(6)
+            ],
+        ),
     ]
     for name, move in moves:
         if name in ("alpha", "beta", "lam"):
@@ -163,7 +196,13 @@ def test_lab_every_panel_control_redraws_every_figure_right(page, lab_server, wo
         drivers = next(d for d in drawn if d["title"] == "Examples that drive the update most")
         assert drivers["axes"]["yaxis"] == "category", f"after {name}: drivers axis {drivers['axes']['yaxis']}"
         expect(page.locator(".tspin-error")).to_have_count(0)
-    assert state["kind"] == "spin" and state["iteration"] == 1 and state["stage"] == "after" and state["alpha"] > 1 and state["beta"] > 0.1
+    assert (
+        state["kind"] == "spin"
+        and state["iteration"] == 1
+        and state["stage"] == "after"
+        and state["alpha"] > 1
+        and state["beta"] > 0.1
+    )
 
     # layout: the landscape and drivers charts share a row without running past the notebook
     cell = page.locator(".jp-OutputArea-output:has(#tspin-loss-summary)").first.bounding_box()
@@ -183,13 +222,19 @@ def test_lab_every_panel_control_redraws_every_figure_right(page, lab_server, wo
     # every line readable on the dark paper (WCAG 3:1 for graphics): the weight curve (#333) and the
     # entropy curve were drawn dark on dark before
     assert not [b for d in dark for b in unreadable_lines(d)], [b for d in dark for b in unreadable_lines(d)]
-    weights = next(d for d in dark if d["title"].startswith("Gradient weights") or any(t["name"] == "weight curve" for t in d["traces"]))
+    weights = next(
+        d
+        for d in dark
+        if d["title"].startswith("Gradient weights") or any(t["name"] == "weight curve" for t in d["traces"])
+    )
     curve = next(t for t in weights["traces"] if t["name"] == "weight curve")
     assert contrast(curve["line"], weights["paper"]) >= 3, curve["line"]
     page.screenshot(path=str(ARTIFACTS / "lab-dark.png"))
     menu(page, "Settings", "Theme", "JupyterLab Light")
     expect(page.locator("body")).to_have_attribute("data-jp-theme-light", "true")
-    page.wait_for_function("() => [...document.querySelectorAll('.tspin-plot')].every(g => g.dataset.theme === 'light')")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.tspin-plot')].every(g => g.dataset.theme === 'light')"
+    )
     expect(page.locator(".tspin-error")).to_have_count(0)
     delete_sessions(lab_server)
 
@@ -208,7 +253,10 @@ def test_voila_dashboard_iteration_slider(page, voila_server):
     target = start - 1 if start > 0 else start + 1
     expect(summary).to_have_attribute("data-iteration", str(target))
     # the advantage-decay marker follows the slider
-    page.wait_for_function(f"() => {{ const l = document.querySelector('.js-plotly-plot').layout; return l.shapes && l.shapes[0].x0 === {target}; }}")
+    page.wait_for_function(
+        "() => { const l = document.querySelector('.js-plotly-plot').layout; "
+        f"return l.shapes && l.shapes[0].x0 === {target}; }}"
+    )
     assert page.evaluate("() => document.querySelector('.js-plotly-plot').data.length") >= 2
     expect(page.locator(".tspin-error")).to_have_count(0)
     shot(page, "voila-dashboard")
@@ -273,9 +321,15 @@ def test_voila_workshop_dashboard_every_tab_every_control(page, workshop_server,
     # Advantages: stage and iteration
     tab(page, "Advantages")
     page.locator('.widget-toggle-button:has-text("after training (π_t+1)")').first.click()
-    page.wait_for_function("() => [...document.querySelectorAll('.tspin-plot')].some(g => g.offsetParent && g._fullLayout && g._fullLayout.title.text.includes('after training'))")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.tspin-plot')].some(g => g.offsetParent && g._fullLayout"
+        " && g._fullLayout.title.text.includes('after training'))"
+    )
     select(page, "iteration", "0")
-    page.wait_for_function("() => [...document.querySelectorAll('.tspin-plot')].some(g => g.offsetParent && g._fullLayout && g._fullLayout.title.text.endsWith('iteration 0'))")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.tspin-plot')].some(g => g.offsetParent && g._fullLayout"
+        " && g._fullLayout.title.text.endsWith('iteration 0'))"
+    )
 
     # alpha / beta: sliders move every figure; the drivers chart keeps its category axis
     tab(page, "alpha / beta / entropy")
@@ -289,7 +343,11 @@ def test_voila_workshop_dashboard_every_tab_every_control(page, workshop_server,
         expect(summary).not_to_have_attribute("data-state", before)
         state = json.loads(summary.get_attribute("data-state"))
         label = f"α = {state['alpha']:.3g}, β = {state['beta']:.3g}"
-        page.wait_for_function("label => [...document.querySelectorAll('.tspin-plot')].some(g => g.offsetParent && g._fullLayout && g._fullLayout.title.text.includes(label))", arg=label)
+        page.wait_for_function(
+            "label => [...document.querySelectorAll('.tspin-plot')].some(g => g.offsetParent && g._fullLayout"
+            " && g._fullLayout.title.text.includes(label))",
+            arg=label,
+        )
         drivers = next(d for d in page_figures(page) if d["title"] == "Examples that drive the update most")
         assert drivers["axes"]["yaxis"] == "category"
     select(page, "loss", "T-SPIN_ref")
@@ -298,6 +356,8 @@ def test_voila_workshop_dashboard_every_tab_every_control(page, workshop_server,
     expect(page.locator(".tspin-error")).to_have_count(0)
     errors = [m for m in console if m.startswith(("error", "pageerror")) or "Failed to initialize" in m]
     assert not errors, errors
-    assert not [u for u in requests if not u.startswith(workshop_server["url"]) and not u.startswith(("data:", "blob:"))], "requests left the machine"
+    assert not [
+        u for u in requests if not u.startswith(workshop_server["url"]) and not u.startswith(("data:", "blob:"))
+    ], "requests left the machine"
     if os.environ.get("TSPIN_SCREENSHOTS"):
         page.screenshot(path=str(ARTIFACTS / "voila-workshop.png"), full_page=True)

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.browser
 NOTEBOOKS = ROOT / "notebooks"
 PANEL = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 ALL_RAN_JS = """() => {
-  const ps = [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')].map(p => p.textContent.trim());
+  const ps = [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')]
+    .map(p => p.textContent.trim());
   return ps.length > 0 && !ps.some(p => p.includes('*')) && /\\[\\d+\\]/.test(ps[0]);
 }"""
 
@@ -42,7 +43,12 @@ def smoke_lab(workspace, tmp_path_factory):
     base = tmp_path_factory.mktemp("lab_notebooks")
     work = base / "notebooks"
     shutil.copytree(NOTEBOOKS, work, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "runs"))
-    settings = {"TSPIN_SMOKE": "1", "TSPIN_PROGRESS": "0", "TSPIN_RUNS": str(base / "runs"), "TSPIN_CACHE": str(base / "cache")}
+    settings = {
+        "TSPIN_SMOKE": "1",
+        "TSPIN_PROGRESS": "0",
+        "TSPIN_RUNS": str(base / "runs"),
+        "TSPIN_CACHE": str(base / "cache"),
+    }
     env = dict(workspace["env"], **settings)
     saved = {k: os.environ.get(k) for k in settings}
     os.environ.update(settings)
@@ -118,6 +124,7 @@ def readout(where, description: str) -> tuple[float, ...]:
 
 # -- the widgets, moved one control at a time ------------------------------------------------------
 
+
 def drive_triplet_browser(page, where, mirror) -> None:
     """Every control of a TripletBrowser: iteration, stage, u/v ranges, 3 filters, sort, order, triplet."""
     check(page, where, mirror, "run all")
@@ -135,7 +142,8 @@ def drive_triplet_browser(page, where, mirror) -> None:
         handle.press("ArrowRight")  # the lower bound up one step
         lo = round(w.value[0] + w.step, 6)
         expect(where.locator(f'.widget-slider:has(label:text-is("{name}")) .widget-readout').first).not_to_have_text(
-            re.compile(rf"^{re.escape(f'{w.value[0]:.1f}')}\b"))
+            re.compile(rf"^{re.escape(f'{w.value[0]:.1f}')}\b")
+        )
         w.value = (lo, w.value[1])
         check(page, where, mirror, name)
     for desc, label, w, value in (
@@ -232,6 +240,7 @@ def drive_alpha_beta(page, where, mirror) -> None:
 
 # -- the notebooks ---------------------------------------------------------------------------------
 
+
 def test_lab_00_quickstart(page, smoke_lab, console):
     """The quickstart: the run comparison follows its controls; the live dashboard at the end (one iteration
     done by the cell) runs the second iteration when Whole step is clicked, and its iteration slider then moves
@@ -266,7 +275,9 @@ def test_lab_01_triplets(page, smoke_lab, console):
 
     nb = run_all(page, smoke_lab, "01_triplets.ipynb")
     run = presets.run_toy(presets.toy_config("tspin", smoke=True))
-    drive_triplet_browser(page, cell(page, nb, "widgets.TripletBrowser(run, iteration=t)"), widgets.TripletBrowser(run, iteration=1))
+    drive_triplet_browser(
+        page, cell(page, nb, "widgets.TripletBrowser(run, iteration=t)"), widgets.TripletBrowser(run, iteration=1)
+    )
     delete_sessions(smoke_lab)
 
 
@@ -293,9 +304,14 @@ def test_lab_03_alpha_and_entropy(page, smoke_lab, console):
     drive_alpha_beta(page, cell(page, nb, "widgets.AlphaBetaPanel(run)"), widgets.AlphaBetaPanel(run))
     beta_runs = {
         "T-SPIN, beta = 0.1": run,
-        "T-SPIN, beta = 1": presets.run_toy(presets.toy_config("tspin", smoke=True, method={"beta": 1.0}, name="tspin-beta1")),
-        "T-SPIN, beta = 1, masked where y0 == y": presets.run_toy(presets.toy_config(
-            "tspin", smoke=True, method={"beta": 1.0, "mask_proto_equal_annotated": True}, name="tspin-beta1-masked")),
+        "T-SPIN, beta = 1": presets.run_toy(
+            presets.toy_config("tspin", smoke=True, method={"beta": 1.0}, name="tspin-beta1")
+        ),
+        "T-SPIN, beta = 1, masked where y0 == y": presets.run_toy(
+            presets.toy_config(
+                "tspin", smoke=True, method={"beta": 1.0, "mask_proto_equal_annotated": True}, name="tspin-beta1-masked"
+            )
+        ),
     }
     mirror = widgets.RunComparison(beta_runs, metrics=("score", "historical_advantage_mean", "token_entropy"))
     drive_run_comparison(page, cell(page, nb, "widgets.RunComparison(beta_runs"), mirror)
@@ -312,7 +328,9 @@ def test_lab_04_data_scarcity(page, smoke_lab, console):
     runs = {
         f"T-SPIN on {N} pairs": presets.run_toy(quarter),
         f"SFT on the same {N} pairs": presets.run_toy(presets.toy_config("sft", smoke=True)),
-        f"SFT on all {4 * N} pairs": presets.run_toy(presets.toy_config("sft", smoke=True, data={"num_examples": 4 * N}, name="sft-4x")),
+        f"SFT on all {4 * N} pairs": presets.run_toy(
+            presets.toy_config("sft", smoke=True, data={"num_examples": 4 * N}, name="sft-4x")
+        ),
     }
     drive_run_comparison(page, cell(page, nb, "widgets.RunComparison(runs)"), widgets.RunComparison(runs))
     delete_sessions(smoke_lab)

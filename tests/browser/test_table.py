@@ -16,10 +16,7 @@ pytestmark = pytest.mark.browser
 
 def shown_keys(page) -> list[int]:
     return [
-        int(k)
-        for k in page.locator("#tspin-triplet-table tbody tr").evaluate_all(
-            "rs => rs.map(r => r.dataset.key)"
-        )
+        int(k) for k in page.locator("#tspin-triplet-table tbody tr").evaluate_all("rs => rs.map(r => r.dataset.key)")
     ]
 
 
@@ -31,9 +28,7 @@ def expect_keys(page, keys: list[int]) -> None:
     assert shown_keys(page) == keys
 
 
-def test_triplet_table_pages_sorts_searches_and_opens_a_row(
-    page, triplets_server, workspace, console
-):
+def test_triplet_table_pages_sorts_searches_and_opens_a_row(page, triplets_server, workspace, console):
     from tspin_kit import analysis as A
     from tspin_kit import load_run
 
@@ -71,9 +66,7 @@ def test_triplet_table_pages_sorts_searches_and_opens_a_row(
     by_loss_desc = base.sort_values("loss", ascending=False, kind="stable", na_position="last")
     expect_keys(page, by_loss_desc["example_id"].head(25).tolist())
     # the browser's "sort by" control follows the header
-    expect(
-        page.locator('.widget-dropdown:has(label:text-is("sort by")) select').first
-    ).to_have_value("loss")
+    expect(page.locator('.widget-dropdown:has(label:text-is("sort by")) select').first).to_have_value("loss")
 
     # search: a prompt's text, typed as a person would
     target = base.iloc[len(base) // 2]
@@ -100,9 +93,7 @@ def test_triplet_table_pages_sorts_searches_and_opens_a_row(
     key = int(hits["example_id"].iloc[min(2, len(hits) - 1)])
     page.locator(f"#tspin-triplet-table tbody tr[data-key='{key}']").click()
     expect(page.locator("#tspin-triplet-detail")).to_contain_text(f"example {key}, iteration {t}")
-    chosen = page.locator('.widget-dropdown:has(label:text-is("triplet")) select').first.locator(
-        "option:checked"
-    )
+    chosen = page.locator('.widget-dropdown:has(label:text-is("triplet")) select').first.locator("option:checked")
     expect(chosen).to_contain_text(f"#{key} ")
 
     # export: the CSV is the table as shown (searched, sorted), downloaded by the browser
@@ -115,7 +106,5 @@ def test_triplet_table_pages_sorts_searches_and_opens_a_row(
     expect(page.locator(".tspin-export-status")).to_contain_text("saved tspin-triplets.csv")
 
     expect(page.locator(".tspin-error")).to_have_count(0)
-    errors = [
-        m for m in console if m.startswith(("error", "pageerror")) or "Failed to initialize" in m
-    ]
+    errors = [m for m in console if m.startswith(("error", "pageerror")) or "Failed to initialize" in m]
     assert not errors, errors

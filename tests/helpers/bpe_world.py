@@ -11,8 +11,10 @@ WORDS = ["apple", "river", "stone", "cloud", "green", "quick", "north", "light",
 
 
 def user_pairs(n: int = 24) -> list[dict]:
-    return [{"prompt": f"Name the word after {WORDS[i % 10]} please.", "response": f"The word is {WORDS[(i + 1) % 10]}."}
-            for i in range(n)]
+    return [
+        {"prompt": f"Name the word after {WORDS[i % 10]} please.", "response": f"The word is {WORDS[(i + 1) % 10]}."}
+        for i in range(n)
+    ]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -30,8 +32,9 @@ def build_bpe_tokenizer(vocab_size: int = 300):
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
     corpus = [r["prompt"] + " " + r["response"] for r in user_pairs(40)] + [PLAIN_TEMPLATE] * 20
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "<eos>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     core.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>")
 
@@ -42,8 +45,16 @@ def save_gpt2_world(folder: Path, *, n_positions: int = 64, seed: int = 0) -> Pa
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tok = build_bpe_tokenizer()
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=n_positions, n_embd=32, n_layer=1, n_head=2,
-                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    cfg = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=n_positions,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=tok.eos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     torch.manual_seed(seed)
     model = GPT2LMHeadModel(cfg)
     folder.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,8 @@ import time
 
 import numpy as np
 
-FIGURES_JS = """(root) => Array.from((root || document).querySelectorAll('.tspin-plot')).filter(gd => gd._fullLayout && gd._fullData).map(gd => {
+FIGURES_JS = """(root) => Array.from((root || document).querySelectorAll('.tspin-plot'))
+    .filter(gd => gd._fullLayout && gd._fullData).map(gd => {
   const L = gd._fullLayout;
   const axes = {};
   for (const k of Object.keys(L)) if (/^[xy]axis\\d*$/.test(k) && L[k] && L[k].type) axes[k] = L[k].type;
@@ -25,8 +26,8 @@ FIGURES_JS = """(root) => Array.from((root || document).querySelectorAll('.tspin
     error: gd.dataset.error || '', paper: L.paper_bgcolor, font: L.font && L.font.color,
     visible: gd.offsetParent !== null && gd.getBoundingClientRect().width > 0,
     width: gd.getBoundingClientRect().width, right: gd.getBoundingClientRect().right,
-    axes, traces: gd._fullData.map(t => ({type: t.type, name: t.name || '', x: arr(t.x), y: arr(t.y), visible: t.visible,
-      mode: t.mode || '', line: (t.line && typeof t.line.color === 'string') ? t.line.color : null,
+    axes, traces: gd._fullData.map(t => ({type: t.type, name: t.name || '', x: arr(t.x), y: arr(t.y),
+      visible: t.visible, mode: t.mode || '', line: (t.line && typeof t.line.color === 'string') ? t.line.color : null,
       marker: (t.marker && typeof t.marker.color === 'string') ? t.marker.color : null})),
   };
 })"""
@@ -62,7 +63,9 @@ def _same(a: list, b: list, what: str) -> None:
 
 def declared_axis_types(fig) -> dict:
     lay = fig.layout.to_plotly_json()
-    return {k: v["type"] for k, v in lay.items() if k[:5] in ("xaxis", "yaxis") and isinstance(v, dict) and v.get("type")}
+    return {
+        k: v["type"] for k, v in lay.items() if k[:5] in ("xaxis", "yaxis") and isinstance(v, dict) and v.get("type")
+    }
 
 
 def match(drawn: dict, fig) -> None:
@@ -72,7 +75,9 @@ def match(drawn: dict, fig) -> None:
     assert not drawn["error"], drawn["error"]
     for ax, typ in declared_axis_types(fig).items():
         assert drawn["axes"].get(ax) == typ, f"{title}: {ax} drawn as {drawn['axes'].get(ax)!r}, declared {typ!r}"
-    assert len(drawn["traces"]) == len(fig.data), f"{title}: {len(drawn['traces'])} traces drawn, {len(fig.data)} expected"
+    assert len(drawn["traces"]) == len(fig.data), (
+        f"{title}: {len(drawn['traces'])} traces drawn, {len(fig.data)} expected"
+    )
     for k, (d, t) in enumerate(zip(drawn["traces"], fig.data)):
         assert d["type"] == t.type, f"{title}: trace {k} is {d['type']}, expected {t.type}"
         if t.type == "heatmap":
@@ -143,7 +148,8 @@ def contrast(fg: str, bg: str) -> float:
 
 
 def unreadable_lines(drawn: dict, minimum: float = 3.0) -> list[str]:
-    """Every drawn line (and string marker colour of a scatter) whose contrast against the paper is under ``minimum``."""
+    """Every drawn line (and string marker colour of a scatter) whose contrast against the paper is under
+    ``minimum``."""
     bad = []
     for k, t in enumerate(drawn["traces"]):
         if t.get("visible") is False:
@@ -156,5 +162,7 @@ def unreadable_lines(drawn: dict, minimum: float = 3.0) -> list[str]:
         for what, col in colors:
             r = contrast(col, drawn["paper"])
             if r < minimum:
-                bad.append(f"{drawn['title']}: trace {k} ({t['name']}) {what} {col} on {drawn['paper']}: contrast {r:.2f}")
+                bad.append(
+                    f"{drawn['title']}: trace {k} ({t['name']}) {what} {col} on {drawn['paper']}: contrast {r:.2f}"
+                )
     return bad
