@@ -7,6 +7,7 @@ here re-validates with ``go.Figure(fig.to_dict())`` so a misspelt property still
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
@@ -183,3 +184,23 @@ def test_run_comparison_and_report_figures(runs, tmp_path):
         path = tmp_path / f"{name}.html"
         f.write_html(path, include_plotlyjs=False, full_html=False)
         assert path.stat().st_size > 500
+
+
+def test_weight_curves_come_from_the_objective():
+    """The drawn curves are Theorem 1's weights: sigmoid(-s*u) and beta*sigmoid(-s*v); 0 without a history term."""
+    table = pd.DataFrame(
+        {
+            "example_id": [0, 1],
+            "current_advantage": [-1.0, 2.0],
+            "historical_advantage": [0.5, -0.5],
+            "weight_current": [0.7, 0.1],
+            "weight_historical": [0.03, 0.06],
+        }
+    )
+    fig = F.gradient_weights(table, kind="tspin", scale=2.0, beta=0.3)
+    cur, hist = [t for t in fig.data if t.name == "weight curve"]
+    x = np.asarray(cur.x)
+    np.testing.assert_allclose(cur.y, 1 / (1 + np.exp(2.0 * x)), atol=1e-12)
+    np.testing.assert_allclose(hist.y, 0.3 / (1 + np.exp(2.0 * np.asarray(hist.x))), atol=1e-12)
+    spin = F.gradient_weights(table, kind="spin", scale=0.5, beta=0.3)
+    assert np.all(np.asarray([t for t in spin.data if t.name == "weight curve"][1].y) == 0)

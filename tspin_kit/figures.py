@@ -739,6 +739,29 @@ def _scale_symbol(spec) -> str:
     return M.KNOBS[spec.scale].symbol if spec.scale else "s"
 
 
+def _weight_curve(spec, grid: np.ndarray, scale: float, beta: float, *, historical: bool) -> np.ndarray:
+    """Theorem 1's weight as a function of one advantage, from the objective itself (no formula redone here):
+    log-probs (and a zero reference) placed so that u (or v) runs over ``grid`` and the other advantage is 0."""
+    import torch
+
+    g = torch.as_tensor(grid, dtype=torch.float64)
+    zero = torch.zeros_like(g)
+    # current: y = grid, y' = y0 = 0 -> u = grid; historical: y = y' = grid, y0 = 0 -> v = grid
+    lp = M.LogProbs(
+        annotated=g,
+        synthetic=g if historical else zero,
+        proto=zero,
+        ref_annotated=zero,
+        ref_synthetic=zero,
+        ref_proto=zero,
+        annotated_tokens=torch.ones_like(g),
+    )
+    values = {"alpha": scale, "lam": scale, "beta": beta}
+    knobs = {k: values.get(k, M.KNOBS[k].default) if k != spec.scale else scale for k in spec.knobs}
+    out = spec.loss(lp, knobs)
+    return (out.historical_weight if historical else out.current_weight).numpy()
+
+
 def gradient_weights(table: pd.DataFrame, *, kind: str, scale: float, beta: float) -> go.Figure:
     """Each example's weight in the gradient against its advantage, with the weight curves.
 
@@ -771,8 +794,7 @@ def gradient_weights(table: pd.DataFrame, *, kind: str, scale: float, beta: floa
         finite = x[np.isfinite(x)]
         lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (-1.0, 1.0)
         grid = np.linspace(min(lo, -1.0), max(hi, 1.0), 120)
-        mult = 1.0 if i == 0 else (beta if spec.history else 0.0)  # no historical term: its weight is 0
-        curve = mult / (1.0 + np.exp(np.clip(scale * grid, -60, 60)))
+        curve = _weight_curve(spec, grid, scale, beta, historical=i == 1) if logistic else None
         traces.append(
             dict(
                 type="scattergl",
