@@ -146,6 +146,7 @@ def compute_loss(
     packed: PackedExamples | None = None,
     skip: list[bool] | None = None,
     iteration: int = 0,
+    knobs: dict[str, float] | None = None,
 ) -> M.Terms:
     """The method's `methods.Terms` on examples `idx`, from one forward over the rows that can move it.
 
@@ -203,7 +204,9 @@ def compute_loss(
     lp = M.LogProbs(
         **policy, **ref, annotated_tokens=counts, historical_mask=at(ex.historical_mask) if spec.maskable else None
     )
-    return spec.loss(lp, {**method.knobs_at(iteration), "beta": beta, "lam": lam})
+    if knobs is None:  # train_iteration computes them once per iteration and passes them in
+        knobs = {**method.knobs_at(iteration), "beta": beta, "lam": lam}
+    return spec.loss(lp, knobs)
 
 
 def skipped_examples(ex: Examples, method: MethodConfig, beta: float) -> list[bool]:
@@ -325,6 +328,8 @@ def train_iteration(
         bar.update(start)
         if writes_checkpoints:
             logger.info("resuming %s from step %d of %d (checkpoint %s)", label, start, total, resumed["path"])
+    knobs = {**method.knobs_at(iteration), "beta": beta, "lam": lam}  # the loss's knob values, fixed for the iteration
+    term_names: list[str] | None = None
     for step, global_idx in enumerate(batches):
         if step < start:  # taken before the checkpoint (the batch order is a pure function of seed and iteration)
             continue
@@ -335,7 +340,6 @@ def train_iteration(
             micro = [m.tolist() for m in np.array_split(mine, train.grad_accum) if len(m)]
         step_loss = torch.zeros((), device=next(model.parameters()).device)
         step_terms = torch.zeros(len(STEP_TERMS), device=step_loss.device)
-        term_names: list[str] = []
         stepped = False
         for j, idx in enumerate(micro):
             # Only the last micro-batch synchronises gradients across processes.
@@ -353,6 +357,7 @@ def train_iteration(
                     packed=packed,
                     skip=skip,
                     iteration=iteration,
+                    knobs=knobs,
                 )
                 # sum of this process's per-example losses / global batch; DDP averages over processes,
                 # so multiply back by world: the result is the global mean whatever the split.
@@ -362,7 +367,8 @@ def train_iteration(
                     stepped = True
             step_loss += loss.detach() / world
             # the terms this method defines (SFT none; absent terms are NaN in `methods.Terms`)
-            term_names = term_names or [n for n in STEP_TERMS if bool(torch.isfinite(getattr(out, n)).any())]
+            if term_names is None:  # once per iteration: which terms the method defines
+                term_names = [n for n in STEP_TERMS if bool(torch.isfinite(getattr(out, n)).any())]
             for k, n in enumerate(STEP_TERMS):
                 if n in term_names:  # same scaling as the loss: the global-batch mean after the reduce
                     step_terms[k] += getattr(out, n).detach().sum() / len(global_idx)
