@@ -28,7 +28,7 @@ def expect_keys(page, keys: list[int]) -> None:
     assert shown_keys(page) == keys
 
 
-def test_triplet_table_pages_sorts_searches_and_opens_a_row(page, triplets_server, workspace, console):
+def test_triplet_table_pages_sorts_searches_and_opens_a_row(page, triplets_server, workspace, console, tmp_path):
     from tspin_kit import analysis as A
     from tspin_kit import load_run
 
@@ -104,6 +104,24 @@ def test_triplet_table_pages_sorts_searches_and_opens_a_row(page, triplets_serve
     csv = pd.read_csv(dl.path())
     assert csv["example_id"].tolist() == hits["example_id"].tolist()
     expect(page.locator(".tspin-export-status")).to_contain_text("saved tspin-triplets.csv")
+
+    # export HTML: one standalone file of the view's figures that draws offline (plotly.js inlined)
+    with page.expect_download() as info:
+        page.locator(".tspin-export-html").click()
+    dl = info.value
+    assert dl.suggested_filename == "tspin-triplets.html"
+    saved = tmp_path / "tspin-triplets.html"
+    dl.save_as(saved)
+    assert saved.read_text().startswith("<!DOCTYPE html>")
+    offline = page.context.new_page()
+    offline.route("**/*", lambda r: r.continue_() if r.request.url.startswith("file:") else r.abort())
+    offline.goto(saved.as_uri())
+    offline.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length > 0")
+    titles = offline.evaluate(
+        "() => [...document.querySelectorAll('.js-plotly-plot')].map(g => g._fullLayout && g._fullLayout.title.text)"
+    )
+    assert titles and all(titles), titles  # every figure drew, with its title
+    offline.close()
 
     expect(page.locator(".tspin-error")).to_have_count(0)
     errors = [m for m in console if m.startswith(("error", "pageerror")) or "Failed to initialize" in m]
