@@ -1,4 +1,4 @@
-"""Tests for tspin_kit.losses: literal values, the invariants of docs/method.md, Theorem 1.
+"""Tests for tspin_kit.losses: literal values, the method's invariants (each test below names one), Theorem 1.
 
 Inputs are chosen so that the logistic loss l(x) = log(1 + exp(-x)) lands on exact numbers:
 l(0) = log 2, l(ln 3) = log(1 + 1/3) = log(4/3), l(-ln 3) = log(1 + 3) = log 4,
@@ -136,7 +136,7 @@ def test_sft_loss_literal_values():
 
 
 # ---------------------------------------------------------------------------------------------
-# Invariants 1-6 of docs/method.md
+# The six invariants of the method (beta = 0 is reference-free SPIN, ...), one test each
 # ---------------------------------------------------------------------------------------------
 
 

@@ -7,8 +7,8 @@ caller owns the model calls and the reduction (the papers average over examples)
 Proposition 1 helpers at the bottom work on a finite candidate set and exist for tests and
 teaching; training never calls them.
 
-Notation (see ``docs/method.md``): y annotated ("real"), y' synthetic (from the latest policy),
-y0 proto-synthetic (from pi_0, fixed), l(x) = -log sigmoid(x) = log(1 + exp(-x)).
+Notation (docs/methods/tspin.md: the loss, Theorem 1, every logged metric): y annotated ("real"), y' synthetic
+(from the latest policy), y0 proto-synthetic (from pi_0, fixed), l(x) = -log sigmoid(x) = log(1 + exp(-x)).
 
 T-SPIN (eq. 7), all three log-probs from the trainable policy, no reference model::
 
