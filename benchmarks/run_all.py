@@ -29,6 +29,7 @@ SCRIPTS = [
     "bench_demo",
     "bench_reproduce",
     "bench_voila",
+    "bench_gpu",
 ]
 
 

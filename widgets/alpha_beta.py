@@ -89,6 +89,7 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
         self._quiet = False
         self._inputs = None
         self._landscape = None
+        self._landscape_key = None
         self._candidates = None
         self.table = None  # the latest recompute_losses table
         self._slot("weights")
@@ -148,11 +149,8 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
         self._inputs = A.loss_inputs(
             ex, t, self.stage.value, mask_proto_equal_annotated=self.settings["mask_proto_equal_annotated"]
         )
-        v = self._values()
-        lo, hi = M.KNOBS[spec.scale].slider if spec.scale else (0.05, 5.0)
-        self._landscape = A.loss_landscape(
-            self._inputs, kind=kind, scales=np.geomspace(max(lo, 1e-3), hi, 25), betas=BETA_GRID, **v
-        )
+        self._landscape, self._landscape_key = None, None  # computed by _on_settings for the current knobs
+
         # Entropy view: offer the prompts with the most distinct candidates first.
         part = ex[ex["iteration"] == t]
         distinct = (
@@ -224,6 +222,13 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
         scale = A.loss_scale(kind, alpha, lam, **v)
         beta_used = beta if "beta" in spec.knobs else 0.0
         self.table = A.recompute_losses(self._inputs, kind=kind, alpha=alpha, beta=beta, lam=lam, **v)
+        # the landscape's axes are the scale and beta; it is recomputed only when another knob (e.g. anchor) moved
+        key = tuple(sorted((k, x) for k, x in {**v, "alpha": alpha, "lam": lam}.items() if k != spec.scale))
+        if key != self._landscape_key:
+            self._landscape = A.loss_landscape(
+                self._inputs, kind=kind, scales=landscape_scales(kind), betas=BETA_GRID, alpha=alpha, lam=lam, **v
+            )
+            self._landscape_key = key
         summary = A.loss_summary(self.table)
         top = A.top_drivers(self.table)
         self._slots["weights"].show(F.gradient_weights(self.table, kind=kind, scale=scale, beta=beta_used))
@@ -254,6 +259,13 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
                 A.opponent_alpha(self.records),
             )
         )
+
+
+def landscape_scales(kind: str) -> np.ndarray:
+    """The landscape's x axis: 25 values over the objective's scale-knob slider range (log-spaced)."""
+    spec = M.get(kind)
+    lo, hi = M.KNOBS[spec.scale].slider if spec.scale else (0.05, 5.0)
+    return np.geomspace(max(lo, 1e-3), hi, 25)
 
 
 def _slider(k: M.Knob) -> W.Widget:

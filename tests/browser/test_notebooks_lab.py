@@ -232,7 +232,7 @@ def drive_alpha_beta(page, where, mirror) -> None:
     other = next(t for t in mirror.iteration.options if t != mirror.iteration.value)
     moved("iteration", lambda: select(where, "iteration", str(other)))
     moved("prompt", lambda: select(where, "prompt #", index=1 if mirror.example.index != 1 else 2))
-    moved("loss", lambda: select(where, "loss", "SPIN"))
+    moved("objective", lambda: select(where, "objective", "SPIN"))
     moved("lam", lambda: key("lam", "ArrowLeft", 5))  # lam is SPIN's (disabled for T-SPIN)
     st = json.loads(summary.get_attribute("data-state"))
     assert st["kind"] == "spin" and st["stage"] == "after" and st["iteration"] == other, st
