@@ -55,7 +55,8 @@ def main() -> None:
     from tspin_kit import toy
     from tspin_kit.config import MethodConfig, TrainConfig
     from tspin_kit.logprobs import collate, pack_rows
-    from tspin_kit.training import make_optimizer, train_iteration, zero_gradient
+    from tspin_kit.methods import zero_gradient
+    from tspin_kit.training import make_optimizer, train_iteration
 
     tok = toy.build_tokenizer()
     base = toy.build_model(tok)
@@ -92,7 +93,7 @@ def main() -> None:
             i
             for i in range(bs)
             if not zero_gradient(
-                methods[name],
+                methods[name].spec,
                 beta[name],
                 ex.annotated_ids[i],
                 ex.synthetic_ids[i],
