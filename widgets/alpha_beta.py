@@ -271,11 +271,13 @@ def landscape_scales(kind: str) -> np.ndarray:
 def _slider(k: M.Knob) -> W.Widget:
     lo, hi = k.slider
     if k.log_slider:
+        # the ends on the 0.02 grid of log10 values, so that round values (1.0, 0.1) are slider positions: with
+        # min = log10(0.05) = -1.30103 the browser snapped alpha = 1 to 0.998 and redrew
         return W.FloatLogSlider(
             value=k.default,
             base=10,
-            min=float(np.log10(lo)),
-            max=float(np.log10(hi)),
+            min=round(float(np.log10(lo)) / 0.02) * 0.02,
+            max=round(float(np.log10(hi)) / 0.02) * 0.02,
             step=0.02,
             description=k.name,
             readout_format=".3f",
