@@ -200,12 +200,12 @@ def cmd_methods(args) -> int:
     from . import methods as M
 
     if args.markdown:
-        print(M.docs_table())
+        _out(M.docs_table())
         return 0
     for name, m in M.table().items():
         knobs = ", ".join(f"{k}={M.KNOBS[k].default:g}" for k in m.knobs) or "no knobs"
         alias = f" (alias {', '.join(m.aliases)})" if m.aliases else ""
-        print(f"{name}{alias}: {m.label}. {m.formula}. Knobs: {knobs}. Docs: {m.doc}")
+        _out(f"{name}{alias}: {m.label}. {m.formula}. Knobs: {knobs}. Docs: {m.doc}")
     return 0
 
 

@@ -151,6 +151,12 @@ class LogProbs:
     annotated_tokens: torch.Tensor | None = None  # response tokens of y (incl. EOS), for per-token losses
     historical_mask: torch.Tensor | None = None  # bool, False drops the historical term (y0 == y)
 
+    def proto_ratio(self, like: torch.Tensor) -> torch.Tensor:
+        """log pi(y0) - log pi_t(y0), detached: how pair methods record y0 on their own scale (NaN without y0)."""
+        if self.proto is None or self.ref_proto is None:
+            return torch.full_like(like, math.nan).detach()
+        return (self.proto - self.ref_proto).detach()
+
     def need(self, name: str) -> torch.Tensor:
         v = getattr(self, name)
         if v is None:
@@ -389,12 +395,9 @@ def spin(lp: LogProbs, k: Knobs) -> Terms:
     out = L.spin_loss(lp.annotated, lp.synthetic, lp.need("ref_annotated"), lp.need("ref_synthetic"), lam=k.lam)
     zeros = torch.zeros_like(out.losses).detach()
     # y0 is not in SPIN's loss; its reward and advantage are recorded on SPIN's own scale for comparison
-    if lp.proto is not None and lp.ref_proto is not None:
-        proto_ratio = (lp.proto - lp.ref_proto).detach()
-        proto_rewards = k.lam * proto_ratio
-        historical_advantage = (lp.synthetic - lp.ref_synthetic).detach() - proto_ratio
-    else:
-        proto_rewards = historical_advantage = _nan(out.losses)
+    proto_ratio = lp.proto_ratio(out.losses)
+    proto_rewards = k.lam * proto_ratio
+    historical_advantage = (lp.synthetic - lp.ref_synthetic).detach() - proto_ratio
     return Terms(
         losses=out.losses,
         current_term=out.losses.detach(),

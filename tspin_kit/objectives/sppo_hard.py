@@ -43,11 +43,8 @@ def sppo_hard(lp: LogProbs, k: Knobs) -> Terms:
     losses = (ra - k.eta / 2) ** 2 + (rs + k.eta / 2) ** 2
     with torch.no_grad():
         zeros = torch.zeros_like(ra)
-        if lp.proto is not None and lp.ref_proto is not None:
-            rp = lp.proto - lp.ref_proto
-            v = rs - rp
-        else:
-            rp = v = torch.full_like(ra, math.nan)
+        rp = lp.proto_ratio(ra)
+        v = rs - rp
         return Terms(
             losses=losses,
             current_term=losses.detach(),
