@@ -47,7 +47,11 @@ print(f"rank {accelerator.process_index} of {accelerator.num_processes}: {len(re
 # group, the root) on gloo.
 FSDP_SCRIPT = """
 import json
+import logging
+import os
+import signal
 import sys
+from pathlib import Path
 from accelerate import Accelerator, PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 from torch.distributed.tensor import DTensor
@@ -85,8 +89,25 @@ if len(sys.argv) > 3:  # logits of this many elements per chunk: the head runs o
     import tspin_kit.logprobs as LP
 
     LP.CHUNK_ELEMENTS = int(sys.argv[3])
-cfg = RunConfig.from_yaml(sys.argv[1])
-records = SelfPlaySession(cfg).run()
+if os.environ.get("KILL_AFTER_CHECKPOINT"):  # "T:K": the main process SIGKILLs itself once iteration T's step-K
+    import tspin_kit.training as TR  # checkpoint is complete (renamed into place); the launcher then stops rank 1
+
+    kill_it, kill_step = map(int, os.environ["KILL_AFTER_CHECKPOINT"].split(":"))
+    save = TR._save_train_checkpoint
+
+    def save_then_die(folder, step, fingerprint, *args, **kwargs):
+        save(folder, step, fingerprint, *args, **kwargs)
+        if accelerator.is_main_process and (fingerprint["iteration"], step) == (kill_it, kill_step):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    TR._save_train_checkpoint = save_then_die
+target = Path(sys.argv[1])
+if target.is_dir():  # `tspin resume` of a run directory
+    logging.basicConfig(level=logging.INFO)
+    session = SelfPlaySession.resume(target)
+else:
+    session = SelfPlaySession(RunConfig.from_yaml(target))
+records = session.run()
 print(f"rank {accelerator.process_index} of {accelerator.num_processes}: {len(records.examples)} rows", flush=True)
 """
 
@@ -116,13 +137,13 @@ def one_process_runs(tmp_path_factory, stepped_run):
     return get
 
 
-def run_two(cmd: list[str], tmp_path: Path) -> str:
+def run_two(cmd: list[str], tmp_path: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     out = subprocess.run(
-        cmd, check=False, capture_output=True, text=True, timeout=600, env=subprocess_env(), cwd=tmp_path
+        cmd, check=False, capture_output=True, text=True, timeout=600, env=env or subprocess_env(), cwd=tmp_path
     )
     assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-4000:])
     assert "rank 0 of 2: 128 rows" in out.stdout and "rank 1 of 2: 128 rows" in out.stdout
-    return out.stdout
+    return out
 
 
 def max_weight_difference(one_dir: Path, two_dir: Path) -> float:
@@ -238,3 +259,62 @@ def test_two_fsdp2_processes_match_one(tmp_path, one_process_runs, lora_r, check
         assert (two_dir / "weights" / "policy_001" / "adapter_model.safetensors").is_file()
     worst = assert_same_run(one_process_runs(lora_r), two_dir)
     print(f"FSDP2 x2 ({lora_r=}, {checkpointing=}) vs one process: largest weight difference {worst:.3g}")
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_fsdp2_killed_mid_train_resumes_from_its_sharded_checkpoint(tmp_path, one_process_runs):
+    """FSDP2 on 2 CPU processes with train.checkpoint_every 1: the main process is SIGKILLed right after iteration
+    1's step-2 checkpoint (of 4 steps) is in place; the checkpoint holds both processes' DCP shards; resuming
+    under FSDP2 logs that training continues from step 2, and the run ends equal (to 1e-5, as the uninterrupted
+    2-process runs) to the uninterrupted one-process run."""
+    run_dir = tmp_path / "killed"
+    script = tmp_path / "run_session_fsdp.py"
+    script.write_text(FSDP_SCRIPT)
+    cfg = write_yaml(
+        tmp_path / "killed.yaml",
+        small_config_dict(run_dir, **{**OVER, "train": {**OVER["train"], "checkpoint_every": 1}}),
+    )
+    accelerate = Path(REPO / ".venv" / "bin" / "accelerate")
+    launch = [str(accelerate) if accelerate.exists() else "accelerate", "launch", "--config_file"]
+    (tmp_path / "killed_spy").mkdir()
+    killed = subprocess.run(
+        [*launch, str(cpu_fsdp2_config(tmp_path / "a1.yaml")), str(script), str(cfg), str(tmp_path / "killed_spy")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**subprocess_env(), "KILL_AFTER_CHECKPOINT": "1:2"},
+        cwd=tmp_path,
+    )
+    assert killed.returncode != 0 and "rank 0 of 2" not in killed.stdout, killed.stderr[-3000:]
+    state = json.loads((run_dir / "state.json").read_text())["done"]
+    assert "generate:1" in state and "train:1" not in state, state  # killed inside iteration 1's train phase
+    ckpt = run_dir / "iterations" / "iter_001" / "train_checkpoint"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["step_000002"]  # step 1's was dropped, no .tmp- left
+    files = sorted(p.name for p in (ckpt / "step_000002").iterdir())
+    assert {"state.pt", ".metadata", "__0_0.distcp", "__1_0.distcp"} <= set(files), files  # a shard per process
+    saved = torch.load(ckpt / "step_000002" / "state.pt", weights_only=True)
+    assert saved["step"] == 2 and "params" not in saved and "optimizer" not in saved and saved["sharded_params"]
+    assert not (run_dir / "iterations" / "iter_000" / "train_checkpoint").exists()  # its phase completed
+
+    (tmp_path / "resumed_spy").mkdir()
+    resumed = run_two(
+        [
+            *launch,
+            str(cpu_fsdp2_config(tmp_path / "a2.yaml")),
+            str(script),
+            str(run_dir),
+            str(tmp_path / "resumed_spy"),
+        ],
+        tmp_path,
+    )
+    assert "resuming train it1 (tspin) from step 2 of 4" in resumed.stderr, resumed.stderr[-3000:]
+    for rank in (0, 1):  # the resumed phase trained sharded too
+        seen = [
+            json.loads(x) for x in (tmp_path / "resumed_spy" / f"prepared_rank{rank}.jsonl").read_text().splitlines()
+        ]
+        assert len(seen) == 1 and seen[0]["all_dtensor"] and seen[0]["held"] < 0.6 * seen[0]["total"], seen
+    assert not ckpt.exists()
+    worst = assert_same_run(one_process_runs(0), run_dir)
+    print(f"FSDP2 x2 killed at iteration 1 step 2 and resumed vs one process: largest weight difference {worst:.3g}")

@@ -32,15 +32,6 @@ def test_fsdp1_and_deepspeed_stop_with_a_message():
         check_supported(fake(DistributedType.DEEPSPEED))
 
 
-def test_fsdp2_with_mid_phase_checkpoints_stops_with_a_message():
-    from tspin_kit.config import TrainConfig
-
-    check_supported(fake(DistributedType.FSDP, 2), TrainConfig())
-    check_supported(fake(DistributedType.MULTI_GPU), TrainConfig(checkpoint_every=5))
-    with pytest.raises(NotImplementedError, match="checkpoint_every"):
-        check_supported(fake(DistributedType.FSDP, 2), TrainConfig(checkpoint_every=5))
-
-
 def test_a_real_single_process_accelerator_is_not_fsdp():
     from accelerate import Accelerator
 

@@ -33,9 +33,12 @@ activations in both cases. (Estimates, not measured on a GPU.) A model whose rep
 device is out of reach of this design. The fp32 master weights live for one iteration: pi_{t+1} is stored in
 ``model.dtype``.
 
-Mid-phase checkpoints (``train.checkpoint_every``) save the main process's full parameters and optimiser state;
-under FSDP the optimiser state is sharded, so that combination is refused (`check_supported` at the start of a
-run, `training.train_iteration` for direct calls).
+Mid-phase checkpoints (``train.checkpoint_every``) under FSDP2 keep the state sharded: every process writes its
+own shard of the trainable parameters and of the optimiser state with torch.distributed.checkpoint
+(`save_sharded`, `load_sharded`; the run directory is shared by the processes, as for the rest of `tspin resume`),
+frozen weights (the LoRA base) are not written. No process ever holds the whole optimiser state, and DCP reshards
+on load, so a phase killed on N processes may be resumed on another number. The phase's position, scheduler, RNG
+and partial TrainResult sit beside the shards in the main process's ``state.pt`` (training.py).
 
 Tested on 2 CPU processes with gloo (tests/test_multiproc.py): accelerate 1.15 sets up FSDP only for GPU-like
 backends, so on CPU the test script sets the accelerate state as a GPU launch would, and the rest runs unchanged.
@@ -102,11 +105,11 @@ def release_training(accelerator, model, trained) -> None:
     accelerator.free_memory()
 
 
-def check_supported(accelerator, train=None) -> None:
+def check_supported(accelerator) -> None:
     """Fail at the start of a run, not at its first train phase, on a launch the engine cannot train under:
     FSDP version 1 (`uses_fsdp`); DeepSpeed (ZeRO-3 would partition the policy that generation, scoring and
     saving use, and accelerate's DeepSpeed path wants a dataloader or a fixed micro-batch the engine does not
-    give it: not adapted yet); FSDP2 with ``train.checkpoint_every`` (`FSDP_MID_PHASE_CHECKPOINTS`)."""
+    give it: not adapted yet)."""
     from accelerate.utils import DistributedType
 
     if accelerator is None:
@@ -116,11 +119,40 @@ def check_supported(accelerator, train=None) -> None:
             "accelerate is configured with DeepSpeed: tspin-kit does not train under DeepSpeed/ZeRO-3 yet; launch "
             "with configs/accelerate/fsdp2.yaml (sharded) or configs/accelerate/ddp.yaml instead"
         )
-    if uses_fsdp(accelerator) and train is not None and getattr(train, "checkpoint_every", 0):
-        raise NotImplementedError(FSDP_MID_PHASE_CHECKPOINTS)
+    uses_fsdp(accelerator)  # raises on FSDP version 1
 
 
-FSDP_MID_PHASE_CHECKPOINTS = (
-    "train.checkpoint_every under FSDP: the mid-phase checkpoint saves the main process's full parameters and "
-    "optimiser state, which FSDP shards over processes; set train.checkpoint_every: 0 or launch with DDP"
-)
+def _state_dicts(model, opt):
+    """The sharded model (trainable parameters only) and optimiser state dicts of a prepared FSDP2 model, keyed by
+    parameter name: what `save_sharded` writes and `load_sharded` fills."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    options = StateDictOptions(ignore_frozen_params=True)  # under LoRA the frozen base does not change
+    # a fresh optimiser has no state yet: get_state_dict makes it (one step at lr 0), so the load has tensors to fill
+    model_sd, optim_sd = get_state_dict(model, _raw_optimizer(opt), options=options)
+    return {"model": model_sd, "optim": optim_sd}, options
+
+
+def _raw_optimizer(opt):
+    return getattr(opt, "optimizer", opt)  # accelerate's AcceleratedOptimizer wraps the torch optimiser
+
+
+def save_sharded(folder, model, opt) -> None:
+    """Write every process's shard of the trainable parameters and optimiser state into ``folder`` (collective:
+    every process calls it; the main process writes DCP's metadata once all shards are written)."""
+    import torch.distributed.checkpoint as dcp
+
+    state, _ = _state_dicts(model, opt)
+    dcp.save(state, checkpoint_id=str(folder))
+
+
+def load_sharded(folder, model, opt) -> None:
+    """Read `save_sharded`'s folder into a prepared FSDP2 model and its optimiser (collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    state, options = _state_dicts(model, opt)
+    dcp.load(state, checkpoint_id=str(folder))
+    set_state_dict(
+        model, _raw_optimizer(opt), model_state_dict=state["model"], optim_state_dict=state["optim"], options=options
+    )

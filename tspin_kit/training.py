@@ -291,24 +291,28 @@ def train_iteration(
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     fingerprint = {"iteration": iteration, "seed": seed, "steps": total, "examples": n, "method": method.name, "lr": lr}
+    # One process needs no wrapping (the model is already on its device): skipping prepare() also skips
+    # free_memory()'s gc.collect() at the end, a fixed cost that showed up as overhead in benchmarks/.
+    distributed = not local and world > 1
+    # Under FSDP2 the trained model is a sharded copy whose weights are gathered back into `model` at the end
+    # (sharding.py: prepare_training / release_training); `params` then are its shards, and the mid-phase
+    # checkpoint is sharded too: it is loaded after prepare(), into the shards.
+    from .sharding import prepare_training, release_training, uses_fsdp
+
+    sharded = distributed and uses_fsdp(accelerator)
     resumed = None
     if ckpt_dir is not None:
         if writes_checkpoints:
             for unfinished in ckpt_dir.glob(".tmp-*"):  # a write a kill interrupted
                 shutil.rmtree(unfinished, ignore_errors=True)
-        resumed = _load_train_checkpoint(ckpt_dir, fingerprint, named, opt, sched)
+        if not sharded:
+            resumed = _load_train_checkpoint(ckpt_dir, fingerprint, named, opt, sched)
+    ddp_model, opt, params = prepare_training(accelerator, model, opt, params) if distributed else (model, opt, params)
+    if ckpt_dir is not None:
+        if sharded:
+            resumed = _load_train_checkpoint(ckpt_dir, fingerprint, named, opt, sched, sharded=ddp_model)
         if resumed is None and writes_checkpoints:  # nothing usable there: clear it, so no stale step outranks ours
             shutil.rmtree(ckpt_dir, ignore_errors=True)
-    # One process needs no wrapping (the model is already on its device): skipping prepare() also skips
-    # free_memory()'s gc.collect() at the end, a fixed cost that showed up as overhead in benchmarks/.
-    distributed = not local and world > 1
-    # Under FSDP2 the trained model is a sharded copy whose weights are gathered back into `model` at the end
-    # (sharding.py: prepare_training / release_training); `params` then are its shards.
-    from .sharding import FSDP_MID_PHASE_CHECKPOINTS, prepare_training, release_training, uses_fsdp
-
-    if distributed and ckpt_dir is not None and train.checkpoint_every and uses_fsdp(accelerator):
-        raise NotImplementedError(FSDP_MID_PHASE_CHECKPOINTS)
-    ddp_model, opt, params = prepare_training(accelerator, model, opt, params) if distributed else (model, opt, params)
     backward = accelerator.backward if distributed else (lambda loss: loss.backward())
 
     result = TrainResult(lr=lr)
@@ -390,8 +394,20 @@ def train_iteration(
                 if n in term_names:
                     result.step_terms.setdefault(n, []).append(float(totals[k]))
         every = train.checkpoint_every
-        if ckpt_dir is not None and writes_checkpoints and every and (step + 1) % every == 0 and step + 1 < total:
-            _save_train_checkpoint(ckpt_dir, step + 1, fingerprint, named, opt, sched, result, time.perf_counter() - t0)
+        if ckpt_dir is not None and every and (step + 1) % every == 0 and step + 1 < total:
+            if writes_checkpoints or sharded:  # sharded: every process writes its shard
+                _save_train_checkpoint(
+                    ckpt_dir,
+                    step + 1,
+                    fingerprint,
+                    named,
+                    opt,
+                    sched,
+                    result,
+                    time.perf_counter() - t0,
+                    sharded=ddp_model if sharded else None,
+                    main=writes_checkpoints,
+                )
         bar.update(1)
         if progress is not None:
             progress(step + 1, total, label)
@@ -418,8 +434,11 @@ def train_iteration(
 # fingerprint of the phase (iteration, seed, steps, examples, method, lr) so a checkpoint is never applied to
 # another phase. Under DDP every process holds the same parameters and optimiser state: the main process writes
 # and every process reads (the run directory is shared, as for the rest of `tspin resume`), and the load happens
-# before prepare(), whose DDP wrapper broadcasts the main process's parameters anyway. A sharded model (FSDP)
-# would need each process's shard, i.e. accelerate's save_state with a sharded state dict: not covered here.
+# before prepare(), whose DDP wrapper broadcasts the main process's parameters anyway. Under FSDP2 the parameters
+# and optimiser state stay sharded: each process writes its shard with torch.distributed.checkpoint (what
+# accelerate's save_state does for FSDP's sharded state dict), into the same step folder before its rename, and
+# ``state.pt`` carries the rest (``sharded_params`` instead of ``params``/``optimizer``); it is read after prepare().
+# DCP reshards on load, so the number of processes may change between the kill and the resume.
 TRAIN_CHECKPOINT_FORMAT = 1
 
 
@@ -432,20 +451,34 @@ def _train_checkpoints(folder: Path) -> list[Path]:
 
 
 def _save_train_checkpoint(
-    folder: Path, step: int, fingerprint: dict, named: list, opt, sched, result: TrainResult, seconds: float
+    folder: Path,
+    step: int,
+    fingerprint: dict,
+    named: list,
+    opt,
+    sched,
+    result: TrainResult,
+    seconds: float,
+    *,
+    sharded=None,
+    main: bool = True,
 ) -> None:
     """Write ``folder/step_<step>/state.pt`` via a temporary folder and one rename, then drop older steps: a kill
-    at any moment leaves the previous complete checkpoint (or the new one) readable."""
-    folder.mkdir(parents=True, exist_ok=True)
+    at any moment leaves the previous complete checkpoint (or the new one) readable.
+
+    ``sharded``: the prepared FSDP2 model; then every process calls this (``main`` on the main process only), the
+    parameters and optimiser state go into the folder as DCP shards (`sharding.save_sharded`) and ``state.pt``
+    holds the rest. The rename happens after DCP's collective save has returned, i.e. after every shard is written.
+    """
     final, tmp = folder / f"step_{step:06d}", folder / f".tmp-step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
     state = {
         "format": TRAIN_CHECKPOINT_FORMAT,
         "fingerprint": fingerprint,
         "step": step,
-        "params": {n: p.detach().cpu() for n, p in named},
-        "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
         "rng": {
             "torch": torch.get_rng_state(),
@@ -458,6 +491,19 @@ def _save_train_checkpoint(
             "seconds": float(seconds),
         },
     }
+    if sharded is None:
+        state["params"] = {n: p.detach().cpu() for n, p in named}
+        state["optimizer"] = opt.state_dict()
+    else:
+        import torch.distributed as dist
+
+        from .sharding import save_sharded
+
+        dist.barrier()  # the main process has made the empty temporary folder
+        save_sharded(tmp, sharded, opt)
+        state["sharded_params"] = [n for n, _ in named]
+    if not main:
+        return
     with open(tmp / "state.pt", "wb") as f:
         torch.save(state, f)
         f.flush()
@@ -469,9 +515,12 @@ def _save_train_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_train_checkpoint(folder: Path, fingerprint: dict, named: list, opt, sched) -> dict | None:
+def _load_train_checkpoint(folder: Path, fingerprint: dict, named: list, opt, sched, *, sharded=None) -> dict | None:
     """Restore the newest complete checkpoint of ``folder`` into the parameters, optimiser, scheduler and RNG;
-    return its state (``step``, ``result``), or None where there is none or it belongs to another phase."""
+    return its state (``step``, ``result``), or None where there is none or it belongs to another phase.
+    ``sharded``: the prepared FSDP2 model, whose shards are filled from a sharded checkpoint (collective: every
+    process calls this and, reading the same files, decides the same). A checkpoint of the other layout (a phase
+    killed under one launch and resumed under another) is not applied: training restarts from step 0."""
     found = _train_checkpoints(folder)
     if not found:
         return None
@@ -482,10 +531,11 @@ def _load_train_checkpoint(folder: Path, fingerprint: dict, named: list, opt, sc
         logger.warning("%s: unreadable train checkpoint (%s); training this phase from step 0", path, e)
         return None
     names = [n for n, _ in named]
+    saved_names = list(state.get("params", {})) if sharded is None else state.get("sharded_params")
     if (
         state.get("format") != TRAIN_CHECKPOINT_FORMAT
         or state.get("fingerprint") != fingerprint
-        or list(state.get("params", {})) != names
+        or saved_names != names
     ):
         logger.warning(
             "%s: train checkpoint of another phase or model (%s, expected %s); training this phase from step 0",
@@ -494,10 +544,15 @@ def _load_train_checkpoint(folder: Path, fingerprint: dict, named: list, opt, sc
             fingerprint,
         )
         return None
-    with torch.no_grad():
-        for n, p in named:
-            p.copy_(state["params"][n])
-    opt.load_state_dict(state["optimizer"])
+    if sharded is None:
+        with torch.no_grad():
+            for n, p in named:
+                p.copy_(state["params"][n])
+        opt.load_state_dict(state["optimizer"])
+    else:
+        from .sharding import load_sharded
+
+        load_sharded(found[-1], sharded, opt)
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] and torch.cuda.is_available():

@@ -101,7 +101,7 @@ def load_world(config: RunConfig) -> World:
 
     cfg = config
     accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available())
-    check_supported(accelerator, cfg.train)  # DeepSpeed, FSDP1, ... stop here, not at the first train
+    check_supported(accelerator)  # DeepSpeed, FSDP1, ... stop here, not at the first train
     task, train_rows, held_out, pi0_rows = _rows(cfg)
     # The toy tokenizer's chat template is a bare concatenation made for `a+b=` prompts; on a user's own
     # text it would run prompt and response together, so `auto` takes the plain template there.
