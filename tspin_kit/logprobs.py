@@ -334,12 +334,22 @@ class PackedRows:
         """
         seg = self.segments
         length = seg.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool, device=seg.device).tril()
-        same = seg[:, :, None] == seg[:, None, :]  # (P, L, L) query i, key j in one segment
-        prompt_key = (seg == 0)[:, None, :] & (seg >= 0)[:, :, None]  # a real query seeing a prompt key
-        allowed = causal & (same | prompt_key)
-        out = torch.zeros(allowed.shape, dtype=dtype, device=seg.device)
-        return out.masked_fill_(~allowed, torch.finfo(dtype).min).unsqueeze(1)
+        blocked = ~_allowed(seg, torch.ones(length, length, dtype=torch.bool, device=seg.device).tril())
+        return _additive(blocked, dtype)
+
+
+def _allowed(seg, causal):
+    """(P, L, L) True where query i may attend to key j, from segments (P, L) (0 prompt, j branch j, -1 padding)
+    and the (L, L) lower-triangular ``causal``; numpy arrays or torch tensors alike (the one rule of both)."""
+    same = seg[:, :, None] == seg[:, None, :]  # (P, L, L) query i, key j in one segment
+    prompt_key = (seg == 0)[:, None, :] & (seg >= 0)[:, :, None]  # a real query seeing a prompt key
+    return causal & (same | prompt_key)
+
+
+def _additive(blocked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(P, 1, L, L) additive mask: the dtype's minimum where ``blocked``, 0 elsewhere."""
+    out = torch.zeros(blocked.shape, dtype=dtype, device=blocked.device)
+    return out.masked_fill_(blocked, torch.finfo(dtype).min).unsqueeze(1)
 
 
 def pack_rows(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> PackedRows:
@@ -509,28 +519,40 @@ class PackedExamples:
         self.mask = torch.from_numpy(mask)  # (N, K, T)
         self.token_counts = torch.tensor([[len(r[i]) for r in roles] for i in range(n)], dtype=torch.float32)  # (N, K)
         self.num_roles = k
+        # numpy views of the same memory, for the per-step cutting in `logps`
+        self._input_ids, self._position_ids, self._segments, self._lengths = (
+            x.numpy() for x in (self.input_ids, self.position_ids, self.segments, self.lengths)
+        )
+        self._src, self._targets, self._mask = src, targets, mask
 
     def logps(self, model, idx: list[int]) -> torch.Tensor:
-        """Summed log-probs (B, K) of the roles of examples ``idx``: one forward over their packed sequences."""
-        device = next(model.parameters()).device
-        t = torch.tensor(idx)
-        width = int(self.lengths[t].max())
-        seg = self.segments[t, :width].to(device)
-        packed = PackedRows(
-            self.input_ids[t, :width].to(device), self.position_ids[t, :width].to(device), seg, *(None,) * 5
-        )
+        """Summed log-probs (B, K) of the roles of examples ``idx``: one forward over their packed sequences.
+
+        The step's indices and mask are cut from the iteration's arrays in numpy (views of the same memory):
+        a few dozen small torch ops per step were a measurable share of a small model's step (benchmarks/).
+        """
         param = next(model.parameters())
-        mask4d = packed.attention_mask(param.dtype if param.is_floating_point() else torch.float32)
-        src, targets, mask = self.src[t].to(device), self.targets[t].to(device), self.mask[t].to(device)  # (B, K, T)
-        rows = torch.arange(len(idx), device=device)[:, None, None].expand_as(src)[mask]  # (M,)
+        device = param.device
+        t = np.asarray(idx)
+        width = int(self._lengths[t].max())
+        seg = self._segments[t, :width]
+        blocked = ~_allowed(seg, np.tri(width, dtype=bool))  # (B, W, W)
+        dtype = param.dtype if param.is_floating_point() else torch.float32
+        mask4d = _additive(torch.from_numpy(blocked).to(device), dtype)
+        mask = self._mask[t]  # (B, K, T)
+        b, k, pos = np.nonzero(mask)  # row-major, the order of torch's mask indexing
+        rows, src, targets = (
+            torch.from_numpy(a).to(device) for a in (b, self._src[t[b], k, pos], self._targets[t[b], k, pos])
+        )
         logps, _ = _model_token_logps(
             model,
             rows,
-            src[mask],
-            targets[mask],
+            src,
+            targets,
             with_entropy=False,
-            input_ids=packed.input_ids,
+            input_ids=torch.from_numpy(self._input_ids[t, :width]).to(device),
             attention_mask=mask4d,
-            position_ids=packed.position_ids,
+            position_ids=torch.from_numpy(self._position_ids[t, :width]).to(device),
         )
+        mask = torch.from_numpy(mask).to(device)
         return logps.new_zeros(mask.shape).masked_scatter(mask, logps).sum(-1)  # (B, K)

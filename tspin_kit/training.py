@@ -343,7 +343,7 @@ def train_iteration(
             mine = np.array_split(np.asarray(global_idx), world)[rank]
             micro = [m.tolist() for m in np.array_split(mine, train.grad_accum) if len(m)]
         step_loss = torch.zeros((), device=next(model.parameters()).device)
-        step_terms = torch.zeros(len(STEP_TERMS), device=step_loss.device)
+        step_terms = None  # (len(term_names),) summed over the micro-batches
         stepped = False
         for j, idx in enumerate(micro):
             # Only the last micro-batch synchronises gradients across processes.
@@ -373,9 +373,9 @@ def train_iteration(
             # the terms this method defines (SFT none; absent terms are NaN in `methods.Terms`)
             if term_names is None:  # once per iteration: which terms the method defines
                 term_names = [n for n in STEP_TERMS if bool(torch.isfinite(getattr(out, n)).any())]
-            for k, n in enumerate(STEP_TERMS):
-                if n in term_names:  # same scaling as the loss: the global-batch mean after the reduce
-                    step_terms[k] += getattr(out, n).detach().sum() / len(global_idx)
+            if term_names:  # same scaling as the loss: the global-batch mean after the reduce (one stack, few ops)
+                terms = torch.stack([getattr(out, n).detach() for n in term_names]).sum(-1) / len(global_idx)
+                step_terms = terms if step_terms is None else step_terms + terms
         if not stepped:
             # every example of the step had a zero gradient: the full computation would hand the optimiser
             # zero gradients (AdamW still moves on its momentum and decay), so do exactly that
@@ -390,9 +390,8 @@ def train_iteration(
         result.step_losses.append(float(step_total))
         if term_names:
             totals = accelerator.reduce(step_terms, reduction="sum") if world > 1 else step_terms
-            for k, n in enumerate(STEP_TERMS):
-                if n in term_names:
-                    result.step_terms.setdefault(n, []).append(float(totals[k]))
+            for n, v in zip(term_names, totals.tolist()):
+                result.step_terms.setdefault(n, []).append(v)
         every = train.checkpoint_every
         if ckpt_dir is not None and every and (step + 1) % every == 0 and step + 1 < total:
             if writes_checkpoints or sharded:  # sharded: every process writes its shard
