@@ -32,7 +32,7 @@ NEEDS = {  # distributed_type -> (required keys, required values of its section)
             "fsdp_state_dict_type": "SHARDED_STATE_DICT",
         },
     ),
-    "DEEPSPEED": ({"deepspeed_config"}, "deepspeed_config", {"zero_stage": 3, "zero3_save_16bit_model": True}),
+    "DEEPSPEED": ({"deepspeed_config"}, "deepspeed_config", {"zero_stage": 3, "zero3_init_flag": False}),
 }
 
 

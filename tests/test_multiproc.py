@@ -111,6 +111,41 @@ records = session.run()
 print(f"rank {accelerator.process_index} of {accelerator.num_processes}: {len(records.examples)} rows", flush=True)
 """
 
+# Under `accelerate launch` with a DeepSpeed config (use_cpu: false) and DS_ACCELERATOR=cpu: DeepSpeed's CPU
+# accelerator. Without a GPU accelerate picks no process-group backend and every process would believe it is
+# alone (num_processes 1): the script asks for gloo, which DeepSpeed's CPU accelerator also falls back to.
+DEEPSPEED_SCRIPT = """
+import json
+import sys
+
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs
+
+import tspin_kit.sharding as T
+from tspin_kit.config import RunConfig
+from tspin_kit.session import SelfPlaySession
+
+accelerator = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")])
+assert accelerator.num_processes == 2 and T.uses_deepspeed(accelerator), accelerator.state
+prepare = T.prepare_training
+
+
+def spy(*args, **kwargs):  # evidence that training ran partitioned, one JSON line per train phase and rank
+    model, opt, params = prepare(*args, **kwargs)
+    seen = {"class": type(model).__name__, "all_partitioned": all(hasattr(p, "ds_id") for p in params),
+            "held": sum(p.ds_tensor.numel() for p in params), "total": sum(p.ds_numel for p in params),
+            "stage": model.zero_optimization_stage(), "grad_accum": model.gradient_accumulation_steps(),
+            "clipping": model.gradient_clipping()}
+    with open(f"{sys.argv[2]}/prepared_rank{accelerator.process_index}.jsonl", "a") as f:
+        f.write(json.dumps(seen) + "\\n")
+    return model, opt, params
+
+
+T.prepare_training = spy
+records = SelfPlaySession(RunConfig.from_yaml(sys.argv[1])).run()
+print(f"rank {accelerator.process_index} of {accelerator.num_processes}: {len(records.examples)} rows", flush=True)
+"""
+
 # lr 1e-4: AdamW's first steps are about lr * sign(g), so an element whose gradient is ~0 can step by
 # +-lr depending on the reduction order; with lr = 1e-3 one element in ~16k then differs by 1.4e-5.
 OVER = {"iterations": 2, "train": {"lr": 1e-4}}
@@ -318,3 +353,49 @@ def test_fsdp2_killed_mid_train_resumes_from_its_sharded_checkpoint(tmp_path, on
     assert not ckpt.exists()
     worst = assert_same_run(one_process_runs(0), run_dir)
     print(f"FSDP2 x2 killed at iteration 1 step 2 and resumed vs one process: largest weight difference {worst:.3g}")
+
+
+def cpu_deepspeed_config(path: Path) -> Path:
+    """configs/accelerate/deepspeed_zero3.yaml (its deepspeed_config section as shipped) for 2 CPU processes in
+    full precision (use_cpu stays false: accelerate's DeepSpeed path runs only then; DS_ACCELERATOR=cpu)."""
+    cfg = yaml.safe_load((REPO / "configs" / "accelerate" / "deepspeed_zero3.yaml").read_text())
+    cfg.pop("gpu_ids", None)
+    cfg.update(num_processes=2, mixed_precision="no", main_process_ip="127.0.0.1", main_process_port=free_port())
+    return write_yaml(path, cfg)
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+@pytest.mark.parametrize("lora_r,grad_accum", [(0, 1), (4, 2)], ids=["full", "lora-grad-accum-2"])
+def test_two_deepspeed_zero3_processes_match_one(tmp_path, one_process_runs, lora_r, grad_accum):
+    """DeepSpeed ZeRO-3 on 2 CPU processes (gloo): full fine-tuning; and LoRA with 2 micro-batches per step (the
+    engine's own accumulation). Equal to the one-process run to 1e-5, as DDP and FSDP2 are."""
+    two_dir = tmp_path / "two"
+    script = tmp_path / "run_session_deepspeed.py"
+    script.write_text(DEEPSPEED_SCRIPT)
+    over = {**OVER, "train": {**OVER["train"], "grad_accum": grad_accum}, "model": {"lora_r": lora_r}}
+    cfg = write_yaml(tmp_path / "two.yaml", small_config_dict(two_dir, **over))
+    accelerate = Path(REPO / ".venv" / "bin" / "accelerate")
+    run_two(
+        [
+            str(accelerate) if accelerate.exists() else "accelerate",
+            "launch",
+            "--config_file",
+            str(cpu_deepspeed_config(tmp_path / "accelerate_deepspeed_cpu.yaml")),
+            str(script),
+            str(cfg),
+            str(tmp_path),
+        ],
+        tmp_path,
+        env={**subprocess_env(), "DS_ACCELERATOR": "cpu"},
+    )
+    for rank in (0, 1):  # both iterations trained a partitioned copy: each rank held about half of the parameters
+        seen = [json.loads(x) for x in (tmp_path / f"prepared_rank{rank}.jsonl").read_text().splitlines()]
+        assert len(seen) == 2, seen
+        for s in seen:
+            assert s["class"] == "DeepSpeedEngine" and s["all_partitioned"] and s["stage"] == 3, s
+            assert s["held"] < 0.6 * s["total"] and s["grad_accum"] == grad_accum and s["clipping"] == 1.0, s
+    if lora_r:
+        assert (two_dir / "weights" / "policy_001" / "adapter_model.safetensors").is_file()
+    worst = assert_same_run(one_process_runs(lora_r), two_dir)
+    print(f"DeepSpeed ZeRO-3 x2 ({lora_r=}, {grad_accum=}) vs one process: largest weight difference {worst:.3g}")

@@ -25,11 +25,25 @@ def test_the_launch_decides():
     check_supported(fake(DistributedType.FSDP, 2))
 
 
-def test_fsdp1_and_deepspeed_stop_with_a_message():
+def test_fsdp1_stops_with_a_message():
     with pytest.raises(ValueError, match="fsdp_version: 2"):
         check_supported(fake(DistributedType.FSDP, 1))
-    with pytest.raises(NotImplementedError, match="DeepSpeed"):
-        check_supported(fake(DistributedType.DEEPSPEED))
+
+
+def deepspeed(zero3_init_flag: bool):
+    plugin = SimpleNamespace(zero3_init_flag=zero3_init_flag)
+    return SimpleNamespace(state=SimpleNamespace(distributed_type=DistributedType.DEEPSPEED, deepspeed_plugin=plugin))
+
+
+def test_deepspeed_trains_but_not_with_zero3_init_or_mid_phase_checkpoints():
+    from tspin_kit.config import TrainConfig
+
+    check_supported(deepspeed(False), TrainConfig())
+    check_supported(fake(DistributedType.FSDP, 2), TrainConfig(checkpoint_every=5))  # FSDP2 checkpoints are sharded
+    with pytest.raises(NotImplementedError, match="zero3_init_flag: false"):
+        check_supported(deepspeed(True), TrainConfig())
+    with pytest.raises(NotImplementedError, match="checkpoint_every"):
+        check_supported(deepspeed(False), TrainConfig(checkpoint_every=5))
 
 
 def test_a_real_single_process_accelerator_is_not_fsdp():

@@ -166,18 +166,20 @@ def final_hidden(model, **inputs):
         _NOT_PLAIN_HEAD.add(core)
         return None, model(**inputs).logits
     _PLAIN_HEAD.add(core)
-    if torch.is_grad_enabled() and last_logits.requires_grad and _is_fsdp(core):
+    if torch.is_grad_enabled() and last_logits.requires_grad and _is_sharded(core, head):
         # FSDP2 hooks the model's output (its pre-backward: the root's and the head unit's); the loss does not use
         # those last-position logits, so route a zero gradient to them (without it the backward read freed
-        # parameter memory: SIGSEGV, torch 2.13 CPU/gloo)
+        # parameter memory: SIGSEGV, torch 2.13 CPU/gloo). DeepSpeed ZeRO-3 likewise expects the backward of every
+        # module whose forward ran.
         hidden = _AlsoBackward.apply(hidden, last_logits)
     return (hidden, head, int(last_logits.shape[-1])), None
 
 
-def _is_fsdp(module) -> bool:
+def _is_sharded(module, head) -> bool:
+    """Whether ``module`` is trained sharded: FSDP2, or DeepSpeed ZeRO-3 (its parameters carry a ``ds_id``)."""
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(module, FSDPModule)
+    return isinstance(module, FSDPModule) or hasattr(getattr(head, "weight", None), "ds_id")
 
 
 class _AlsoBackward(torch.autograd.Function):

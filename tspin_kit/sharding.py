@@ -1,4 +1,12 @@
-"""FSDP2 through accelerate, inside the train phase only.
+"""FSDP2 and DeepSpeed ZeRO-3 through accelerate, inside the train phase only.
+
+DeepSpeed (``configs/accelerate/deepspeed_zero3.yaml``, `uses_deepspeed`) follows the same design as FSDP2 below:
+a copy is prepared (accelerate builds a DeepSpeedEngine: ZeRO-3 partitions the copy's parameters, gradients and
+optimiser state), the engine does backward, clipping (``gradient_clipping`` from ``train.max_grad_norm``) and the
+optimiser step (`deepspeed_backward`; batch and accumulation written into its config by `_deepspeed_settings`),
+and `release_training` gathers each parameter back (``deepspeed.zero.GatheredParameters``). `keep_policy_whole`
+stops transformers from loading the policy partitioned. Mid-phase checkpoints are refused under DeepSpeed.
+Tested on 2 CPU processes (DS_ACCELERATOR=cpu, gloo; tests/test_multiproc.py), full and LoRA with accumulation.
 
 The launch decides: ``accelerate launch --config_file configs/accelerate/fsdp2.yaml ...`` makes accelerate's
 state ``distributed_type == FSDP`` (`uses_fsdp`); the run config has no switch for it. Then each multi-process
@@ -68,17 +76,30 @@ def uses_fsdp(accelerator) -> bool:
     return True
 
 
-def prepare_training(accelerator, model, opt, params: list):
+def uses_deepspeed(accelerator) -> bool:
+    """Whether the launch configured accelerate with DeepSpeed (``distributed_type: DEEPSPEED``)."""
+    if accelerator is None:
+        return False
+    from accelerate.utils import DistributedType
+
+    return accelerator.state.distributed_type == DistributedType.DEEPSPEED
+
+
+def prepare_training(accelerator, model, opt, params: list, train=None):
     """``(model to train, optimiser, its trainable parameters)`` for one multi-process train phase.
 
-    DDP: accelerate wraps ``model`` itself and its parameters are trained in place. FSDP2: a sharded copy (see
-    the module docstring); the returned parameters are its shards, for clipping and the optimiser.
+    DDP: accelerate wraps ``model`` itself and its parameters are trained in place. FSDP2 and DeepSpeed: a sharded
+    copy (see the module docstring); the returned parameters are its shards (FSDP2) or its partitioned parameters
+    (DeepSpeed, whose engine clips and steps them itself: `deepspeed_backward`).
     """
-    if not uses_fsdp(accelerator):
+    fsdp, deepspeed = uses_fsdp(accelerator), uses_deepspeed(accelerator)
+    if not (fsdp or deepspeed):
         wrapped, opt = accelerator.prepare(model, opt)
         return wrapped, opt, params
     import copy
 
+    if deepspeed:
+        _deepspeed_settings(accelerator, train)
     work = copy.deepcopy(model)  # same parameter names (tied weights stay tied), same train/eval mode
     name_of = {id(p): name for name, p in model.named_parameters()}
     copied = dict(work.named_parameters())
@@ -88,38 +109,99 @@ def prepare_training(accelerator, model, opt, params: list):
     return sharded, opt, [p for p in sharded.parameters() if p.requires_grad]
 
 
+def _deepspeed_settings(accelerator, train) -> None:
+    """The DeepSpeed config's batch, accumulation and clipping entries from the run's TrainConfig (the run config
+    decides, whatever the accelerate config says): no dataloader is prepared, so accelerate cannot fill its
+    "auto" values, and the engine clips inside its step, so the clipping norm must be in its config."""
+    world = accelerator.num_processes
+    micro = max(1, train.batch_size // (world * train.grad_accum))  # DeepSpeed only checks and logs it
+    accelerator.state.deepspeed_plugin.deepspeed_config.update(
+        train_micro_batch_size_per_gpu=micro,
+        gradient_accumulation_steps=train.grad_accum,
+        train_batch_size=micro * train.grad_accum * world,
+        gradient_clipping=float(train.max_grad_norm or 0.0),
+    )
+
+
+def deepspeed_backward(engine, grad_accum: int):
+    """``backward(loss, last_micro_batch)`` under DeepSpeed: the engine's backward, then, after a step's last
+    micro-batch, its step (gradient reduction, clipping, the optimiser step, zeroing). The engine divides each
+    loss by its ``gradient_accumulation_steps``; the training loop's losses are already scaled to the global
+    batch mean, so that division is undone."""
+
+    def backward(loss, last: bool) -> None:
+        engine.set_gradient_accumulation_boundary(is_boundary=last)
+        engine.backward(loss * grad_accum)
+        if last:
+            engine.step()
+
+    return backward
+
+
 def release_training(accelerator, model, trained) -> None:
-    """End a multi-process train phase: under FSDP2 gather the trained shards into ``model`` (on every process);
-    then drop accelerate's references to the wrapped model and optimiser."""
+    """End a multi-process train phase: under FSDP2 or DeepSpeed gather the trained parameters into ``model`` (on
+    every process, one parameter at a time); then drop accelerate's references to the wrapped model and
+    optimiser."""
     from torch.distributed.fsdp import FSDPModule
 
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    target = dict(model.named_parameters())
     if isinstance(trained, FSDPModule):
         from torch.distributed.tensor import DTensor
 
         shards = dict(trained.named_parameters())
         with torch.no_grad():
-            for name, p in model.named_parameters():  # the same order on every process: each gather is collective
-                if p.requires_grad:
-                    q = shards[name]
-                    p.copy_(q.full_tensor() if isinstance(q, DTensor) else q)
+            for name in trainable:  # the same order on every process: each gather is collective
+                q = shards[name]
+                target[name].copy_(q.full_tensor() if isinstance(q, DTensor) else q)
+    elif uses_deepspeed(accelerator):
+        import deepspeed
+
+        parts = dict(trained.module.named_parameters())
+        with torch.no_grad():
+            for name in trainable:
+                with deepspeed.zero.GatheredParameters([parts[name]], modifier_rank=None):
+                    target[name].copy_(parts[name].data)
     accelerator.free_memory()
 
 
-def check_supported(accelerator) -> None:
+def check_supported(accelerator, train=None) -> None:
     """Fail at the start of a run, not at its first train phase, on a launch the engine cannot train under:
-    FSDP version 1 (`uses_fsdp`); DeepSpeed (ZeRO-3 would partition the policy that generation, scoring and
-    saving use, and accelerate's DeepSpeed path wants a dataloader or a fixed micro-batch the engine does not
-    give it: not adapted yet)."""
-    from accelerate.utils import DistributedType
-
+    FSDP version 1 (`uses_fsdp`); DeepSpeed with ``zero3_init_flag`` (transformers would then load the policy
+    partitioned, and generation, scoring and saving need it whole) or with ``train.checkpoint_every`` (its
+    mid-phase checkpoint would need the engine's own save_checkpoint: not adapted)."""
     if accelerator is None:
         return
-    if accelerator.state.distributed_type == DistributedType.DEEPSPEED:
-        raise NotImplementedError(
-            "accelerate is configured with DeepSpeed: tspin-kit does not train under DeepSpeed/ZeRO-3 yet; launch "
-            "with configs/accelerate/fsdp2.yaml (sharded) or configs/accelerate/ddp.yaml instead"
-        )
     uses_fsdp(accelerator)  # raises on FSDP version 1
+    if not uses_deepspeed(accelerator):
+        return
+    plugin = accelerator.state.deepspeed_plugin
+    if getattr(plugin, "zero3_init_flag", False):
+        raise NotImplementedError(
+            "accelerate's DeepSpeed config sets zero3_init_flag: true, which makes transformers load the policy "
+            "partitioned; tspin-kit keeps the policy whole for generation and scoring and shards a copy for "
+            "training: set `zero3_init_flag: false` (as configs/accelerate/deepspeed_zero3.yaml does)"
+        )
+    if train is not None and getattr(train, "checkpoint_every", 0):
+        raise NotImplementedError(
+            "train.checkpoint_every under DeepSpeed: mid-phase checkpoints are built for one process, DDP and FSDP2, "
+            "not for DeepSpeed's engine; set train.checkpoint_every: 0 or launch with configs/accelerate/fsdp2.yaml"
+        )
+
+
+def keep_policy_whole(accelerator) -> None:
+    """Under DeepSpeed, stop transformers from treating every model as ZeRO-3 managed.
+
+    accelerate registers its DeepSpeed config with transformers whenever a ZeRO-3 plugin is selected (whatever
+    ``zero3_init_flag`` says); transformers then builds every ``from_pretrained`` model partitioned (under
+    ``deepspeed.zero.Init``) and ``generate`` synchronises the processes token by token. The engine keeps the
+    policy whole for generation, scoring and saving, and shards only the train phase's copy (`prepare_training`),
+    which DeepSpeed's engine partitions itself, so that registration is undone here, once, before any model loads.
+    """
+    if uses_deepspeed(accelerator):
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
 
 
 def _state_dicts(model, opt):

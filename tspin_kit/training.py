@@ -297,9 +297,14 @@ def train_iteration(
     # Under FSDP2 the trained model is a sharded copy whose weights are gathered back into `model` at the end
     # (sharding.py: prepare_training / release_training); `params` then are its shards, and the mid-phase
     # checkpoint is sharded too: it is loaded after prepare(), into the shards.
-    from .sharding import prepare_training, release_training, uses_fsdp
+    from .sharding import deepspeed_backward, prepare_training, release_training, uses_deepspeed, uses_fsdp
 
     sharded = distributed and uses_fsdp(accelerator)
+    engine = distributed and uses_deepspeed(accelerator)  # DeepSpeed: its engine clips, steps and zeroes
+    if engine and ckpt_dir is not None and train.checkpoint_every:
+        from .sharding import check_supported
+
+        check_supported(accelerator, train)  # refuses mid-phase checkpoints under DeepSpeed
     resumed = None
     if ckpt_dir is not None:
         if writes_checkpoints:
@@ -307,13 +312,20 @@ def train_iteration(
                 shutil.rmtree(unfinished, ignore_errors=True)
         if not sharded:
             resumed = _load_train_checkpoint(ckpt_dir, fingerprint, named, opt, sched)
-    ddp_model, opt, params = prepare_training(accelerator, model, opt, params) if distributed else (model, opt, params)
+    ddp_model, opt, params = (
+        prepare_training(accelerator, model, opt, params, train) if distributed else (model, opt, params)
+    )
     if ckpt_dir is not None:
         if sharded:
             resumed = _load_train_checkpoint(ckpt_dir, fingerprint, named, opt, sched, sharded=ddp_model)
         if resumed is None and writes_checkpoints:  # nothing usable there: clear it, so no stale step outranks ours
             shutil.rmtree(ckpt_dir, ignore_errors=True)
-    backward = accelerator.backward if distributed else (lambda loss: loss.backward())
+    if engine:
+        backward = deepspeed_backward(ddp_model, train.grad_accum)
+    elif distributed:
+        backward = lambda loss, last: accelerator.backward(loss)  # noqa: E731
+    else:
+        backward = lambda loss, last: loss.backward()  # noqa: E731
 
     result = TrainResult(lr=lr)
     t0 = time.perf_counter()
@@ -367,7 +379,7 @@ def train_iteration(
                 # so multiply back by world: the result is the global mean whatever the split.
                 loss = out.losses.sum() * world / len(global_idx)
                 if loss.requires_grad:  # False when every example of the micro-batch had a zero gradient
-                    backward(loss)
+                    backward(loss, sync)
                     stepped = True
             step_loss += loss.detach() / world
             # the terms this method defines (SFT none; absent terms are NaN in `methods.Terms`)
@@ -381,11 +393,12 @@ def train_iteration(
             # zero gradients (AdamW still moves on its momentum and decay), so do exactly that
             for p in params:
                 p.grad = torch.zeros_like(p)
-        if train.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        if not engine:  # (DeepSpeed's engine did all three inside the last micro-batch's backward)
+            if train.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        sched.step()  # the schedule sets the optimiser's lr, which DeepSpeed's engine reads too
         step_total = accelerator.reduce(step_loss, reduction="sum") if world > 1 else step_loss
         result.step_losses.append(float(step_total))
         if term_names:

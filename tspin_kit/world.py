@@ -97,11 +97,12 @@ def load_world(config: RunConfig) -> World:
     from accelerate import Accelerator
 
     from .models import apply_gradient_checkpointing, apply_lora, check_tokenizer, load_pretrained, max_length_of
-    from .sharding import check_supported
+    from .sharding import check_supported, keep_policy_whole
 
     cfg = config
     accelerator = Accelerator(cpu=cfg.cpu or not torch.cuda.is_available())
-    check_supported(accelerator)  # DeepSpeed, FSDP1, ... stop here, not at the first train
+    check_supported(accelerator, cfg.train)  # DeepSpeed, FSDP1, ... stop here, not at the first train
+    keep_policy_whole(accelerator)  # under DeepSpeed: transformers loads and generates as without it
     task, train_rows, held_out, pi0_rows = _rows(cfg)
     # The toy tokenizer's chat template is a bare concatenation made for `a+b=` prompts; on a user's own
     # text it would run prompt and response together, so `auto` takes the plain template there.
