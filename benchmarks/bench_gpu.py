@@ -31,9 +31,10 @@ tokens/s = response tokens kept (EOS and pads cut, as the engine keeps them) / s
 vLLM backend is not built (``tspin_kit.config._check_vllm`` refuses ``sampling.backend: vllm``), so nothing is
 measured; the JSON says whether vllm is installed at all.
 
-Several processes (DDP vs FSDP2): only when the script is started by ``accelerate launch`` (``--launch`` prints the
-exact lines); the accelerate state then decides, as for the engine (``tspin_kit.sharding``). ``--batch-size`` is
-the global batch; tokens/s counts all processes; MFU divides by processes x peak. Only the main process prints.
+Several processes (DDP, FSDP2, DeepSpeed ZeRO-3): only when the script is started by ``accelerate launch``
+(``--launch`` prints the exact lines); the accelerate state then decides, as for the engine
+(``tspin_kit.sharding``). ``--batch-size`` is the global batch; tokens/s counts all processes; MFU divides by
+processes x peak. Only the main process prints.
 """
 
 from __future__ import annotations
@@ -63,12 +64,13 @@ def peak_for(device_name: str) -> tuple[str | None, float | None]:
 
 
 def launch_lines(processes: int, per_process: int) -> dict:
-    """The exact command lines for DDP and FSDP2 over ``processes`` GPUs of one node (global batch scaled)."""
+    """The exact command lines for DDP, FSDP2 and DeepSpeed ZeRO-3 over ``processes`` GPUs of one node (global batch
+    scaled)."""
     script = "benchmarks/bench_gpu.py"
     return {
         name: f"accelerate launch --config_file configs/accelerate/{name}.yaml --num_processes {processes} "
         f"{script} --batch-size {per_process * processes}"
-        for name in ("ddp", "fsdp2")
+        for name in ("ddp", "fsdp2", "deepspeed_zero3")
     }
 
 
@@ -168,7 +170,9 @@ def main() -> None:
     ap.add_argument("--gen-prompts", type=int, default=None, help="prompts in the generation batch")
     ap.add_argument("--gen-tokens", type=int, default=None, help="max_new_tokens of generation")
     ap.add_argument("--peak-tflops", type=float, default=None, help="peak TFLOP/s per device (default: table)")
-    ap.add_argument("--launch", action="store_true", help="print the accelerate launch lines (DDP, FSDP2) and exit")
+    ap.add_argument(
+        "--launch", action="store_true", help="print the accelerate launch lines (DDP, FSDP2, ZeRO-3) and exit"
+    )
     args = ap.parse_args()
     C.apply_threads(args)
 

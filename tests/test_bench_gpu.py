@@ -59,3 +59,4 @@ def test_quick_runs_on_cpu():
     assert res["mfu_target"]["met"] is None and res["met"] is None and res["targets"] == []
     assert not res["generate"]["vllm"]["measured"]
     assert "fsdp2.yaml" in res["launch"]["fsdp2"] and "accelerate launch" in res["launch"]["fsdp2"]
+    assert "deepspeed_zero3.yaml" in res["launch"]["deepspeed_zero3"]
