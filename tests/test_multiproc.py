@@ -38,6 +38,31 @@ records = SelfPlaySession(cfg).run()
 print(f"rank {accelerator.process_index} of {accelerator.num_processes}: {len(records.examples)} rows", flush=True)
 """
 
+# The end of both sharded scripts: run (argv[1] a config file) or resume (argv[1] a run directory, logging at INFO
+# so the resume point shows); with KILL_AFTER_CHECKPOINT the main process dies right after that checkpoint.
+RUN_AND_MAYBE_DIE = """
+if os.environ.get("KILL_AFTER_CHECKPOINT"):  # "T:K": the main process SIGKILLs itself once iteration T's step-K
+    import tspin_kit.training as TR  # checkpoint is complete (renamed into place); the launcher then stops rank 1
+
+    kill_it, kill_step = map(int, os.environ["KILL_AFTER_CHECKPOINT"].split(":"))
+    save = TR._save_train_checkpoint
+
+    def save_then_die(folder, step, fingerprint, *args, **kwargs):
+        save(folder, step, fingerprint, *args, **kwargs)
+        if accelerator.is_main_process and (fingerprint["iteration"], step) == (kill_it, kill_step):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    TR._save_train_checkpoint = save_then_die
+target = Path(sys.argv[1])
+if target.is_dir():  # `tspin resume` of a run directory
+    logging.basicConfig(level=logging.INFO)
+    session = SelfPlaySession.resume(target)
+else:
+    session = SelfPlaySession(RunConfig.from_yaml(target))
+records = session.run()
+print(f"rank {accelerator.process_index} of {accelerator.num_processes}: {len(records.examples)} rows", flush=True)
+"""
+
 # Under `accelerate launch --config_file <FSDP2 config>`. accelerate 1.15 turns FSDP on for GPU-like backends only
 # (state.py, AcceleratorState: the FSDP branch is reached for MULTI_GPU/MULTI_XPU/..., never MULTI_CPU), so on CPU
 # `Accelerator(cpu=True)` sets up gloo DDP although `accelerate launch` exported the FSDP settings
@@ -45,7 +70,8 @@ print(f"rank {accelerator.process_index} of {accelerator.num_processes}: {len(re
 # plugin from those variables, distributed_type FSDP (in AcceleratorState and PartialState). From there on the
 # engine runs unchanged: accelerate's own FSDP2 preparation (fully_shard per decoder layer, the embedding/norm/head
 # group, the root) on gloo.
-FSDP_SCRIPT = """
+FSDP_SCRIPT = (
+    """
 import json
 import logging
 import os
@@ -89,34 +115,21 @@ if len(sys.argv) > 3:  # logits of this many elements per chunk: the head runs o
     import tspin_kit.logprobs as LP
 
     LP.CHUNK_ELEMENTS = int(sys.argv[3])
-if os.environ.get("KILL_AFTER_CHECKPOINT"):  # "T:K": the main process SIGKILLs itself once iteration T's step-K
-    import tspin_kit.training as TR  # checkpoint is complete (renamed into place); the launcher then stops rank 1
-
-    kill_it, kill_step = map(int, os.environ["KILL_AFTER_CHECKPOINT"].split(":"))
-    save = TR._save_train_checkpoint
-
-    def save_then_die(folder, step, fingerprint, *args, **kwargs):
-        save(folder, step, fingerprint, *args, **kwargs)
-        if accelerator.is_main_process and (fingerprint["iteration"], step) == (kill_it, kill_step):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    TR._save_train_checkpoint = save_then_die
-target = Path(sys.argv[1])
-if target.is_dir():  # `tspin resume` of a run directory
-    logging.basicConfig(level=logging.INFO)
-    session = SelfPlaySession.resume(target)
-else:
-    session = SelfPlaySession(RunConfig.from_yaml(target))
-records = session.run()
-print(f"rank {accelerator.process_index} of {accelerator.num_processes}: {len(records.examples)} rows", flush=True)
 """
+    + RUN_AND_MAYBE_DIE
+)
 
 # Under `accelerate launch` with a DeepSpeed config (use_cpu: false) and DS_ACCELERATOR=cpu: DeepSpeed's CPU
 # accelerator. Without a GPU accelerate picks no process-group backend and every process would believe it is
 # alone (num_processes 1): the script asks for gloo, which DeepSpeed's CPU accelerator also falls back to.
-DEEPSPEED_SCRIPT = """
+DEEPSPEED_SCRIPT = (
+    """
 import json
+import logging
+import os
+import signal
 import sys
+from pathlib import Path
 
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs
@@ -142,9 +155,9 @@ def spy(*args, **kwargs):  # evidence that training ran partitioned, one JSON li
 
 
 T.prepare_training = spy
-records = SelfPlaySession(RunConfig.from_yaml(sys.argv[1])).run()
-print(f"rank {accelerator.process_index} of {accelerator.num_processes}: {len(records.examples)} rows", flush=True)
 """
+    + RUN_AND_MAYBE_DIE
+)
 
 # lr 1e-4: AdamW's first steps are about lr * sign(g), so an element whose gradient is ~0 can step by
 # +-lr depending on the reduction order; with lr = 1e-3 one element in ~16k then differs by 1.4e-5.
@@ -296,30 +309,41 @@ def test_two_fsdp2_processes_match_one(tmp_path, one_process_runs, lora_r, check
     print(f"FSDP2 x2 ({lora_r=}, {checkpointing=}) vs one process: largest weight difference {worst:.3g}")
 
 
+def shards_written(folder: Path, launch: str) -> bool:
+    """Whether a step folder holds both processes' shards: DCP's files (FSDP2) or DeepSpeed's ZeRO partitions."""
+    names = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    if launch == "fsdp2":
+        return {".metadata", "__0_0.distcp", "__1_0.distcp"} <= names
+    return all(any(n.startswith("engine/") and f"zero_pp_rank_{r}_" in n for n in names) for r in (0, 1))
+
+
 @pytest.mark.slow
 @pytest.mark.multiproc
-def test_fsdp2_killed_mid_train_resumes_from_its_sharded_checkpoint(tmp_path, one_process_runs):
-    """FSDP2 on 2 CPU processes with train.checkpoint_every 1: the main process is SIGKILLed right after iteration
-    1's step-2 checkpoint (of 4 steps) is in place; the checkpoint holds both processes' DCP shards; resuming
-    under FSDP2 logs that training continues from step 2, and the run ends equal (to 1e-5, as the uninterrupted
-    2-process runs) to the uninterrupted one-process run."""
+@pytest.mark.parametrize("launch", ["fsdp2", "deepspeed"])
+def test_killed_mid_train_resumes_from_its_sharded_checkpoint(tmp_path, one_process_runs, launch):
+    """FSDP2 / DeepSpeed ZeRO-3 on 2 CPU processes with train.checkpoint_every 1: the main process is SIGKILLed
+    right after iteration 1's step-2 checkpoint (of 4 steps) is in place; the checkpoint holds both processes'
+    shards; resuming under the same launch logs that training continues from step 2, and the run ends equal (to
+    1e-5, as the uninterrupted 2-process runs) to the uninterrupted one-process run."""
     run_dir = tmp_path / "killed"
-    script = tmp_path / "run_session_fsdp.py"
-    script.write_text(FSDP_SCRIPT)
+    script = tmp_path / "run_session.py"
+    script.write_text(FSDP_SCRIPT if launch == "fsdp2" else DEEPSPEED_SCRIPT)
+    launch_config = cpu_fsdp2_config if launch == "fsdp2" else cpu_deepspeed_config
+    env = subprocess_env() if launch == "fsdp2" else {**subprocess_env(), "DS_ACCELERATOR": "cpu"}
     cfg = write_yaml(
         tmp_path / "killed.yaml",
         small_config_dict(run_dir, **{**OVER, "train": {**OVER["train"], "checkpoint_every": 1}}),
     )
     accelerate = Path(REPO / ".venv" / "bin" / "accelerate")
-    launch = [str(accelerate) if accelerate.exists() else "accelerate", "launch", "--config_file"]
+    command = [str(accelerate) if accelerate.exists() else "accelerate", "launch", "--config_file"]
     (tmp_path / "killed_spy").mkdir()
     killed = subprocess.run(
-        [*launch, str(cpu_fsdp2_config(tmp_path / "a1.yaml")), str(script), str(cfg), str(tmp_path / "killed_spy")],
+        [*command, str(launch_config(tmp_path / "a1.yaml")), str(script), str(cfg), str(tmp_path / "killed_spy")],
         check=False,
         capture_output=True,
         text=True,
         timeout=600,
-        env={**subprocess_env(), "KILL_AFTER_CHECKPOINT": "1:2"},
+        env={**env, "KILL_AFTER_CHECKPOINT": "1:2"},
         cwd=tmp_path,
     )
     assert killed.returncode != 0 and "rank 0 of 2" not in killed.stdout, killed.stderr[-3000:]
@@ -327,32 +351,25 @@ def test_fsdp2_killed_mid_train_resumes_from_its_sharded_checkpoint(tmp_path, on
     assert "generate:1" in state and "train:1" not in state, state  # killed inside iteration 1's train phase
     ckpt = run_dir / "iterations" / "iter_001" / "train_checkpoint"
     assert sorted(p.name for p in ckpt.iterdir()) == ["step_000002"]  # step 1's was dropped, no .tmp- left
-    files = sorted(p.name for p in (ckpt / "step_000002").iterdir())
-    assert {"state.pt", ".metadata", "__0_0.distcp", "__1_0.distcp"} <= set(files), files  # a shard per process
+    assert shards_written(ckpt / "step_000002", launch), sorted(p.name for p in (ckpt / "step_000002").rglob("*"))
     saved = torch.load(ckpt / "step_000002" / "state.pt", weights_only=True)
     assert saved["step"] == 2 and "params" not in saved and "optimizer" not in saved and saved["sharded_params"]
+    assert saved["layout"] == ("dcp" if launch == "fsdp2" else "deepspeed/2")
     assert not (run_dir / "iterations" / "iter_000" / "train_checkpoint").exists()  # its phase completed
 
     (tmp_path / "resumed_spy").mkdir()
     resumed = run_two(
-        [
-            *launch,
-            str(cpu_fsdp2_config(tmp_path / "a2.yaml")),
-            str(script),
-            str(run_dir),
-            str(tmp_path / "resumed_spy"),
-        ],
+        [*command, str(launch_config(tmp_path / "a2.yaml")), str(script), str(run_dir), str(tmp_path / "resumed_spy")],
         tmp_path,
+        env=env,
     )
     assert "resuming train it1 (tspin) from step 2 of 4" in resumed.stderr, resumed.stderr[-3000:]
     for rank in (0, 1):  # the resumed phase trained sharded too
-        seen = [
-            json.loads(x) for x in (tmp_path / "resumed_spy" / f"prepared_rank{rank}.jsonl").read_text().splitlines()
-        ]
-        assert len(seen) == 1 and seen[0]["all_dtensor"] and seen[0]["held"] < 0.6 * seen[0]["total"], seen
+        lines = (tmp_path / "resumed_spy" / f"prepared_rank{rank}.jsonl").read_text().splitlines()
+        assert len(lines) == 1 and json.loads(lines[0])["held"] < 0.6 * json.loads(lines[0])["total"], lines
     assert not ckpt.exists()
     worst = assert_same_run(one_process_runs(0), run_dir)
-    print(f"FSDP2 x2 killed at iteration 1 step 2 and resumed vs one process: largest weight difference {worst:.3g}")
+    print(f"{launch} x2 killed at iteration 1 step 2 and resumed vs one process: largest weight difference {worst:.3g}")
 
 
 def cpu_deepspeed_config(path: Path) -> Path:

@@ -5,7 +5,8 @@ a copy is prepared (accelerate builds a DeepSpeedEngine: ZeRO-3 partitions the c
 optimiser state), the engine does backward, clipping (``gradient_clipping`` from ``train.max_grad_norm``) and the
 optimiser step (`deepspeed_backward`; batch and accumulation written into its config by `_deepspeed_settings`),
 and `release_training` gathers each parameter back (``deepspeed.zero.GatheredParameters``). `keep_policy_whole`
-stops transformers from loading the policy partitioned. Mid-phase checkpoints are refused under DeepSpeed.
+stops transformers from loading the policy partitioned. Mid-phase checkpoints use the engine's own
+save_checkpoint/load_checkpoint (each process its ZeRO partition; resumed by the same number of processes).
 Tested on 2 CPU processes (DS_ACCELERATOR=cpu, gloo; tests/test_multiproc.py), full and LoRA with accumulation.
 
 The launch decides: ``accelerate launch --config_file configs/accelerate/fsdp2.yaml ...`` makes accelerate's
@@ -168,8 +169,7 @@ def release_training(accelerator, model, trained) -> None:
 def check_supported(accelerator, train=None) -> None:
     """Fail at the start of a run, not at its first train phase, on a launch the engine cannot train under:
     FSDP version 1 (`uses_fsdp`); DeepSpeed with ``zero3_init_flag`` (transformers would then load the policy
-    partitioned, and generation, scoring and saving need it whole) or with ``train.checkpoint_every`` (its
-    mid-phase checkpoint would need the engine's own save_checkpoint: not adapted)."""
+    partitioned, and generation, scoring and saving need it whole)."""
     if accelerator is None:
         return
     uses_fsdp(accelerator)  # raises on FSDP version 1
@@ -181,11 +181,6 @@ def check_supported(accelerator, train=None) -> None:
             "accelerate's DeepSpeed config sets zero3_init_flag: true, which makes transformers load the policy "
             "partitioned; tspin-kit keeps the policy whole for generation and scoring and shards a copy for "
             "training: set `zero3_init_flag: false` (as configs/accelerate/deepspeed_zero3.yaml does)"
-        )
-    if train is not None and getattr(train, "checkpoint_every", 0):
-        raise NotImplementedError(
-            "train.checkpoint_every under DeepSpeed: mid-phase checkpoints are built for one process, DDP and FSDP2, "
-            "not for DeepSpeed's engine; set train.checkpoint_every: 0 or launch with configs/accelerate/fsdp2.yaml"
         )
 
 
@@ -219,9 +214,31 @@ def _raw_optimizer(opt):
     return getattr(opt, "optimizer", opt)  # accelerate's AcceleratedOptimizer wraps the torch optimiser
 
 
+def _is_engine(model) -> bool:
+    return type(model).__name__ == "DeepSpeedEngine"
+
+
+def checkpoint_layout(model) -> str:
+    """How `save_sharded` writes ``model``'s state: ``dcp`` (FSDP2; any number of processes may read it back) or
+    ``deepspeed/<processes>`` (DeepSpeed's own ZeRO files, readable by the same number of processes only)."""
+    if _is_engine(model):
+        import torch.distributed as dist
+
+        return f"deepspeed/{dist.get_world_size()}"
+    return "dcp"
+
+
 def save_sharded(folder, model, opt) -> None:
     """Write every process's shard of the trainable parameters and optimiser state into ``folder`` (collective:
-    every process calls it; the main process writes DCP's metadata once all shards are written)."""
+    every process calls it; it returns once every shard is written). FSDP2: torch.distributed.checkpoint (the
+    main process writes DCP's metadata once all shards are written). DeepSpeed: the engine's save_checkpoint
+    (each process its ZeRO partition), followed by a barrier."""
+    if _is_engine(model):
+        import torch.distributed as dist
+
+        model.save_checkpoint(str(folder), tag="engine", save_latest=False)
+        dist.barrier()
+        return
     import torch.distributed.checkpoint as dcp
 
     state, _ = _state_dicts(model, opt)
@@ -229,7 +246,11 @@ def save_sharded(folder, model, opt) -> None:
 
 
 def load_sharded(folder, model, opt) -> None:
-    """Read `save_sharded`'s folder into a prepared FSDP2 model and its optimiser (collective)."""
+    """Read `save_sharded`'s folder into a prepared FSDP2 model or DeepSpeed engine and its optimiser
+    (collective)."""
+    if _is_engine(model):
+        model.load_checkpoint(str(folder), tag="engine", load_optimizer_states=True, load_lr_scheduler_states=False)
+        return
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
 

@@ -294,17 +294,13 @@ def train_iteration(
     # One process needs no wrapping (the model is already on its device): skipping prepare() also skips
     # free_memory()'s gc.collect() at the end, a fixed cost that showed up as overhead in benchmarks/.
     distributed = not local and world > 1
-    # Under FSDP2 the trained model is a sharded copy whose weights are gathered back into `model` at the end
-    # (sharding.py: prepare_training / release_training); `params` then are its shards, and the mid-phase
+    # Under FSDP2 or DeepSpeed the trained model is a sharded copy whose weights are gathered back into `model` at
+    # the end (sharding.py: prepare_training / release_training); `params` then are its shards, and the mid-phase
     # checkpoint is sharded too: it is loaded after prepare(), into the shards.
     from .sharding import deepspeed_backward, prepare_training, release_training, uses_deepspeed, uses_fsdp
 
-    sharded = distributed and uses_fsdp(accelerator)
     engine = distributed and uses_deepspeed(accelerator)  # DeepSpeed: its engine clips, steps and zeroes
-    if engine and ckpt_dir is not None and train.checkpoint_every:
-        from .sharding import check_supported
-
-        check_supported(accelerator, train)  # refuses mid-phase checkpoints under DeepSpeed
+    sharded = engine or (distributed and uses_fsdp(accelerator))  # each process checkpoints its own shard
     resumed = None
     if ckpt_dir is not None:
         if writes_checkpoints:
@@ -450,7 +446,9 @@ def train_iteration(
 # and optimiser state stay sharded: each process writes its shard with torch.distributed.checkpoint (what
 # accelerate's save_state does for FSDP's sharded state dict), into the same step folder before its rename, and
 # ``state.pt`` carries the rest (``sharded_params`` instead of ``params``/``optimizer``); it is read after prepare().
-# DCP reshards on load, so the number of processes may change between the kill and the resume.
+# DCP reshards on load, so the number of processes may change between the kill and the resume. Under DeepSpeed the
+# engine's save_checkpoint writes its ZeRO partitions instead (``layout`` deepspeed/<processes>: only the same
+# number of processes reads it back; another number trains the phase from step 0).
 TRAIN_CHECKPOINT_FORMAT = 1
 
 
@@ -478,9 +476,10 @@ def _save_train_checkpoint(
     """Write ``folder/step_<step>/state.pt`` via a temporary folder and one rename, then drop older steps: a kill
     at any moment leaves the previous complete checkpoint (or the new one) readable.
 
-    ``sharded``: the prepared FSDP2 model; then every process calls this (``main`` on the main process only), the
-    parameters and optimiser state go into the folder as DCP shards (`sharding.save_sharded`) and ``state.pt``
-    holds the rest. The rename happens after DCP's collective save has returned, i.e. after every shard is written.
+    ``sharded``: the prepared FSDP2 model or DeepSpeed engine; then every process calls this (``main`` on the main
+    process only), the parameters and optimiser state go into the folder as shards (`sharding.save_sharded`) and
+    ``state.pt`` holds the rest. The rename happens after the collective save has returned, i.e. after every shard
+    is written.
     """
     final, tmp = folder / f"step_{step:06d}", folder / f".tmp-step_{step:06d}"
     if main:
@@ -509,11 +508,12 @@ def _save_train_checkpoint(
     else:
         import torch.distributed as dist
 
-        from .sharding import save_sharded
+        from .sharding import checkpoint_layout, save_sharded
 
         dist.barrier()  # the main process has made the empty temporary folder
         save_sharded(tmp, sharded, opt)
         state["sharded_params"] = [n for n, _ in named]
+        state["layout"] = checkpoint_layout(sharded)
     if not main:
         return
     with open(tmp / "state.pt", "wb") as f:
@@ -530,9 +530,10 @@ def _save_train_checkpoint(
 def _load_train_checkpoint(folder: Path, fingerprint: dict, named: list, opt, sched, *, sharded=None) -> dict | None:
     """Restore the newest complete checkpoint of ``folder`` into the parameters, optimiser, scheduler and RNG;
     return its state (``step``, ``result``), or None where there is none or it belongs to another phase.
-    ``sharded``: the prepared FSDP2 model, whose shards are filled from a sharded checkpoint (collective: every
-    process calls this and, reading the same files, decides the same). A checkpoint of the other layout (a phase
-    killed under one launch and resumed under another) is not applied: training restarts from step 0."""
+    ``sharded``: the prepared FSDP2 model or DeepSpeed engine, whose shards are filled from a sharded checkpoint of
+    the same layout (`sharding.checkpoint_layout`; collective: every process calls this and, reading the same
+    files, decides the same). A checkpoint of another layout (a phase killed under one launch and resumed under
+    another) is not applied: training restarts from step 0."""
     found = _train_checkpoints(folder)
     if not found:
         return None
@@ -543,7 +544,13 @@ def _load_train_checkpoint(folder: Path, fingerprint: dict, named: list, opt, sc
         logger.warning("%s: unreadable train checkpoint (%s); training this phase from step 0", path, e)
         return None
     names = [n for n, _ in named]
-    saved_names = list(state.get("params", {})) if sharded is None else state.get("sharded_params")
+    if sharded is None:
+        saved_names = list(state.get("params", {}))
+    else:
+        from .sharding import checkpoint_layout
+
+        same_layout = state.get("layout") == checkpoint_layout(sharded)
+        saved_names = state.get("sharded_params") if same_layout else None
     if (
         state.get("format") != TRAIN_CHECKPOINT_FORMAT
         or state.get("fingerprint") != fingerprint
