@@ -41,6 +41,10 @@ print(f"rank {accelerator.process_index} of {accelerator.num_processes}: {len(re
 # The end of both sharded scripts: run (argv[1] a config file) or resume (argv[1] a run directory, logging at INFO
 # so the resume point shows); with KILL_AFTER_CHECKPOINT the main process dies right after that checkpoint.
 RUN_AND_MAYBE_DIE = """
+if len(sys.argv) > 3:  # logits of this many elements per chunk: the head runs on many chunks, each recomputed
+    import tspin_kit.logprobs as LP
+
+    LP.CHUNK_ELEMENTS = int(sys.argv[3])
 if os.environ.get("KILL_AFTER_CHECKPOINT"):  # "T:K": the main process SIGKILLs itself once iteration T's step-K
     import tspin_kit.training as TR  # checkpoint is complete (renamed into place); the launcher then stops rank 1
 
@@ -111,10 +115,6 @@ def spy(*args, **kwargs):  # evidence that training ran sharded, one JSON line p
 
 
 T.prepare_training = spy
-if len(sys.argv) > 3:  # logits of this many elements per chunk: the head runs on many chunks, each recomputed
-    import tspin_kit.logprobs as LP
-
-    LP.CHUNK_ELEMENTS = int(sys.argv[3])
 """
     + RUN_AND_MAYBE_DIE
 )
@@ -319,9 +319,12 @@ def shards_written(folder: Path, launch: str) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.multiproc
-@pytest.mark.parametrize("launch", ["fsdp2", "deepspeed"])
-def test_killed_mid_train_resumes_from_its_sharded_checkpoint(tmp_path, one_process_runs, launch):
-    """FSDP2 / DeepSpeed ZeRO-3 on 2 CPU processes with train.checkpoint_every 1: the main process is SIGKILLed
+@pytest.mark.parametrize(
+    "launch,lora_r", [("fsdp2", 0), ("fsdp2", 4), ("deepspeed", 0)], ids=["fsdp2", "fsdp2-lora", "deepspeed"]
+)
+def test_killed_mid_train_resumes_from_its_sharded_checkpoint(tmp_path, one_process_runs, launch, lora_r):
+    """FSDP2 (full and LoRA: frozen weights are not in the checkpoint) / DeepSpeed ZeRO-3 on 2 CPU processes with
+    train.checkpoint_every 1: the main process is SIGKILLed
     right after iteration 1's step-2 checkpoint (of 4 steps) is in place; the checkpoint holds both processes'
     shards; resuming under the same launch logs that training continues from step 2, and the run ends equal (to
     1e-5, as the uninterrupted 2-process runs) to the uninterrupted one-process run."""
@@ -332,7 +335,9 @@ def test_killed_mid_train_resumes_from_its_sharded_checkpoint(tmp_path, one_proc
     env = subprocess_env() if launch == "fsdp2" else {**subprocess_env(), "DS_ACCELERATOR": "cpu"}
     cfg = write_yaml(
         tmp_path / "killed.yaml",
-        small_config_dict(run_dir, **{**OVER, "train": {**OVER["train"], "checkpoint_every": 1}}),
+        small_config_dict(
+            run_dir, **{**OVER, "train": {**OVER["train"], "checkpoint_every": 1}, "model": {"lora_r": lora_r}}
+        ),
     )
     accelerate = Path(REPO / ".venv" / "bin" / "accelerate")
     command = [str(accelerate) if accelerate.exists() else "accelerate", "launch", "--config_file"]
@@ -368,8 +373,11 @@ def test_killed_mid_train_resumes_from_its_sharded_checkpoint(tmp_path, one_proc
         lines = (tmp_path / "resumed_spy" / f"prepared_rank{rank}.jsonl").read_text().splitlines()
         assert len(lines) == 1 and json.loads(lines[0])["held"] < 0.6 * json.loads(lines[0])["total"], lines
     assert not ckpt.exists()
-    worst = assert_same_run(one_process_runs(0), run_dir)
-    print(f"{launch} x2 killed at iteration 1 step 2 and resumed vs one process: largest weight difference {worst:.3g}")
+    worst = assert_same_run(one_process_runs(lora_r), run_dir)
+    print(
+        f"{launch} (lora_r={lora_r}) x2 killed at iteration 1 step 2 and resumed vs one process: "
+        f"largest weight difference {worst:.3g}"
+    )
 
 
 def cpu_deepspeed_config(path: Path) -> Path:
@@ -383,10 +391,12 @@ def cpu_deepspeed_config(path: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.multiproc
-@pytest.mark.parametrize("lora_r,grad_accum", [(0, 1), (4, 2)], ids=["full", "lora-grad-accum-2"])
+@pytest.mark.parametrize("lora_r,grad_accum", [(0, 1), (4, 2)], ids=["full", "lora-grad-accum-2-chunked-head"])
 def test_two_deepspeed_zero3_processes_match_one(tmp_path, one_process_runs, lora_r, grad_accum):
     """DeepSpeed ZeRO-3 on 2 CPU processes (gloo): full fine-tuning; and LoRA with 2 micro-batches per step (the
-    engine's own accumulation). Equal to the one-process run to 1e-5, as DDP and FSDP2 are."""
+    engine's own accumulation), asked to apply the output layer in chunks of 4 positions (under ZeRO-3 it runs in
+    one piece: the processes hold different numbers of response tokens and the head gathers its parameters at
+    each call). Equal to the one-process run to 1e-5, as DDP and FSDP2 are."""
     two_dir = tmp_path / "two"
     script = tmp_path / "run_session_deepspeed.py"
     script.write_text(DEEPSPEED_SCRIPT)
@@ -402,6 +412,7 @@ def test_two_deepspeed_zero3_processes_match_one(tmp_path, one_process_runs, lor
             str(script),
             str(cfg),
             str(tmp_path),
+            *([str(4 * len(toy.build_tokenizer()))] if lora_r else []),
         ],
         tmp_path,
         env={**subprocess_env(), "DS_ACCELERATOR": "cpu"},

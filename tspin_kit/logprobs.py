@@ -79,22 +79,35 @@ def _piece(to_logits, inputs, targets, with_entropy: bool):
 
 
 def _token_logps(
-    to_logits, inputs, targets, vocab: int, *, with_entropy: bool = False, chunk_elements: int | None = None
+    to_logits,
+    inputs,
+    targets,
+    vocab: int,
+    *,
+    with_entropy: bool = False,
+    chunk_elements: int | None = None,
+    one_piece: bool = False,
 ):
     """log-softmax(to_logits(inputs))[targets] row by row, ``chunk_elements // vocab`` rows per chunk.
 
     inputs (M, ...) are sliced along their first dimension (hidden states (M, H), or flat row indices);
     returns logps (M,) and entropy (M,) (None unless ``with_entropy``). With gradients on and more than one
     chunk, each chunk is checkpointed: the backward recomputes its logits rather than keeping them.
+    ``one_piece``: all rows in one chunk, never recomputed, for a head that gathers its parameters at each call
+    (DeepSpeed ZeRO-3): processes holding different numbers of tokens would run different numbers of chunks and
+    leave gathers unmatched, and ZeRO-3 did not gather the head's weight inside the checkpoint's recompute (the
+    recomputed forward saw its empty partition; tests/test_multiproc.py). The memory of the chunked log-probs is
+    then not saved: (tokens, vocabulary) logits of a process's responses at once.
     """
     m = targets.shape[0]
-    if m == 0:  # no response token anywhere: an empty result, still on the graph
+    rows = max(m, 1) if one_piece else max(1, (chunk_elements or CHUNK_ELEMENTS) // max(vocab, 1))
+    chunks = -(-m // rows)
+    if chunks == 0:  # no response token anywhere: an empty result, still on the graph
         logps, entropy = _piece(to_logits, inputs, targets, with_entropy)
         return logps, (entropy if with_entropy else None)
-    rows = max(1, (chunk_elements or CHUNK_ELEMENTS) // max(vocab, 1))
-    recompute = torch.is_grad_enabled() and m > rows
+    recompute = torch.is_grad_enabled() and chunks > 1
     logps, entropy = [], []
-    for s in range(0, m, rows):
+    for s in range(0, chunks * rows, rows):
         x, t = inputs[s : s + rows], targets[s : s + rows]
         if recompute:
             lp, ent = checkpoint(_piece, to_logits, x, t, with_entropy, use_reentrant=False)
@@ -204,7 +217,13 @@ def _model_token_logps(model, rows, pos, targets, *, with_entropy, chunk_element
     hidden, head, vocab = lean
     # only the response positions' hidden states go through the head: (M, H), gathered once
     return _token_logps(
-        head, hidden[rows, pos], targets, vocab, with_entropy=with_entropy, chunk_elements=chunk_elements
+        head,
+        hidden[rows, pos],
+        targets,
+        vocab,
+        with_entropy=with_entropy,
+        chunk_elements=chunk_elements,
+        one_piece=hasattr(getattr(head, "weight", None), "ds_id"),  # a ZeRO-3 partitioned head (DeepSpeed training)
     )
 
 
@@ -530,17 +549,21 @@ class PackedExamples:
     def logps(self, model, idx: list[int]) -> torch.Tensor:
         """Summed log-probs (B, K) of the roles of examples ``idx``: one forward over their packed sequences.
 
-        The step's indices and mask are cut from the iteration's arrays in numpy (views of the same memory):
-        a few dozen small torch ops per step were a measurable share of a small model's step (benchmarks/).
+        The step's indices (and, on CPU, the mask) are cut from the iteration's arrays in numpy (views of the same
+        memory): a few dozen small torch ops per step were a measurable share of a small model's step (benchmarks/).
         """
         param = next(model.parameters())
         device = param.device
         t = np.asarray(idx)
         width = int(self._lengths[t].max())
         seg = self._segments[t, :width]
-        blocked = ~_allowed(seg, np.tri(width, dtype=bool))  # (B, W, W)
         dtype = param.dtype if param.is_floating_point() else torch.float32
-        mask4d = _additive(torch.from_numpy(blocked).to(device), dtype)
+        if device.type == "cpu":
+            blocked = torch.from_numpy(~_allowed(seg, np.tri(width, dtype=bool)))  # (B, W, W)
+        else:  # on an accelerator the (B, W, W) mask is built there, from the (B, W) segments
+            seg = torch.from_numpy(seg).to(device)
+            blocked = ~_allowed(seg, torch.ones(width, width, dtype=torch.bool, device=device).tril())
+        mask4d = _additive(blocked, dtype)
         mask = self._mask[t]  # (B, K, T)
         b, k, pos = np.nonzero(mask)  # row-major, the order of torch's mask indexing
         rows, src, targets = (

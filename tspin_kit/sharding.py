@@ -4,8 +4,8 @@ DeepSpeed (``configs/accelerate/deepspeed_zero3.yaml``, `uses_deepspeed`) follow
 a copy is prepared (accelerate builds a DeepSpeedEngine: ZeRO-3 partitions the copy's parameters, gradients and
 optimiser state), the engine does backward, clipping (``gradient_clipping`` from ``train.max_grad_norm``) and the
 optimiser step (`deepspeed_backward`; batch and accumulation written into its config by `_deepspeed_settings`),
-and `release_training` gathers each parameter back (``deepspeed.zero.GatheredParameters``). `keep_policy_whole`
-stops transformers from loading the policy partitioned. Mid-phase checkpoints use the engine's own
+and `release_training` gathers each parameter's fp32 master weights back (``safe_get_full_fp32_param``).
+`keep_policy_whole` stops transformers from loading the policy partitioned. Mid-phase checkpoints use the engine's own
 save_checkpoint/load_checkpoint (each process its ZeRO partition; resumed by the same number of processes).
 Tested on 2 CPU processes (DS_ACCELERATOR=cpu, gloo; tests/test_multiproc.py), full and LoRA with accumulation.
 
@@ -46,7 +46,8 @@ Mid-phase checkpoints (``train.checkpoint_every``) under FSDP2 keep the state sh
 own shard of the trainable parameters and of the optimiser state with torch.distributed.checkpoint
 (`save_sharded`, `load_sharded`; the run directory is shared by the processes, as for the rest of `tspin resume`),
 frozen weights (the LoRA base) are not written. No process ever holds the whole optimiser state, and DCP reshards
-on load, so a phase killed on N processes may be resumed on another number. The phase's position, scheduler, RNG
+on load, so a phase killed on N processes may be resumed by an FSDP2 launch of another number (one process or
+DDP train the phase from step 0). The phase's position, scheduler, RNG
 and partial TrainResult sit beside the shards in the main process's ``state.pt`` (training.py).
 
 Tested on 2 CPU processes with gloo (tests/test_multiproc.py): accelerate 1.15 sets up FSDP only for GPU-like
@@ -91,7 +92,7 @@ def prepare_training(accelerator, model, opt, params: list, train=None):
 
     DDP: accelerate wraps ``model`` itself and its parameters are trained in place. FSDP2 and DeepSpeed: a sharded
     copy (see the module docstring); the returned parameters are its shards (FSDP2) or its partitioned parameters
-    (DeepSpeed, whose engine clips and steps them itself: `deepspeed_backward`).
+    (DeepSpeed, whose engine clips and steps them itself: `deepspeed_backward`; ``train`` is required there).
     """
     fsdp, deepspeed = uses_fsdp(accelerator), uses_deepspeed(accelerator)
     if not (fsdp or deepspeed):
@@ -156,13 +157,17 @@ def release_training(accelerator, model, trained) -> None:
                 q = shards[name]
                 target[name].copy_(q.full_tensor() if isinstance(q, DTensor) else q)
     elif uses_deepspeed(accelerator):
-        import deepspeed
+        from deepspeed.utils import safe_get_full_fp32_param
 
         parts = dict(trained.module.named_parameters())
         with torch.no_grad():
-            for name in trainable:
-                with deepspeed.zero.GatheredParameters([parts[name]], modifier_rank=None):
-                    target[name].copy_(parts[name].data)
+            for name in trainable:  # collective, in the same order on every process
+                # the optimiser's fp32 master weights, not the engine's bf16 copy: under bf16 mixed precision the
+                # latter would round a float32 policy to bf16 every iteration (FSDP2 hands back fp32 shards too)
+                full = safe_get_full_fp32_param(parts[name])
+                if full is None:  # not ZeRO-managed by an optimiser (ZeRO stages 0): the parameter itself
+                    full = parts[name].data
+                target[name].copy_(full)
     accelerator.free_memory()
 
 
@@ -204,7 +209,8 @@ def _state_dicts(model, opt):
     parameter name: what `save_sharded` writes and `load_sharded` fills."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-    options = StateDictOptions(ignore_frozen_params=True)  # under LoRA the frozen base does not change
+    # under LoRA the frozen base does not change: not saved, and not expected back (strict off)
+    options = StateDictOptions(ignore_frozen_params=True, strict=False)
     # a fresh optimiser has no state yet: get_state_dict makes it (one step at lr 0), so the load has tensors to fill
     model_sd, optim_sd = get_state_dict(model, _raw_optimizer(opt), options=options)
     return {"model": model_sd, "optim": optim_sd}, options
@@ -249,7 +255,14 @@ def load_sharded(folder, model, opt) -> None:
     """Read `save_sharded`'s folder into a prepared FSDP2 model or DeepSpeed engine and its optimiser
     (collective)."""
     if _is_engine(model):
-        model.load_checkpoint(str(folder), tag="engine", load_optimizer_states=True, load_lr_scheduler_states=False)
+        path, _ = model.load_checkpoint(
+            str(folder), tag="engine", load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+        if path is None:  # DeepSpeed only warns; continuing would train from the wrong state
+            raise RuntimeError(
+                f"{folder}: DeepSpeed could not load this mid-phase checkpoint; delete the folder to "
+                f"train the phase from step 0"
+            )
         return
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict

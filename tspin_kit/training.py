@@ -301,6 +301,14 @@ def train_iteration(
 
     engine = distributed and uses_deepspeed(accelerator)  # DeepSpeed: its engine clips, steps and zeroes
     sharded = engine or (distributed and uses_fsdp(accelerator))  # each process checkpoints its own shard
+    if sharded and min(map(len, batches)) < world * train.grad_accum:
+        # a sharded forward all-gathers parameters on every process, so every process must run the same number
+        # of micro-batches; with fewer examples than processes x grad_accum in a step some would run fewer (hang)
+        raise ValueError(
+            f"train.batch_size {bs} with grad_accum {train.grad_accum} on {world} processes under FSDP2/DeepSpeed: "
+            f"a step of {min(map(len, batches))} examples leaves a process without one of its {train.grad_accum} "
+            f"micro-batches; use batch_size >= {world * train.grad_accum} (and at least that many examples)"
+        )
     resumed = None
     if ckpt_dir is not None:
         if writes_checkpoints:
@@ -531,13 +539,50 @@ def _load_train_checkpoint(folder: Path, fingerprint: dict, named: list, opt, sc
     """Restore the newest complete checkpoint of ``folder`` into the parameters, optimiser, scheduler and RNG;
     return its state (``step``, ``result``), or None where there is none or it belongs to another phase.
     ``sharded``: the prepared FSDP2 model or DeepSpeed engine, whose shards are filled from a sharded checkpoint of
-    the same layout (`sharding.checkpoint_layout`; collective: every process calls this and, reading the same
-    files, decides the same). A checkpoint of another layout (a phase killed under one launch and resumed under
-    another) is not applied: training restarts from step 0."""
-    found = _train_checkpoints(folder)
-    if not found:
+    the same layout (`sharding.checkpoint_layout`). Collective then: the main process picks the step folder, every
+    process checks it, and all load it only if all accept it (a run directory some process cannot read would
+    otherwise leave the others waiting in the load). A checkpoint of another layout (a phase killed under one
+    launch and resumed under another) is not applied: training restarts from step 0."""
+    if sharded is None:
+        found = _train_checkpoints(folder)
+        state = _read_train_checkpoint(found[-1] if found else None, fingerprint, named, None)
+    else:
+        import torch.distributed as dist
+
+        pick = [None]
+        if dist.get_rank() == 0:
+            found = _train_checkpoints(folder)
+            pick = [found[-1].name if found else None]
+        dist.broadcast_object_list(pick, src=0)  # the main process's view decides which step
+        state = _read_train_checkpoint(folder / pick[0] if pick[0] else None, fingerprint, named, sharded)
+        accepted = [None] * dist.get_world_size()
+        dist.all_gather_object(accepted, state is not None)
+        if not all(accepted):
+            return None
+    if state is None:
         return None
-    path = found[-1] / "state.pt"
+    if sharded is None:
+        with torch.no_grad():
+            for n, p in named:
+                p.copy_(state["params"][n])
+        opt.load_state_dict(state["optimizer"])
+    else:
+        from .sharding import load_sharded
+
+        load_sharded(state["path"].parent, sharded, opt)
+    sched.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state
+
+
+def _read_train_checkpoint(step_dir: Path | None, fingerprint: dict, named: list, sharded) -> dict | None:
+    """``step_dir/state.pt`` if it is readable and belongs to this phase, model and layout (with ``path`` added),
+    else None (with a warning)."""
+    if step_dir is None:
+        return None
+    path = step_dir / "state.pt"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file: training from step 0 is always correct
@@ -563,18 +608,5 @@ def _load_train_checkpoint(folder: Path, fingerprint: dict, named: list, opt, sc
             fingerprint,
         )
         return None
-    if sharded is None:
-        with torch.no_grad():
-            for n, p in named:
-                p.copy_(state["params"][n])
-        opt.load_state_dict(state["optimizer"])
-    else:
-        from .sharding import load_sharded
-
-        load_sharded(found[-1], sharded, opt)
-    sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     state["path"] = path
     return state
