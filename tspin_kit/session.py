@@ -420,7 +420,8 @@ class SelfPlaySession:
         self._expect("train")
         t, cfg = self.iteration, self.config
         examples = self._triplets() if cfg.method.spec.self_play else self.examples
-        # mid-phase checkpoints (train.checkpoint_every): every process reads the folder, the main process writes it
+        # mid-phase checkpoints (train.checkpoint_every): written by the main process (every process its shard under
+        # FSDP2/DeepSpeed), read by every process
         res = train_iteration(
             self.model,
             examples,

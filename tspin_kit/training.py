@@ -253,7 +253,8 @@ def train_iteration(
     process makes while the others wait for the cache).
 
     ``checkpoint_dir``: where this phase keeps its mid-phase checkpoint. Every ``train.checkpoint_every`` optimiser
-    steps (0: never) the main process saves the train state there; on entry a checkpoint found there is loaded and
+    steps (0: never) the train state is saved there (by the main process; under FSDP2/DeepSpeed every process writes
+    its shard); on entry a checkpoint found there is loaded and
     training continues from the step after it, ending with the weights and TrainResult of an uninterrupted call.
     The folder is deleted when the phase completes.
     """
@@ -285,8 +286,8 @@ def train_iteration(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, train, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, train))
-    # A mid-phase checkpoint (see TRAIN_CHECKPOINT_FORMAT), loaded before prepare(); every process reads it, the
-    # main process writes it.
+    # A mid-phase checkpoint (see TRAIN_CHECKPOINT_FORMAT): one process / DDP: loaded before prepare(), every process
+    # reads it, the main process writes it; FSDP2 / DeepSpeed: loaded after prepare(), every process its shard.
     writes_checkpoints = local or state.is_main_process
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
