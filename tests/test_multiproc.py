@@ -164,6 +164,11 @@ T.prepare_training = spy
 OVER = {"iterations": 2, "train": {"lr": 1e-4}}
 
 
+# the venv's `accelerate launch` (any on PATH otherwise)
+_ACCELERATE = REPO / ".venv" / "bin" / "accelerate"
+ACCELERATE_LAUNCH = [str(_ACCELERATE) if _ACCELERATE.exists() else "accelerate", "launch"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -282,11 +287,9 @@ def test_two_fsdp2_processes_match_one(tmp_path, one_process_runs, lora_r, check
     model = {"lora_r": lora_r, "gradient_checkpointing": checkpointing}
     cfg = write_yaml(tmp_path / "two.yaml", small_config_dict(two_dir, **OVER, model=model))
     launch_cfg = cpu_fsdp2_config(tmp_path / "accelerate_fsdp2_cpu.yaml")
-    accelerate = Path(REPO / ".venv" / "bin" / "accelerate")
     run_two(
         [
-            str(accelerate) if accelerate.exists() else "accelerate",
-            "launch",
+            *ACCELERATE_LAUNCH,
             "--config_file",
             str(launch_cfg),
             str(script),
@@ -339,8 +342,7 @@ def test_killed_mid_train_resumes_from_its_sharded_checkpoint(tmp_path, one_proc
             run_dir, **{**OVER, "train": {**OVER["train"], "checkpoint_every": 1}, "model": {"lora_r": lora_r}}
         ),
     )
-    accelerate = Path(REPO / ".venv" / "bin" / "accelerate")
-    command = [str(accelerate) if accelerate.exists() else "accelerate", "launch", "--config_file"]
+    command = [*ACCELERATE_LAUNCH, "--config_file"]
     (tmp_path / "killed_spy").mkdir()
     killed = subprocess.run(
         [*command, str(launch_config(tmp_path / "a1.yaml")), str(script), str(cfg), str(tmp_path / "killed_spy")],
@@ -402,11 +404,9 @@ def test_two_deepspeed_zero3_processes_match_one(tmp_path, one_process_runs, lor
     script.write_text(DEEPSPEED_SCRIPT)
     over = {**OVER, "train": {**OVER["train"], "grad_accum": grad_accum}, "model": {"lora_r": lora_r}}
     cfg = write_yaml(tmp_path / "two.yaml", small_config_dict(two_dir, **over))
-    accelerate = Path(REPO / ".venv" / "bin" / "accelerate")
     run_two(
         [
-            str(accelerate) if accelerate.exists() else "accelerate",
-            "launch",
+            *ACCELERATE_LAUNCH,
             "--config_file",
             str(cpu_deepspeed_config(tmp_path / "accelerate_deepspeed_cpu.yaml")),
             str(script),

@@ -189,10 +189,15 @@ def final_hidden(model, **inputs):
 
 
 def _is_sharded(module, head) -> bool:
-    """Whether ``module`` is trained sharded: FSDP2, or DeepSpeed ZeRO-3 (its parameters carry a ``ds_id``)."""
+    """Whether ``module`` is trained sharded: FSDP2, or DeepSpeed ZeRO-3 (`_zero3_partitioned`)."""
     from torch.distributed.fsdp import FSDPModule
 
-    return isinstance(module, FSDPModule) or hasattr(getattr(head, "weight", None), "ds_id")
+    return isinstance(module, FSDPModule) or _zero3_partitioned(head)
+
+
+def _zero3_partitioned(head) -> bool:
+    """Whether ``head``'s weight is partitioned by DeepSpeed ZeRO-3 (such parameters carry a ``ds_id``)."""
+    return hasattr(getattr(head, "weight", None), "ds_id")
 
 
 class _AlsoBackward(torch.autograd.Function):
@@ -223,7 +228,7 @@ def _model_token_logps(model, rows, pos, targets, *, with_entropy, chunk_element
         vocab,
         with_entropy=with_entropy,
         chunk_elements=chunk_elements,
-        one_piece=hasattr(getattr(head, "weight", None), "ds_id"),  # a ZeRO-3 partitioned head (DeepSpeed training)
+        one_piece=_zero3_partitioned(head),  # DeepSpeed training: see _token_logps
     )
 
 

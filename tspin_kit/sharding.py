@@ -156,7 +156,7 @@ def release_training(accelerator, model, trained) -> None:
             for name in trainable:  # the same order on every process: each gather is collective
                 q = shards[name]
                 target[name].copy_(q.full_tensor() if isinstance(q, DTensor) else q)
-    elif uses_deepspeed(accelerator):
+    elif _is_engine(trained):
         from deepspeed.utils import safe_get_full_fp32_param
 
         parts = dict(trained.module.named_parameters())
@@ -165,7 +165,7 @@ def release_training(accelerator, model, trained) -> None:
                 # the optimiser's fp32 master weights, not the engine's bf16 copy: under bf16 mixed precision the
                 # latter would round a float32 policy to bf16 every iteration (FSDP2 hands back fp32 shards too)
                 full = safe_get_full_fp32_param(parts[name])
-                if full is None:  # not ZeRO-managed by an optimiser (ZeRO stages 0): the parameter itself
+                if full is None:  # no fp32 master copy (no ZeRO optimiser holds it): the parameter itself
                     full = parts[name].data
                 target[name].copy_(full)
     accelerator.free_memory()
