@@ -65,16 +65,21 @@ def cycle(values):
 
 
 def slider_compute(inputs, candidates, landscape, alpha, beta):
-    """What one alpha/beta move computes, without widgets: tables and the four figures."""
+    """What one alpha move computes, without widgets: tables and the five figures, as the panel builds them
+    (plain figure dicts, ``figures.figure_specs``), not sent anywhere."""
     table = A.recompute_losses(inputs, kind="tspin", alpha=alpha, beta=beta)
     A.loss_summary(table)
     top = A.top_drivers(table)
-    F.gradient_weights(table, kind="tspin", scale=alpha, beta=beta)
-    F.top_drivers(top)
-    F.loss_landscape(landscape, kind="tspin", scale=alpha, beta=beta)
-    F.opponent(
-        A.opponent_table(candidates, alpha), A.opponent_entropy_curve(candidates, np.geomspace(0.05, 20.0, 60)), alpha
-    )
+    with F.figure_specs():
+        F.gradient_weights(table, kind="tspin", scale=alpha, beta=beta)
+        F.objective_gradients(table, "T-SPIN")
+        F.top_drivers(top)
+        F.loss_landscape(landscape, kind="tspin", scale=alpha, beta=beta)
+        F.opponent(
+            A.opponent_table(candidates, alpha),
+            A.opponent_entropy_curve(candidates, np.geomspace(0.05, 20.0, 60)),
+            alpha,
+        )
 
 
 def bench_case(name: str, records, run_dir: Path, repeats: int) -> dict:

@@ -389,6 +389,29 @@ def test_loss_summary_and_top_drivers():
     assert A.top_drivers(table, k=3)["example_id"].tolist() == [0, 1, 2]
 
 
+def test_top_drivers_matches_a_full_sort_with_ties_and_nans():
+    rng = np.random.default_rng(3)
+    for n, k in ((50, 15), (5, 15), (2000, 15), (40, 40)):
+        drive = rng.choice([0.0, 0.25, 0.5, 1.0, np.nan], size=n)  # many ties and some NaN
+        table = pd.DataFrame(
+            {
+                "example_id": rng.permutation(n) + 7,
+                "current_advantage": rng.normal(size=n),
+                "historical_advantage": rng.normal(size=n),
+                "weight_current": rng.random(n),
+                "weight_historical": rng.random(n),
+                "drive": drive,
+                "loss": rng.random(n),
+            }
+        )
+        want = (
+            table.sort_values(["drive", "example_id"], ascending=[False, True], kind="stable")
+            .head(k)
+            .reset_index(drop=True)[list(A.top_drivers(table, k=k).columns)]
+        )
+        pd.testing.assert_frame_equal(A.top_drivers(table, k=k), want)
+
+
 def test_loss_landscape_is_linear_in_beta_and_matches_recompute(tspin):
     inputs = A.loss_inputs(tspin.examples, 2, "before")
     land = A.loss_landscape(inputs, kind="tspin", scales=np.array([0.5, 1.0]), betas=np.array([0.0, 0.5, 1.0]))

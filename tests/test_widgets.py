@@ -648,6 +648,58 @@ def test_plot_view_sends_the_whole_figure_and_keeps_category_axes(tspin):
     assert all(len(v._esm) < 20_000 for v in views)
 
 
+def test_plain_figure_specs_send_the_same_json_as_go_figures(tspin):
+    """The alpha/beta panel's fast path (figures as plain dicts, our own typed-array encoding) must send the
+    browser exactly what plotly's go.Figure path sends, for every figure a slider move redraws."""
+    import json
+
+    import plotly.graph_objects as go
+
+    from widgets.plotly_view import figure_json
+
+    inputs = A.loss_inputs(tspin.examples, 2, "before")
+    table = A.recompute_losses(inputs, kind="tspin", alpha=0.7, beta=0.3)
+    land = A.loss_landscape(inputs, kind="tspin", scales=np.geomspace(0.05, 5, 5), betas=np.linspace(0, 1, 3))
+    ex = int(tspin.examples["example_id"].iloc[0])
+    cands = A.candidate_confidences(tspin.examples, 2, ex, "before", alpha_run=1.0)
+    builds = {
+        "weights": lambda: F.gradient_weights(table, kind="tspin", scale=0.7, beta=0.3),
+        "gradients": lambda: F.objective_gradients(table, "T-SPIN"),
+        "drivers": lambda: F.top_drivers(A.top_drivers(table)),
+        "landscape": lambda: F.loss_landscape(land, kind="tspin", scale=0.7, beta=0.3),
+        "opponent": lambda: F.opponent(
+            A.opponent_table(cands, 0.7), A.opponent_entropy_curve(cands, np.geomspace(0.05, 20, 9)), 0.7, 1.0
+        ),
+    }
+    for name, build in builds.items():
+        fig = build()
+        with F.figure_specs():
+            spec = build()
+        assert isinstance(fig, go.Figure) and isinstance(spec, F.FigureSpec), name
+        sent = json.loads(figure_json(spec))
+        assert sent == json.loads(figure_json(fig)), name
+        assert any(isinstance(v, dict) and "bdata" in v for t in sent["data"] for v in t.values()), name
+        assert json.loads(figure_json(spec.to_figure())) == sent, name  # what slot.figure hands back
+    # int64 ids are narrowed as plotly does, and an id too large for int32 stays a plain list
+    big = F.FigureSpec(data=[{"type": "bar", "x": np.array([1, 2**40]), "y": np.array([1, 300])}], layout={})
+    sent = json.loads(figure_json(big))["data"][0]
+    assert sent["x"] == [1, 2**40] and sent["y"]["dtype"] == "i2"
+    assert sent == json.loads(figure_json(big.to_figure()))["data"][0]  # (an empty layout gets plotly's template)
+
+
+def test_a_beta_move_leaves_the_opponent_alone_an_alpha_move_redraws_it(tspin):
+    panel = Wd.AlphaBetaPanel(tspin)
+    view = panel._slots["opponent"].view
+    rev = view.revision
+    panel.beta.value = 0.4  # the opponent reads alpha and the prompt's candidates, not beta
+    assert view.revision == rev and "data-beta='0.4000'" in panel.summary.value
+    panel.alpha.value = 0.6
+    assert view.revision == rev + 1 and "0.6" in panel.opponent_fig.layout.title.text
+    panel.example.value = next(e for e in panel.example.options if e != panel.example.value)
+    assert view.revision == rev + 2  # another prompt: redrawn at the same alpha
+    assert panel.errors.errors == []
+
+
 def test_plot_view_click_reaches_python(tspin):
     view = Wd.plotly_view.PlotlyView(
         F.top_drivers(

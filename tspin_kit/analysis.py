@@ -810,11 +810,17 @@ def top_drivers(table: pd.DataFrame, k: int = 15) -> pd.DataFrame:
         "drive",
         "loss",
     ]
-    return (
-        table.sort_values(["drive", "example_id"], ascending=[False, True], kind="stable")[cols]
-        .head(k)
-        .reset_index(drop=True)
-    )
+    # a partial selection first: sorting all 50,000 rows on every slider move cost ~4 ms of the 50 ms budget
+    drive = table["drive"].to_numpy(float)
+    missing = np.isnan(drive)
+    key = np.where(missing, -np.inf, drive)
+    rows = np.arange(len(table))
+    if len(table) > k:
+        kth = np.partition(key, len(key) - k)[len(key) - k]
+        rows = np.flatnonzero(key >= kth)  # every row that can be among the k (ties at the k-th value included)
+    ids = table["example_id"].to_numpy()[rows]
+    order = rows[np.lexsort((ids, -key[rows], missing[rows]))]  # NaN last, then drive down, then id up
+    return table.iloc[order[:k]][cols].reset_index(drop=True)
 
 
 def loss_landscape(inputs: LossInputs, *, kind: str, scales: np.ndarray, betas: np.ndarray, **knobs) -> pd.DataFrame:

@@ -12,7 +12,10 @@ their layouts as dicts (``make_subplots`` costs ~10 ms a call) and scatter plots
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -27,6 +30,8 @@ __all__ = [
     "ROLE_LABELS",
     "advantage_decay",
     "degenerate_shares",
+    "FigureSpec",
+    "figure_specs",
     "gradient_weights",
     "loss_landscape",
     "objective_gradients",
@@ -123,24 +128,55 @@ def _panels(titles: list[str], gap: float = 0.1) -> dict:
     return out
 
 
-def _plain(v: Any) -> Any:
+def _plain(v: Any, arrays: bool = True) -> Any:
     """Plain values for an unvalidated figure: pandas -> numpy, None entries dropped, NaN -> None.
 
     Widgets send figures as JSON, where a bare NaN is invalid (numpy arrays travel as binary
     buffers, so NaN inside an array is fine); a key whose value is None would reach plotly.js as
     null, which it does not always accept (``cleanData`` reads ``'line' in trace.marker``).
+    ``arrays``: lists of numbers become numpy arrays (trace data); the layout keeps them as lists (a domain,
+    a range), which is what plotly's own layout objects send.
     """
     if isinstance(v, (pd.Series, pd.Index)):
         return v.to_numpy()
     if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items() if x is not None}
+        return {k: _plain(x, arrays) for k, x in v.items() if x is not None}
     if isinstance(v, (list, tuple)):
-        if v and all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in v):
+        if arrays and v and all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool) for x in v):
             return np.asarray(v, dtype=float)
-        return [_plain(x) for x in v]
+        return [_plain(x, arrays) for x in v]
     if isinstance(v, float) and not math.isfinite(v):
         return None
     return v
+
+
+class FigureSpec(dict):
+    """A figure as plotly's plain ``{"data": [...], "layout": {...}}`` dict, numpy arrays left in place.
+
+    What the figure functions return inside ``figure_specs()``: the widgets send it to the browser as it is
+    (``widgets.plotly_view``) and build a ``go.Figure`` only when someone asks for one (``to_figure``).
+    """
+
+    def to_figure(self) -> go.Figure:
+        return go.Figure(data=self["data"], layout=self["layout"], _validate=False)
+
+
+_SPECS: contextvars.ContextVar[bool] = contextvars.ContextVar("tspin_figure_specs", default=False)
+
+
+@contextlib.contextmanager
+def figure_specs() -> Iterator[None]:
+    """Inside this block the figure functions return ``FigureSpec`` dicts instead of ``go.Figure``s.
+
+    Why: a ``go.Figure`` deep-copies its data on construction and again in ``to_dict``/``to_json``, and
+    checks every array for a dataframe on the way; for the alpha/beta panel, which redraws five figures per
+    slider move at 50,000 examples, that was ~40% of a move. Same figure, same JSON (tested).
+    """
+    token = _SPECS.set(True)
+    try:
+        yield
+    finally:
+        _SPECS.reset(token)
 
 
 def _figure(traces: list[dict], layout: dict) -> go.Figure:
@@ -148,9 +184,12 @@ def _figure(traces: list[dict], layout: dict) -> go.Figure:
 
     Validation costs ~5 ms per figure, too slow for a slider that redraws four figures; the
     tests rebuild every figure here with validation on (``tests/test_figures.py::validated``) so a wrong
-    property name still fails loudly there.
+    property name still fails loudly there. Inside ``figure_specs()`` the dicts are returned as they are.
     """
-    return go.Figure(data=[_plain(t) for t in traces], layout=_plain(layout), _validate=False)
+    data, lay = [_plain(t) for t in traces], _plain(layout, arrays=False)
+    if _SPECS.get():
+        return FigureSpec(data=data, layout=lay)
+    return go.Figure(data=data, layout=lay, _validate=False)
 
 
 def _ax(i: int) -> tuple[str, str]:

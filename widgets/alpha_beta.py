@@ -91,6 +91,7 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
         self._landscape = None
         self._landscape_key = None
         self._candidates = None
+        self._opponent_alpha = None
         self.table = None  # the latest recompute_losses table
         self._slot("weights")
         self._slot("gradients")
@@ -203,6 +204,7 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
         self._on_settings()  # redraws the opponent and records the prompt in the summary's state
 
     def _load_candidates(self) -> None:
+        self._opponent_alpha = None  # new candidates: the opponent figure is redrawn whatever alpha is
         e, t = self.example.value, self.iteration.value
         if e is None or t is None:
             self._candidates = _empty_candidates()
@@ -231,11 +233,12 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
             self._landscape_key = key
         summary = A.loss_summary(self.table)
         top = A.top_drivers(self.table)
-        self._slots["weights"].show(F.gradient_weights(self.table, kind=kind, scale=scale, beta=beta_used))
-        self._slots["gradients"].show(F.objective_gradients(self.table, spec.label))
-        self._slots["drivers"].show(F.top_drivers(top))
-        self._slots["landscape"].show(F.loss_landscape(self._landscape, kind=kind, scale=scale, beta=beta_used))
-        self._update_opponent()
+        with F.figure_specs():  # plain dicts to the browser; a go.Figure only if someone reads slot.figure
+            self._slots["weights"].show(F.gradient_weights(self.table, kind=kind, scale=scale, beta=beta_used))
+            self._slots["gradients"].show(F.objective_gradients(self.table, spec.label))
+            self._slots["drivers"].show(F.top_drivers(top))
+            self._slots["landscape"].show(F.loss_landscape(self._landscape, kind=kind, scale=scale, beta=beta_used))
+            self._update_opponent()
         state = {
             "alpha": alpha,
             "beta": beta,
@@ -251,6 +254,9 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
     def _update_opponent(self) -> None:
         c = self._candidates
         alpha = float(self.alpha.value)
+        if alpha == self._opponent_alpha:  # it reads alpha and the prompt's candidates only: a beta move skips it
+            return
+        self._opponent_alpha = alpha
         self._slots["opponent"].show(
             F.opponent(
                 A.opponent_table(c, alpha),

@@ -26,17 +26,21 @@ sends point clicks back to Python (``on_click``: linked views).
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import anywidget
+import numpy as np
 import plotly
 import plotly.graph_objects as go
 import plotly.io as pio
 import traitlets as T
 from ipywidgets import widget_serialization
+
+from tspin_kit.figures import FigureSpec
 
 PLOTLY_JS = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 
@@ -63,9 +67,56 @@ def plotly_library() -> PlotlyLibrary:
     return _LIBRARY
 
 
-def figure_json(fig: go.Figure) -> str:
-    """The whole figure as JSON, as plotly's own encoder writes it (numpy arrays as base64 typed arrays)."""
+def figure_json(fig: go.Figure | FigureSpec) -> str:
+    """The whole figure as JSON, as plotly's own encoder writes it (numpy arrays as base64 typed arrays).
+
+    A ``FigureSpec`` (the figure functions inside ``figures.figure_specs()``) is encoded without building a
+    ``go.Figure``: numeric numpy arrays become typed-array specs by plotly's rules (``_typed_arrays``), the rest
+    goes through plotly's JSON encoder; the text parses to the same JSON as the ``go.Figure`` path (tested).
+    """
+    if isinstance(fig, FigureSpec):
+        return pio.json.to_json_plotly(_typed_arrays(fig))
     return pio.to_json(fig, validate=False, remove_uids=True)
+
+
+# plotly's rules (_plotly_utils.utils.to_typed_array_spec / convert_to_base64): keys never turned into typed
+# arrays, numpy dtypes plotly.js reads, and 64-bit integers narrowed to the smallest type that holds them
+_NOT_TYPED = frozenset({"geojson", "layer", "layers", "range"})
+_SHORT = {"int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2", "int32": "i4", "uint32": "u4"}
+_SHORT.update({"float32": "f4", "float64": "f8"})
+
+
+def _typed_array(v: np.ndarray) -> Any:
+    if v.size == 0:
+        return v
+    if v.dtype.kind in "iu" and v.dtype.itemsize == 8:
+        lo, hi = v.min(), v.max()
+        for t in ("int8", "int16", "int32") if v.dtype.kind == "i" else ("uint8", "uint16", "uint32"):
+            info = np.iinfo(t)
+            if info.min <= lo and hi <= info.max:
+                v = v.astype(t)
+                break
+        else:
+            return v
+    short = _SHORT.get(str(v.dtype))
+    if short is None:
+        return v
+    out = {"dtype": short, "bdata": base64.b64encode(np.ascontiguousarray(v)).decode("ascii")}
+    if v.ndim > 1:
+        out["shape"] = str(v.shape)[1:-1]
+    return out
+
+
+def _typed_arrays(obj: Any) -> Any:
+    """A copy of ``obj`` with numeric numpy arrays as plotly.js typed-array specs (the input is not changed)."""
+    if isinstance(obj, dict):
+        return {
+            k: (v if k in _NOT_TYPED else _typed_array(v) if isinstance(v, np.ndarray) else _typed_arrays(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, (list, tuple)):
+        return [_typed_arrays(v) for v in obj]
+    return obj
 
 
 class PlotlyView(anywidget.AnyWidget):
@@ -79,16 +130,23 @@ class PlotlyView(anywidget.AnyWidget):
     rendered = T.Int(-1).tag(sync=True)  # the revision the browser has drawn (set by the view)
     width = T.Int(0).tag(sync=True)  # 0: fill the container
 
-    def __init__(self, fig: go.Figure | None = None, **kwargs: Any) -> None:
+    def __init__(self, fig: go.Figure | FigureSpec | None = None, **kwargs: Any) -> None:
         super().__init__(library=plotly_library(), **kwargs)
-        self.fig: go.Figure | None = None
+        self._fig: go.Figure | FigureSpec | None = None
         self._click_handlers: list[Callable[[dict], None]] = []
         self.on_msg(self._on_msg)
         if fig is not None:
             self.show(fig)
 
-    def show(self, fig: go.Figure) -> None:
-        self.fig = fig
+    @property
+    def fig(self) -> go.Figure | None:
+        """The figure shown, as a ``go.Figure`` (built from a ``FigureSpec`` on first access, then kept)."""
+        if isinstance(self._fig, FigureSpec):
+            self._fig = self._fig.to_figure()
+        return self._fig
+
+    def show(self, fig: go.Figure | FigureSpec) -> None:
+        self._fig = fig
         text = figure_json(fig)
         if text != self.figure:
             with self.hold_sync():  # one message: the figure and its revision together
