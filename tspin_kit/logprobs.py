@@ -220,10 +220,13 @@ def _model_token_logps(model, rows, pos, targets, *, with_entropy, chunk_element
     if lean is None:
         return _full_logits_logps(logits, rows, pos, targets, with_entropy, chunk_elements)
     hidden, head, vocab = lean
-    # only the response positions' hidden states go through the head: (M, H), gathered once
+    # only the response positions' hidden states go through the head: (M, H), gathered once. index_select on the
+    # flattened (N * L, H) view, not hidden[rows, pos]: the same rows, but its backward is an index_add where
+    # advanced indexing's is an accumulating index_put (about 0.25 ms more per toy training step, benchmarks/)
+    flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows * hidden.shape[1] + pos)
     return _token_logps(
         head,
-        hidden[rows, pos],
+        flat,
         targets,
         vocab,
         with_entropy=with_entropy,
@@ -370,6 +373,16 @@ def _allowed(seg, causal):
     same = seg[:, :, None] == seg[:, None, :]  # (P, L, L) query i, key j in one segment
     prompt_key = (seg == 0)[:, None, :] & (seg >= 0)[:, :, None]  # a real query seeing a prompt key
     return causal & (same | prompt_key)
+
+
+def _allowed_into(seg: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """``_allowed(seg, causal)`` for numpy segments, written into ``out`` (P, L, L) with ``scratch`` of the same
+    shape: no temporary arrays. Returns ``out``."""
+    length = seg.shape[1]
+    np.equal(seg[:, :, None], seg[:, None, :], out=out)  # same segment
+    np.logical_and((seg == 0)[:, None, :], (seg >= 0)[:, :, None], out=scratch)  # a real query, a prompt key
+    np.logical_or(out, scratch, out=out)
+    return np.logical_and(out, np.tri(length, dtype=bool), out=out)
 
 
 def _additive(blocked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -550,6 +563,26 @@ class PackedExamples:
             x.numpy() for x in (self.input_ids, self.position_ids, self.segments, self.lengths)
         )
         self._src, self._targets, self._mask = src, targets, mask
+        self._scratch = None  # (bool, bool, mask) memory reused by every step's CPU mask (`_cpu_mask`)
+
+    def _cpu_mask(self, seg: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        """The step's (B, 1, W, W) additive mask, written into memory kept across the iteration's steps.
+
+        Why kept: a fresh mask and its boolean temporaries (~1 MB a step for the toy batch of 64) came from newly
+        mapped pages every step, and their page faults were about half of the framework's overhead over a bare loop
+        (benchmarks/bench_train_step.py; counted with getrusage). The mask is written with in-place torch ops, so if
+        the previous step's graph still held it (its backward not run), autograd's version check would raise
+        instead of reading a changed mask.
+        """
+        b, w = seg.shape
+        need = b * w * w
+        if self._scratch is None or self._scratch[0].size < need or self._scratch[2].dtype != dtype:
+            self._scratch = (np.empty(need, bool), np.empty(need, bool), torch.empty(need, dtype=dtype))
+        s1, s2, buf = self._scratch
+        allowed = _allowed_into(seg, s1[:need].reshape(b, w, w), s2[:need].reshape(b, w, w))
+        blocked = torch.from_numpy(np.logical_not(allowed, out=allowed))
+        mask = buf[:need].view(b, 1, w, w).zero_()
+        return mask.masked_fill_(blocked.unsqueeze(1), torch.finfo(dtype).min)
 
     def logps(self, model, idx: list[int]) -> torch.Tensor:
         """Summed log-probs (B, K) of the roles of examples ``idx``: one forward over their packed sequences.
@@ -564,11 +597,10 @@ class PackedExamples:
         seg = self._segments[t, :width]
         dtype = param.dtype if param.is_floating_point() else torch.float32
         if device.type == "cpu":
-            blocked = torch.from_numpy(~_allowed(seg, np.tri(width, dtype=bool)))  # (B, W, W)
+            mask4d = self._cpu_mask(seg, dtype)
         else:  # on an accelerator the (B, W, W) mask is built there, from the (B, W) segments
             seg = torch.from_numpy(seg).to(device)
-            blocked = ~_allowed(seg, torch.ones(width, width, dtype=torch.bool, device=device).tril())
-        mask4d = _additive(blocked, dtype)
+            mask4d = _additive(~_allowed(seg, torch.ones(width, width, dtype=torch.bool, device=device).tril()), dtype)
         mask = self._mask[t]  # (B, K, T)
         b, k, pos = np.nonzero(mask)  # row-major, the order of torch's mask indexing
         rows, src, targets = (

@@ -307,7 +307,9 @@ def resolve(name: str) -> str:
 
 
 def get(name: str) -> Method:
-    return table()[resolve(name)]
+    _load_plugins()
+    found = _TABLE.get(name) or _TABLE.get(_ALIASES.get(name, ""))  # no copy of the table: a per-step lookup
+    return found if found is not None else _TABLE[resolve(name)]  # resolve raises the error naming the choices
 
 
 def label(name: str) -> str:

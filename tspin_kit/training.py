@@ -160,11 +160,9 @@ def compute_loss(
     zero-gradient rule evaluated once per iteration for every example (`skipped_examples`).
     When nothing is forwarded the loss is a constant: ``.losses`` then has no graph.
     """
-    config = getattr(model, "module", model).config  # DDP wraps the model; its config sits on .module
-    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    # (a training step calls this once per micro-batch: every line here was measured in-step, benchmarks/)
     device = next(model.parameters()).device
     spec = method.spec
-    t = torch.tensor(idx)
     if skip is None:
         skip = skipped_examples(ex, method, beta)
     live = [k for k, i in enumerate(idx) if not skip[i]]
@@ -176,6 +174,8 @@ def compute_loss(
         if packed is not None:
             per_role = packed.logps(model, kept).unbind(-1)  # (n,) each: y, y'(, y0)
         else:
+            config = getattr(model, "module", model).config  # DDP wraps the model; its config sits on .module
+            pad = config.pad_token_id if config.pad_token_id is not None else 0
             roles = [ex.role_ids(r) for r in spec.roles]
             rows = rows_logps(
                 model, [ex.prompt_ids[i] for i in kept] * len(roles), [r[i] for r in roles for i in kept], pad
@@ -189,6 +189,7 @@ def compute_loss(
     else:
         parts = [torch.zeros(B, device=device) for _ in spec.roles]
     policy = dict(zip(spec.roles, parts))
+    t = torch.from_numpy(np.asarray(idx, dtype=np.int64))
 
     def at(x):  # a per-example tensor of `ex` at this batch's examples, on the model's device
         return None if x is None else x[t].to(device)
@@ -198,7 +199,7 @@ def compute_loss(
     else:
         ref = {}
     if packed is not None:
-        counts = packed.token_counts[idx, 0].to(device)
+        counts = packed.token_counts[t, 0].to(device)
     else:
         counts = torch.tensor([len(ex.annotated_ids[i]) for i in idx], dtype=torch.float32, device=device)
     lp = M.LogProbs(
@@ -359,7 +360,7 @@ def train_iteration(
         else:
             mine = np.array_split(np.asarray(global_idx), world)[rank]
             micro = [m.tolist() for m in np.array_split(mine, train.grad_accum) if len(m)]
-        step_loss = torch.zeros((), device=next(model.parameters()).device)
+        step_loss = None  # summed over the micro-batches (0 + x == x: the same value as starting from a zero tensor)
         step_terms = None  # (len(term_names),) summed over the micro-batches
         stepped = False
         for j, idx in enumerate(micro):
@@ -386,7 +387,8 @@ def train_iteration(
                 if loss.requires_grad:  # False when every example of the micro-batch had a zero gradient
                     backward(loss, sync)
                     stepped = True
-            step_loss += loss.detach() / world
+            part = loss.detach() / world if world > 1 else loss.detach()
+            step_loss = part if step_loss is None else step_loss + part
             # the terms this method defines (SFT none; absent terms are NaN in `methods.Terms`)
             if term_names is None:  # once per iteration: which terms the method defines
                 term_names = [n for n in STEP_TERMS if bool(torch.isfinite(getattr(out, n)).any())]
