@@ -7,7 +7,8 @@ JupyterLab's light and dark themes and in a static HTML report.
 
 Speed: the alpha/beta panel rebuilds its figures on every slider move, so the figures here build
 their layouts as dicts (``make_subplots`` costs ~10 ms a call) and scatter plots show at most
-``MAX_POINTS`` points (a fixed, seeded subset; the statistics in titles use every example).
+``MAX_POINTS`` points (a fixed, seeded subset; the statistics in titles use every example). Inside
+``figure_specs()`` they return those dicts (``FigureSpec``) without building a ``go.Figure`` at all.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ Why not ``go.FigureWidget`` (what the widgets used before, and what the workshop
   ("#24") turned numeric; and a diff that lands while a view is (re)initialising is lost.
 
 Here: ``PlotlyView`` has a tiny ESM (a few KB, far inside the 2 s) and one string trait, the whole
-figure as JSON (plotly's own encoder: numpy arrays travel as base64 typed arrays). Every change is
+figure as JSON (numpy arrays travel as base64 typed arrays, by plotly's encoder or, for the plain figure dicts
+that ``figures.figure_specs()`` yields, by the same rules here without building a ``go.Figure``). Every change is
 drawn with ``Plotly.react(gd, data, layout)`` from the full figure, so nothing depends on which
 diffs arrived. plotly.js itself (the file plotly ships for offline HTML, ``plotly.min.js``) travels
 once per kernel in one ``PlotlyLibrary`` model that every view references, and is evaluated once
