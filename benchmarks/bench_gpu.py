@@ -212,8 +212,8 @@ def main() -> None:
     state = PartialState(cpu=not on_gpu)
     world = state.num_processes
     device = state.device if on_gpu else torch.device("cpu")
-    if on_gpu:
-        torch.cuda.set_device(device)
+    if on_gpu:  # one process: accelerate says "cuda" without an index, which set_device refuses (seen on an H200)
+        torch.cuda.set_device(device.index if device.index is not None else state.local_process_index)
 
     from tspin_kit.config import MethodConfig, TrainConfig
     from tspin_kit.generation import sample_responses

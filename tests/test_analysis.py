@@ -391,11 +391,11 @@ def test_loss_summary_and_top_drivers():
 
 def test_top_drivers_matches_a_full_sort_with_ties_and_nans():
     rng = np.random.default_rng(3)
-    for n, k in ((50, 15), (5, 15), (2000, 15), (40, 40)):
-        drive = rng.choice([0.0, 0.25, 0.5, 1.0, np.nan], size=n)  # many ties and some NaN
+    for n, k in ((50, 15), (5, 15), (2000, 15), (40, 40), (30, 0), (30, 1)):
+        drive = rng.choice([0.0, 0.25, 0.5, 1.0, np.nan, -np.inf, np.inf], size=n)  # many ties, NaN and infinities
         table = pd.DataFrame(
             {
-                "example_id": rng.permutation(n) + 7,
+                "example_id": rng.integers(0, n // 2 + 1, size=n),  # repeated ids too
                 "current_advantage": rng.normal(size=n),
                 "historical_advantage": rng.normal(size=n),
                 "weight_current": rng.random(n),

@@ -367,3 +367,39 @@ def test_sliding_window_models_pack_only_rows_that_fit_the_window():
     assert supports_packing(wide, 9)
     with torch.no_grad():
         torch.testing.assert_close(rows_logps(wide, prompts, responses, 0), naive(wide), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_each_steps_mask_survives_a_second_forward_before_the_backward(impl):
+    """The CPU mask must not be shared between forwards: with gradient checkpointing the backward recomputes each
+    layer's forward with the mask its graph holds (a reused buffer gave silently wrong gradients here)."""
+    import numpy as np
+
+    from tspin_kit.logprobs import PackedExamples, _additive, _allowed
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    n = 6
+    prompts = [list(rng.integers(3, 20, size=rng.integers(2, 6))) for _ in range(n)]
+    roles = [[list(rng.integers(3, 20, size=rng.integers(1, 5))) for _ in range(n)] for _ in range(3)]
+    roles[1][0] = roles[0][0]  # a repeated response shares its positions
+    packed = PackedExamples(prompts, roles, 0)
+    for idx in ([0, 1, 2], [3, 4], [0, 1, 2, 3, 4, 5]):  # the scratch-built mask equals the plain construction
+        t = np.asarray(idx)
+        seg = packed._segments[t, : int(packed._lengths[t].max())]
+        plain = _additive(torch.from_numpy(~_allowed(seg, np.tri(seg.shape[1], dtype=bool))), torch.float32)
+        assert torch.equal(packed._cpu_mask(seg, torch.float32), plain)
+
+    model = toy.build_model(toy.build_tokenizer())
+    model.config._attn_implementation = impl
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+
+    def grads(*batches):
+        model.zero_grad(set_to_none=True)
+        first = [packed.logps(model, b).sum() for b in batches][0]
+        first.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    alone = grads([0, 1, 2])
+    assert torch.equal(grads([0, 1, 2], [3, 4, 5]), alone)  # another step's forward in between changes nothing

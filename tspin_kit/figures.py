@@ -155,7 +155,9 @@ class FigureSpec(dict):
     """A figure as plotly's plain ``{"data": [...], "layout": {...}}`` dict, numpy arrays left in place.
 
     What the figure functions return inside ``figure_specs()``: the widgets send it to the browser as it is
-    (``widgets.plotly_view``) and build a ``go.Figure`` only when someone asks for one (``to_figure``).
+    (``widgets.plotly_view``) and build a ``go.Figure`` only when someone asks for one (``to_figure``). It holds
+    what ``_plain`` leaves: numpy arrays, lists, strings and numbers (pandas objects are converted); a value plotly's
+    validators would convert (a DataFrame, a torch tensor, datetimes) is not, so keep such values out of figures here.
     """
 
     def to_figure(self) -> go.Figure:

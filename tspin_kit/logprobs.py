@@ -25,6 +25,9 @@ from torch.utils.checkpoint import checkpoint
 
 # Logits held at once per chunk (2**23 float32 = 32 MiB): at a 150k vocabulary, 55 response positions.
 CHUNK_ELEMENTS = 2**23
+# On a GPU, 2**26 (256 MiB): with 32 MiB chunks the head of a 1B model's step ran as ~90 small checkpointed pieces;
+# measured on an H200 (bench_gpu.py, batch 32): MFU 29.2% -> 31.6% at the same peak memory (54.1 GiB).
+CHUNK_ELEMENTS_GPU = 2**26
 
 
 @dataclass
@@ -100,7 +103,8 @@ def _token_logps(
     then not saved: (tokens, vocabulary) logits of a process's responses at once.
     """
     m = targets.shape[0]
-    rows = max(m, 1) if one_piece else max(1, (chunk_elements or CHUNK_ELEMENTS) // max(vocab, 1))
+    default = CHUNK_ELEMENTS if inputs.device.type == "cpu" else CHUNK_ELEMENTS_GPU
+    rows = max(m, 1) if one_piece else max(1, (chunk_elements or default) // max(vocab, 1))
     chunks = -(-m // rows)
     if chunks == 0:  # no response token anywhere: an empty result, still on the graph
         logps, entropy = _piece(to_logits, inputs, targets, with_entropy)
@@ -220,10 +224,15 @@ def _model_token_logps(model, rows, pos, targets, *, with_entropy, chunk_element
     if lean is None:
         return _full_logits_logps(logits, rows, pos, targets, with_entropy, chunk_elements)
     hidden, head, vocab = lean
-    # only the response positions' hidden states go through the head: (M, H), gathered once. index_select on the
-    # flattened (N * L, H) view, not hidden[rows, pos]: the same rows, but its backward is an index_add where
-    # advanced indexing's is an accumulating index_put (about 0.25 ms more per toy training step, benchmarks/)
-    flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows * hidden.shape[1] + pos)
+    # only the response positions' hidden states go through the head: (M, H), gathered once. On CPU by index_select
+    # on the flattened (N * L, H) view: the same rows, but its backward is an index_add where advanced indexing's
+    # is an accumulating index_put (about 0.25 ms more per toy training step, benchmarks/). Not on a GPU: there
+    # index_add adds repeated positions (the prompt's last one is read by every role) with atomics, so gradients
+    # would change from run to run (seen on an H200); the accumulating index_put is deterministic.
+    if hidden.device.type == "cpu":
+        flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows * hidden.shape[1] + pos)
+    else:
+        flat = hidden[rows, pos]
     return _token_logps(
         head,
         flat,
@@ -377,7 +386,7 @@ def _allowed(seg, causal):
 
 def _allowed_into(seg: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
     """``_allowed(seg, causal)`` for numpy segments, written into ``out`` (P, L, L) with ``scratch`` of the same
-    shape: no temporary arrays. Returns ``out``."""
+    shape: no (P, L, L) temporaries (only the (L, L) causal matrix and (P, L) segment tests). Returns ``out``."""
     length = seg.shape[1]
     np.equal(seg[:, :, None], seg[:, None, :], out=out)  # same segment
     np.logical_and((seg == 0)[:, None, :], (seg >= 0)[:, :, None], out=scratch)  # a real query, a prompt key
@@ -563,26 +572,24 @@ class PackedExamples:
             x.numpy() for x in (self.input_ids, self.position_ids, self.segments, self.lengths)
         )
         self._src, self._targets, self._mask = src, targets, mask
-        self._scratch = None  # (bool, bool, mask) memory reused by every step's CPU mask (`_cpu_mask`)
+        self._scratch = None  # two boolean arrays reused by every step's CPU mask (`_cpu_mask`)
 
     def _cpu_mask(self, seg: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        """The step's (B, 1, W, W) additive mask, written into memory kept across the iteration's steps.
+        """The step's (B, 1, W, W) additive mask; its boolean work done in two scratch arrays kept for the iteration.
 
-        Why kept: a fresh mask and its boolean temporaries (~1 MB a step for the toy batch of 64) came from newly
-        mapped pages every step, and their page faults were about half of the framework's overhead over a bare loop
-        (benchmarks/bench_train_step.py; counted with getrusage). The mask is written with in-place torch ops, so if
-        the previous step's graph still held it (its backward not run), autograd's version check would raise
-        instead of reading a changed mask.
+        The scratch only saves the step's (B, W, W) numpy temporaries. The mask itself is new every step: the
+        forward's graph keeps it (SDPA's backward reads it, and a checkpointed layer recomputes its forward with it),
+        and a reused buffer would hand a later recompute another step's mask without any error (a reviewer's
+        reproducer with gradient checkpointing).
         """
         b, w = seg.shape
         need = b * w * w
-        if self._scratch is None or self._scratch[0].size < need or self._scratch[2].dtype != dtype:
-            self._scratch = (np.empty(need, bool), np.empty(need, bool), torch.empty(need, dtype=dtype))
-        s1, s2, buf = self._scratch
+        if self._scratch is None or self._scratch[0].size < need:
+            self._scratch = (np.empty(need, bool), np.empty(need, bool))
+        s1, s2 = self._scratch
         allowed = _allowed_into(seg, s1[:need].reshape(b, w, w), s2[:need].reshape(b, w, w))
         blocked = torch.from_numpy(np.logical_not(allowed, out=allowed))
-        mask = buf[:need].view(b, 1, w, w).zero_()
-        return mask.masked_fill_(blocked.unsqueeze(1), torch.finfo(dtype).min)
+        return _additive(blocked, dtype)
 
     def logps(self, model, idx: list[int]) -> torch.Tensor:
         """Summed log-probs (B, K) of the roles of examples ``idx``: one forward over their packed sequences.

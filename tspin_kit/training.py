@@ -406,6 +406,8 @@ def train_iteration(
             opt.step()
             opt.zero_grad(set_to_none=True)
         sched.step()  # the schedule sets the optimiser's lr, which DeepSpeed's engine reads too
+        if step_loss is None:  # this process had no micro-batch in this step: it adds 0 to the reduce
+            step_loss = torch.zeros((), device=next(model.parameters()).device)
         step_total = accelerator.reduce(step_loss, reduction="sum") if world > 1 else step_loss
         result.step_losses.append(float(step_total))
         if term_names:

@@ -256,7 +256,6 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
         alpha = float(self.alpha.value)
         if alpha == self._opponent_alpha:  # it reads alpha and the prompt's candidates only: a beta move skips it
             return
-        self._opponent_alpha = alpha
         self._slots["opponent"].show(
             F.opponent(
                 A.opponent_table(c, alpha),
@@ -265,6 +264,7 @@ class ObjectiveLab(OpensTriplets, FollowsIteration, FigureSlots, W.VBox):
                 A.opponent_alpha(self.records),
             )
         )
+        self._opponent_alpha = alpha  # only once drawn: a failed draw is tried again on the next move
 
 
 def landscape_scales(kind: str) -> np.ndarray:
