@@ -1,6 +1,7 @@
 """benchmarks/bench_gpu.py: its CPU smoke mode (`--quick`: tiny fp32 model) runs and prints a JSON line with
 train and generation tokens/s, MFU null with "no GPU"; the peak table matches the device names it is meant for.
-The GPU measurement itself has not been run in this project (docs/results.md)."""
+The GPU numbers (an H200, once) are in benchmarks/results/gpu.txt. benchmarks/gpu_real_model.py (the real-model path
+end to end, run on that H200) runs here at toy size (`--tiny`) so that it cannot rot."""
 
 from __future__ import annotations
 
@@ -60,3 +61,34 @@ def test_quick_runs_on_cpu():
     assert not res["generate"]["vllm"]["measured"]
     assert "fsdp2.yaml" in res["launch"]["fsdp2"] and "accelerate launch" in res["launch"]["fsdp2"]
     assert "deepspeed_zero3.yaml" in res["launch"]["deepspeed_zero3"]
+
+
+@pytest.mark.slow  # about 10-20 s on 2 cores
+def test_real_model_check_runs_at_toy_size_on_cpu(tmp_path):
+    out = tmp_path / "real.json"
+    p = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "gpu_real_model.py"),
+            "--tiny",
+            "--examples",
+            "16",
+            "--new-tokens",
+            "8",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        timeout=600,
+    )
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    result = json.loads(out.read_text())
+    runs = {r["run"]: r for r in result["runs"]}
+    assert set(runs) == {"lora", "full"} and result["ok"]
+    assert runs["lora"]["weights"] and all(w.endswith("adapter_model.safetensors") for w in runs["lora"]["weights"])
+    assert all(w.endswith("/model.safetensors") for w in runs["full"]["weights"])
+    for r in runs.values():
+        assert r["iterations"] == [0, 1] and r["logps_finite"] and r["device"] == "cpu"
