@@ -384,11 +384,15 @@ def test_each_steps_mask_survives_a_second_forward_before_the_backward(impl):
     roles = [[list(rng.integers(3, 20, size=rng.integers(1, 5))) for _ in range(n)] for _ in range(3)]
     roles[1][0] = roles[0][0]  # a repeated response shares its positions
     packed = PackedExamples(prompts, roles, 0)
-    for idx in ([0, 1, 2], [3, 4], [0, 1, 2, 3, 4, 5]):  # the scratch-built mask equals the plain construction
-        t = np.asarray(idx)
-        seg = packed._segments[t, : int(packed._lengths[t].max())]
-        plain = _additive(torch.from_numpy(~_allowed(seg, np.tri(seg.shape[1], dtype=bool))), torch.float32)
-        assert torch.equal(packed._cpu_mask(seg, torch.float32), plain)
+    for cache in (LP.MASK_CACHE_ELEMENTS, 0):  # every example's mask kept / built per step in the scratch arrays
+        for idx in ([0, 1, 2], [3, 4], [5, 0], [0, 1, 2, 3, 4, 5]):  # both equal the plain construction
+            t = np.asarray(idx)
+            seg = packed._segments[t, : int(packed._lengths[t].max())]
+            plain = _additive(torch.from_numpy(~_allowed(seg, np.tri(seg.shape[1], dtype=bool))), torch.float32)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(LP, "MASK_CACHE_ELEMENTS", cache)
+                got = packed._cpu_mask(t, seg.shape[1], torch.float32)
+            assert torch.equal(got, plain) and got.is_contiguous()
 
     model = toy.build_model(toy.build_tokenizer())
     model.config._attn_implementation = impl
@@ -401,5 +405,8 @@ def test_each_steps_mask_survives_a_second_forward_before_the_backward(impl):
         first.backward()
         return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
-    alone = grads([0, 1, 2])
-    assert torch.equal(grads([0, 1, 2], [3, 4, 5]), alone)  # another step's forward in between changes nothing
+    for cache in (LP.MASK_CACHE_ELEMENTS, 0):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(LP, "MASK_CACHE_ELEMENTS", cache)
+            alone = grads([0, 1, 2])
+            assert torch.equal(grads([0, 1, 2], [3, 4, 5]), alone)  # another step's forward in between: no change

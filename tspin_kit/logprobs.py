@@ -28,6 +28,8 @@ CHUNK_ELEMENTS = 2**23
 # On a GPU, 2**26 (256 MiB): with 32 MiB chunks the head of a 1B model's step ran as ~90 small checkpointed pieces;
 # measured on an H200 (bench_gpu.py, batch 32): MFU 29.2% -> 31.6% at the same peak memory (54.1 GiB).
 CHUNK_ELEMENTS_GPU = 2**26
+# A training iteration whose N x W x W mask entries fit this (16 MiB of float32) keeps every example's mask on CPU.
+MASK_CACHE_ELEMENTS = 2**22
 
 
 @dataclass
@@ -573,15 +575,27 @@ class PackedExamples:
         )
         self._src, self._targets, self._mask = src, targets, mask
         self._scratch = None  # two boolean arrays reused by every step's CPU mask (`_cpu_mask`)
+        self._masks: dict = {}  # dtype -> (N, 1, W, W) additive masks of every example (small iterations only)
 
-    def _cpu_mask(self, seg: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        """The step's (B, 1, W, W) additive mask; its boolean work done in two scratch arrays kept for the iteration.
+    def _cpu_mask(self, t: np.ndarray, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """The step's (B, 1, W, W) additive mask for examples ``t``, a new tensor every step.
 
-        The scratch only saves the step's (B, W, W) numpy temporaries. The mask itself is new every step: the
-        forward's graph keeps it (SDPA's backward reads it, and a checkpointed layer recomputes its forward with it),
-        and a reused buffer would hand a later recompute another step's mask without any error (a reviewer's
-        reproducer with gradient checkpointing).
+        Small iterations (N x W x W <= ``MASK_CACHE_ELEMENTS``, e.g. the toy world's) build every example's mask once
+        and a step takes its rows with one copy: building it from the segments took about 1% of a toy training step
+        (benchmarks/bench_train_step.py). Larger ones build it per step, with the (B, W, W) boolean work done in two
+        scratch arrays kept for the iteration. The mask itself is never reused: the forward's graph keeps it (SDPA's
+        backward reads it, a checkpointed layer recomputes its forward with it), and a reused buffer would hand a
+        later recompute another step's mask without any error (a reviewer's reproducer with gradient checkpointing).
         """
+        n, full_width = self._segments.shape
+        if n * full_width * full_width <= MASK_CACHE_ELEMENTS:
+            masks = self._masks.get(dtype)
+            if masks is None:  # every example's mask at the iteration's width; a step's is its top-left corner
+                masks = self._masks[dtype] = _additive(
+                    torch.from_numpy(~_allowed(self._segments, np.tri(full_width, dtype=bool))), dtype
+                ).numpy()
+            return torch.from_numpy(masks[t, :, :width, :width])  # fancy indexing: a fresh copy
+        seg = self._segments[t, :width]
         b, w = seg.shape
         need = b * w * w
         if self._scratch is None or self._scratch[0].size < need:
@@ -601,12 +615,11 @@ class PackedExamples:
         device = param.device
         t = np.asarray(idx)
         width = int(self._lengths[t].max())
-        seg = self._segments[t, :width]
         dtype = param.dtype if param.is_floating_point() else torch.float32
         if device.type == "cpu":
-            mask4d = self._cpu_mask(seg, dtype)
+            mask4d = self._cpu_mask(t, width, dtype)
         else:  # on an accelerator the (B, W, W) mask is built there, from the (B, W) segments
-            seg = torch.from_numpy(seg).to(device)
+            seg = torch.from_numpy(self._segments[t, :width]).to(device)
             mask4d = _additive(~_allowed(seg, torch.ones(width, width, dtype=torch.bool, device=device).tril()), dtype)
         mask = self._mask[t]  # (B, K, T)
         b, k, pos = np.nonzero(mask)  # row-major, the order of torch's mask indexing
