@@ -385,14 +385,19 @@ def test_each_steps_mask_survives_a_second_forward_before_the_backward(impl):
     roles[1][0] = roles[0][0]  # a repeated response shares its positions
     packed = PackedExamples(prompts, roles, 0)
     for cache in (LP.MASK_CACHE_ELEMENTS, 0):  # every example's mask kept / built per step in the scratch arrays
-        for idx in ([0, 1, 2], [3, 4], [5, 0], [0, 1, 2, 3, 4, 5]):  # both equal the plain construction
-            t = np.asarray(idx)
-            seg = packed._segments[t, : int(packed._lengths[t].max())]
-            plain = _additive(torch.from_numpy(~_allowed(seg, np.tri(seg.shape[1], dtype=bool))), torch.float32)
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(LP, "MASK_CACHE_ELEMENTS", cache)
-                got = packed._cpu_mask(t, seg.shape[1], torch.float32)
-            assert torch.equal(got, plain) and got.is_contiguous()
+        for dtype in (
+            torch.float32,
+            torch.bfloat16,
+            torch.float64,
+        ):  # (bf16: numpy has none, the cache must not need it)
+            for idx in ([0, 1, 2], [3, 4], [5, 0], [0, 1, 2, 3, 4, 5]):  # both equal the plain construction
+                t = np.asarray(idx)
+                seg = packed._segments[t, : int(packed._lengths[t].max())]
+                plain = _additive(torch.from_numpy(~_allowed(seg, np.tri(seg.shape[1], dtype=bool))), dtype)
+                with pytest.MonkeyPatch.context() as mp:
+                    mp.setattr(LP, "MASK_CACHE_ELEMENTS", cache)
+                    got = packed._cpu_mask(t, seg.shape[1], dtype)
+                assert torch.equal(got, plain) and got.is_contiguous() and got.dtype == dtype
 
     model = toy.build_model(toy.build_tokenizer())
     model.config._attn_implementation = impl

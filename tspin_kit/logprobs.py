@@ -593,8 +593,8 @@ class PackedExamples:
             if masks is None:  # every example's mask at the iteration's width; a step's is its top-left corner
                 masks = self._masks[dtype] = _additive(
                     torch.from_numpy(~_allowed(self._segments, np.tri(full_width, dtype=bool))), dtype
-                ).numpy()
-            return torch.from_numpy(masks[t, :, :width, :width])  # fancy indexing: a fresh copy
+                )  # a torch tensor, not numpy: numpy has no bfloat16
+            return masks[torch.from_numpy(t), :, :width, :width]  # advanced indexing: a fresh, contiguous copy
         seg = self._segments[t, :width]
         b, w = seg.shape
         need = b * w * w
