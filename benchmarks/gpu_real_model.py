@@ -55,7 +55,8 @@ def build_inputs(work: Path, n: int, tiny: bool = False):
         pad_token_id=tok.pad_token_id,
     )
     model_dir = work / "random-llama"
-    LlamaForCausalLM(cfg).save_pretrained(model_dir)
+    model = LlamaForCausalLM(cfg)
+    model.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     topics = ["bees", "rain", "tea", "maps", "owls", "salt", "kites", "moss"]
     rows = []
@@ -72,7 +73,7 @@ def build_inputs(work: Path, n: int, tiny: bool = False):
         )
     data = work / "ultrachat_like.parquet"
     pq.write_table(pa.Table.from_pylist(rows), data)
-    return model_dir, data, sum(p.numel() for p in LlamaForCausalLM(cfg).parameters())
+    return model_dir, data, sum(p.numel() for p in model.parameters())
 
 
 def run_one(name: str, lora_r: int, model_dir: Path, data: Path, work: Path, args) -> dict:

@@ -386,16 +386,6 @@ def _allowed(seg, causal):
     return causal & (same | prompt_key)
 
 
-def _allowed_into(seg: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """``_allowed(seg, causal)`` for numpy segments, written into ``out`` (P, L, L) with ``scratch`` of the same
-    shape: no (P, L, L) temporaries (only the (L, L) causal matrix and (P, L) segment tests). Returns ``out``."""
-    length = seg.shape[1]
-    np.equal(seg[:, :, None], seg[:, None, :], out=out)  # same segment
-    np.logical_and((seg == 0)[:, None, :], (seg >= 0)[:, :, None], out=scratch)  # a real query, a prompt key
-    np.logical_or(out, scratch, out=out)
-    return np.logical_and(out, np.tri(length, dtype=bool), out=out)
-
-
 def _additive(blocked: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """(P, 1, L, L) additive mask: the dtype's minimum where ``blocked``, 0 elsewhere."""
     out = torch.zeros(blocked.shape, dtype=dtype, device=blocked.device)
@@ -574,7 +564,6 @@ class PackedExamples:
             x.numpy() for x in (self.input_ids, self.position_ids, self.segments, self.lengths)
         )
         self._src, self._targets, self._mask = src, targets, mask
-        self._scratch = None  # two boolean arrays reused by every step's CPU mask (`_cpu_mask`)
         self._masks: dict = {}  # dtype -> (N, 1, W, W) additive masks of every example (small iterations only)
 
     def _cpu_mask(self, t: np.ndarray, width: int, dtype: torch.dtype) -> torch.Tensor:
@@ -582,10 +571,10 @@ class PackedExamples:
 
         Small iterations (N x W x W <= ``MASK_CACHE_ELEMENTS``, e.g. the toy world's) build every example's mask once
         and a step takes its rows with one copy: building it from the segments took about 1% of a toy training step
-        (benchmarks/bench_train_step.py). Larger ones build it per step, with the (B, W, W) boolean work done in two
-        scratch arrays kept for the iteration. The mask itself is never reused: the forward's graph keeps it (SDPA's
-        backward reads it, a checkpointed layer recomputes its forward with it), and a reused buffer would hand a
-        later recompute another step's mask without any error (a reviewer's reproducer with gradient checkpointing).
+        (benchmarks/bench_train_step.py). Larger ones build it per step. The mask itself is never reused: the
+        forward's graph keeps it (SDPA's backward reads it, a checkpointed layer recomputes its forward with it), and
+        a reused buffer would hand a later recompute another step's mask without any error (a reviewer's reproducer
+        with gradient checkpointing).
         """
         n, full_width = self._segments.shape
         if n * full_width * full_width <= MASK_CACHE_ELEMENTS:
@@ -596,14 +585,7 @@ class PackedExamples:
                 )  # a torch tensor, not numpy: numpy has no bfloat16
             return masks[torch.from_numpy(t), :, :width, :width]  # advanced indexing: a fresh, contiguous copy
         seg = self._segments[t, :width]
-        b, w = seg.shape
-        need = b * w * w
-        if self._scratch is None or self._scratch[0].size < need:
-            self._scratch = (np.empty(need, bool), np.empty(need, bool))
-        s1, s2 = self._scratch
-        allowed = _allowed_into(seg, s1[:need].reshape(b, w, w), s2[:need].reshape(b, w, w))
-        blocked = torch.from_numpy(np.logical_not(allowed, out=allowed))
-        return _additive(blocked, dtype)
+        return _additive(torch.from_numpy(~_allowed(seg, np.tri(width, dtype=bool))), dtype)
 
     def logps(self, model, idx: list[int]) -> torch.Tensor:
         """Summed log-probs (B, K) of the roles of examples ``idx``: one forward over their packed sequences.

@@ -387,7 +387,7 @@ def train_iteration(
                 if loss.requires_grad:  # False when every example of the micro-batch had a zero gradient
                     backward(loss, sync)
                     stepped = True
-            part = loss.detach() / world if world > 1 else loss.detach()
+            part = loss.detach() / world
             step_loss = part if step_loss is None else step_loss + part
             # the terms this method defines (SFT none; absent terms are NaN in `methods.Terms`)
             if term_names is None:  # once per iteration: which terms the method defines
