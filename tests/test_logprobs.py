@@ -415,3 +415,32 @@ def test_each_steps_mask_survives_a_second_forward_before_the_backward(impl):
             mp.setattr(LP, "MASK_CACHE_ELEMENTS", cache)
             alone = grads([0, 1, 2])
             assert torch.equal(grads([0, 1, 2], [3, 4, 5]), alone)  # another step's forward in between: no change
+
+
+def test_packed_examples_equal_the_example_by_example_construction():
+    """The vectorised PackedExamples lays out every field as the plain per-example loop does (tests/helpers): repeated
+    responses (y' == y, y0 == y, y0 == y'), empty responses and prompts, one role, one example."""
+    import numpy as np
+    from helpers.packing_reference import reference_pack
+
+    from tspin_kit.logprobs import PackedExamples
+
+    rng = np.random.default_rng(7)
+    cases = []
+    for n, k in [(1, 1), (1, 3), (5, 2), (40, 3)]:
+        prompts = [list(map(int, rng.integers(3, 30, size=rng.integers(0, 7)))) for _ in range(n)]
+        roles = [[list(map(int, rng.integers(3, 30, size=rng.integers(0, 6)))) for _ in range(n)] for _ in range(k)]
+        for i in range(n):  # repeats of every kind
+            if k > 1 and rng.random() < 0.4:
+                roles[1][i] = list(roles[0][i])
+            if k > 2 and rng.random() < 0.3:
+                roles[2][i] = list(roles[int(rng.integers(0, 2))][i])
+        cases.append((prompts, roles))
+    cases.append(([[1, 2, 3], [4]], [[[5, 6], [7]], [[5, 6], [8, 9]], [[5, 6], [7]]]))  # all three equal, y0 == y
+    for prompts, roles in cases:
+        got = PackedExamples(prompts, roles, 0)
+        want = reference_pack(prompts, roles, 0)
+        for name, value in want.items():
+            mine = getattr(got, name).numpy()
+            assert mine.shape == value.shape and mine.dtype == value.dtype, name
+            assert np.array_equal(mine, value), name

@@ -73,11 +73,12 @@ def _full_logits_logps(logits, rows, pos, targets, with_entropy, chunk_elements)
 def _piece(to_logits, inputs, targets, with_entropy: bool):
     """log-softmax at ``targets`` for one chunk; the chunk's logits are the only (m, V) tensors alive."""
     logits = to_logits(inputs)  # (m, V) in the model's dtype
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # upcast a chunk, never float64 down
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()  # upcast a chunk (bf16/fp16), never float64 down
     lse = torch.logsumexp(logits, dim=-1)  # (m,)
     logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # (m,)
     if not with_entropy:
-        return logps, logps.new_zeros(0)
+        return logps, None
     with torch.no_grad():
         entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # H = logsumexp - E_p[logit]
     return logps, entropy
@@ -108,10 +109,9 @@ def _token_logps(
     default = CHUNK_ELEMENTS if inputs.device.type == "cpu" else CHUNK_ELEMENTS_GPU
     rows = max(m, 1) if one_piece else max(1, (chunk_elements or default) // max(vocab, 1))
     chunks = -(-m // rows)
-    if chunks == 0:  # no response token anywhere: an empty result, still on the graph
-        logps, entropy = _piece(to_logits, inputs, targets, with_entropy)
-        return logps, (entropy if with_entropy else None)
-    recompute = torch.is_grad_enabled() and chunks > 1
+    if chunks <= 1:  # one chunk (no slicing, no concatenation), or no response token (an empty result on the graph)
+        return _piece(to_logits, inputs, targets, with_entropy)
+    recompute = torch.is_grad_enabled()
     logps, entropy = [], []
     for s in range(0, chunks * rows, rows):
         x, t = inputs[s : s + rows], targets[s : s + rows]
@@ -220,8 +220,9 @@ class _AlsoBackward(torch.autograd.Function):
         return grad, grad.new_zeros(shape, dtype=dtype)
 
 
-def _model_token_logps(model, rows, pos, targets, *, with_entropy, chunk_elements=None, **inputs):
-    """Per-token log-probs (M,) of ``targets`` predicted at (rows, pos) of ``model(**inputs)``, lean when possible."""
+def _model_token_logps(model, rows, pos, targets, *, with_entropy, chunk_elements=None, flat=None, **inputs):
+    """Per-token log-probs (M,) of ``targets`` predicted at (rows, pos) of ``model(**inputs)``, lean when possible.
+    ``flat``: ``rows * L + pos`` (L the inputs' length) where the caller has it already."""
     lean, logits = final_hidden(model, **inputs)
     if lean is None:
         return _full_logits_logps(logits, rows, pos, targets, with_entropy, chunk_elements)
@@ -232,12 +233,13 @@ def _model_token_logps(model, rows, pos, targets, *, with_entropy, chunk_element
     # index_add adds repeated positions (the prompt's last one is read by every role) with atomics, so gradients
     # would change from run to run (seen on an H200); the accumulating index_put is deterministic.
     if hidden.device.type == "cpu":
-        flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows * hidden.shape[1] + pos)
+        index = flat if flat is not None else rows * hidden.shape[1] + pos
+        states = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
     else:
-        flat = hidden[rows, pos]
+        states = hidden[rows, pos]
     return _token_logps(
         head,
-        flat,
+        states,
         targets,
         vocab,
         with_entropy=with_entropy,
@@ -520,44 +522,69 @@ class PackedExamples:
     """
 
     def __init__(self, prompts: list[list[int]], roles: list[list[list[int]]], pad_id: int):
+        # Python walks the examples once to find each one's distinct responses (its branches) and to lay its tokens
+        # end to end; every per-token and per-role array is then built by numpy in one pass. (Built per training
+        # iteration: the per-example numpy writes it replaced were ~1 ms of a 64-example toy iteration.)
         n, k = len(prompts), len(roles)
-        longest = max((len(r[i]) for r in roles for i in range(n)), default=1) or 1
-        lengths, ids, pos, seg = [], [], [], []
-        src = np.zeros((n, k, longest), dtype=np.int64)
-        targets = np.full((n, k, longest), pad_id, dtype=np.int64)
-        mask = np.zeros((n, k, longest), dtype=bool)
+        flat: list[int] = []  # every example's tokens, example after example: prompt, then its branches
+        seg_lens: list[int] = []  # segment lengths in the same order: each example's prompt, then its branches
+        seg_count = np.zeros(n, dtype=np.int64)  # segments per example (1 + its branches)
+        branch = np.zeros((n, k), dtype=np.int64)  # the segment (1 = first branch) role k of example i reads
         for i, p in enumerate(prompts):
-            m0 = len(p)
-            row_ids, row_pos, row_seg = list(p), list(range(m0)), [0] * m0
-            start_of: dict = {}
+            flat += p
+            seg_lens.append(len(p))
+            seen: list = []
             for role, rows in enumerate(roles):
-                r = tuple(rows[i])
-                if r not in start_of:
-                    start_of[r] = len(row_ids)
-                    row_ids += r
-                    row_pos += range(m0, m0 + len(r))
-                    row_seg += [len(start_of)] * len(r)
-                start, m = start_of[r], len(r)
-                if m:
-                    # the next-token shift: token t is predicted at the previous position, the prompt's last for t = 0
-                    src[i, role, :m] = [max(m0 - 1, 0), *range(start, start + m - 1)]
-                    targets[i, role, :m] = r
-                    mask[i, role, :m] = True
-                    mask[i, role, 0] = m0 > 0
-            lengths.append(len(row_ids))
-            ids.append(row_ids)
-            pos.append(row_pos)
-            seg.append(row_seg)
-        width = max(lengths, default=1)
-        pad = lambda rows, value: np.array([r + [value] * (width - len(r)) for r in rows], dtype=np.int64)  # noqa: E731
-        self.input_ids = torch.from_numpy(pad(ids, pad_id))  # (N, W)
-        self.position_ids = torch.from_numpy(pad(pos, 0))  # (N, W)
-        self.segments = torch.from_numpy(pad(seg, -1))  # (N, W) 0 prompt, j branch, -1 padding
-        self.lengths = torch.tensor(lengths)  # (N,)
+                r = rows[i]
+                for j, other in enumerate(seen):
+                    if other == r:  # a repeated response reads the branch of its first occurrence
+                        branch[i, role] = j + 1
+                        break
+                else:
+                    seen.append(r)
+                    flat += r
+                    seg_lens.append(len(r))
+                    branch[i, role] = len(seen)
+            seg_count[i] = 1 + len(seen)
+        lens = np.asarray(seg_lens, dtype=np.int64)
+        seg_ex = np.repeat(np.arange(n), seg_count)  # example of each segment
+        seg_first = np.cumsum(seg_count) - seg_count  # index of each example's prompt segment
+        seg_index = np.arange(len(lens)) - seg_first[seg_ex]  # 0 for a prompt, j for branch j
+        lengths = np.bincount(seg_ex, weights=lens, minlength=n).astype(np.int64)  # tokens per example
+        width = max(int(lengths.max(initial=0)), 1)
+        seg_start = np.cumsum(lens) - lens  # each segment's first token in ``flat``
+        ex_start = seg_start[seg_first] if n else seg_start[:0]  # each example's first token in ``flat``
+        col_of_seg = seg_start - ex_start[seg_ex]  # each segment's first column in its example's row
+        tok_seg = np.repeat(np.arange(len(lens)), lens)  # segment of each token of ``flat``
+        tok_ex = seg_ex[tok_seg]
+        tok_col = np.arange(len(flat)) - ex_start[tok_ex]
+        m0 = lens[seg_first] if n else lens[:0]  # prompt lengths
+        ids = np.full((n, width), pad_id, dtype=np.int64)
+        ids[tok_ex, tok_col] = flat
+        pos = np.zeros((n, width), dtype=np.int64)  # a branch's positions continue after the prompt
+        pos[tok_ex, tok_col] = tok_col - col_of_seg[tok_seg] + np.where(seg_index[tok_seg] > 0, m0[tok_ex], 0)
+        seg = np.full((n, width), -1, dtype=np.int64)
+        seg[tok_ex, tok_col] = seg_index[tok_seg]
+        # per role: its branch's first column and length; token t is predicted at the position before it (the
+        # prompt's last for t = 0)
+        role_seg = seg_first[:, None] + branch  # (n, k) the segment each role reads
+        start, m = col_of_seg[role_seg], lens[role_seg]  # (n, k)
+        longest = max(int(m.max(initial=0)), 1)
+        t = np.arange(longest)
+        mask = t < m[:, :, None]  # (n, k, T)
+        src = np.where(t == 0, np.maximum(m0 - 1, 0)[:, None, None], start[:, :, None] + t - 1)
+        src = np.where(mask, src, 0)
+        cols = np.where(mask, start[:, :, None] + t, 0)
+        targets = np.where(mask, np.take_along_axis(ids, cols.reshape(n, -1), axis=1).reshape(mask.shape), pad_id)
+        mask[:, :, 0] &= (m0 > 0)[:, None]
+        self.input_ids = torch.from_numpy(ids)  # (N, W)
+        self.position_ids = torch.from_numpy(pos)  # (N, W)
+        self.segments = torch.from_numpy(seg)  # (N, W) 0 prompt, j branch, -1 padding
+        self.lengths = torch.from_numpy(lengths)  # (N,)
         self.src = torch.from_numpy(src)  # (N, K, T) position of the logits that predict token t of role k
         self.targets = torch.from_numpy(targets)  # (N, K, T)
         self.mask = torch.from_numpy(mask)  # (N, K, T)
-        self.token_counts = torch.tensor([[len(r[i]) for r in roles] for i in range(n)], dtype=torch.float32)  # (N, K)
+        self.token_counts = torch.from_numpy(m.astype(np.float32))  # (N, K)
         self.num_roles = k
         # numpy views of the same memory, for the per-step cutting in `logps`
         self._input_ids, self._position_ids, self._segments, self._lengths = (
@@ -565,6 +592,21 @@ class PackedExamples:
         )
         self._src, self._targets, self._mask = src, targets, mask
         self._masks: dict = {}  # dtype -> (N, 1, W, W) additive masks of every example (small iterations only)
+
+    def keep_masks(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """Every example's (N, 1, W, W) additive CPU mask in ``dtype``, built on the first call, or None where the
+        iteration is too large to keep them (N x W x W > ``MASK_CACHE_ELEMENTS``). Never written after it is built.
+        `train_iteration` calls it before its first step: built inside the first step it cost ~4x more (toy iteration:
+        ~470 us there, 109 us before it; cold caches)."""
+        n, full_width = self._segments.shape
+        if n * full_width * full_width > MASK_CACHE_ELEMENTS:
+            return None
+        masks = self._masks.get(dtype)
+        if masks is None:  # every example's mask at the iteration's width; a step's is its top-left corner
+            masks = self._masks[dtype] = _additive(
+                torch.from_numpy(~_allowed(self._segments, np.tri(full_width, dtype=bool))), dtype
+            )  # a torch tensor, not numpy: numpy has no bfloat16
+        return masks
 
     def _cpu_mask(self, t: np.ndarray, width: int, dtype: torch.dtype) -> torch.Tensor:
         """The step's (B, 1, W, W) additive mask for examples ``t``, a new tensor every step.
@@ -577,46 +619,100 @@ class PackedExamples:
         with gradient checkpointing).
         """
         n, full_width = self._segments.shape
-        if n * full_width * full_width <= MASK_CACHE_ELEMENTS:
-            masks = self._masks.get(dtype)
-            if masks is None:  # every example's mask at the iteration's width; a step's is its top-left corner
-                masks = self._masks[dtype] = _additive(
-                    torch.from_numpy(~_allowed(self._segments, np.tri(full_width, dtype=bool))), dtype
-                )  # a torch tensor, not numpy: numpy has no bfloat16
-            return masks[torch.from_numpy(t), :, :width, :width]  # advanced indexing: a fresh, contiguous copy
+        masks = self.keep_masks(dtype)
+        if masks is not None:
+            rows = torch.from_numpy(t)
+            if width == full_width:  # index_select copies whole rows (~4x faster than advanced indexing here)
+                return masks.index_select(0, rows)
+            return masks[rows, :, :width, :width]  # advanced indexing: a fresh, contiguous copy
         seg = self._segments[t, :width]
         return _additive(torch.from_numpy(~_allowed(seg, np.tri(width, dtype=bool))), dtype)
 
-    def logps(self, model, idx: list[int]) -> torch.Tensor:
+    def cut(self, idx: list[int], device: torch.device) -> StepCut:
+        """The index tensors of a step over examples ``idx``, cut from the iteration's arrays (numpy views).
+
+        A training loop may cut several steps ahead in one tight loop (`train_iteration` does): the same work
+        cost ~5x more between a step's backward and the next forward (cold caches; 243 vs 51 us for a toy step,
+        benchmarks/bench_step_parts.py). The step's mask is not part of it (made per step, see `_cpu_mask`).
+        """
+        t = np.asarray(idx)
+        width = int(self._lengths[t].max())
+        b, k, pos = np.nonzero(self._mask[t])  # (B, K, T) row-major: each example's roles' tokens in order
+        src = self._src[t[b], k, pos]
+        flat = torch.from_numpy(b * width + src) if device.type == "cpu" else None  # (row, position) in (B * W,)
+        rows, src, targets = (torch.from_numpy(a).to(device) for a in (b, src, self._targets[t[b], k, pos]))
+        return StepCut(
+            idx=list(idx),
+            t=t,
+            width=width,
+            rows=rows,
+            src=src,
+            targets=targets,
+            flat=flat,
+            input_ids=torch.from_numpy(self._input_ids[t, :width]).to(device),
+            position_ids=torch.from_numpy(self._position_ids[t, :width]).to(device),
+            token_mask=torch.from_numpy(self._mask[t]).to(device),
+        )
+
+    def logps(
+        self,
+        model,
+        idx: list[int],
+        *,
+        placement: tuple[torch.device, torch.dtype] | None = None,
+        cut: StepCut | None = None,
+    ) -> torch.Tensor:
         """Summed log-probs (B, K) of the roles of examples ``idx``: one forward over their packed sequences.
 
         The step's indices (and, on CPU, the mask) are cut from the iteration's arrays in numpy (views of the same
         memory): a few dozen small torch ops per step were a measurable share of a small model's step (benchmarks/).
+        ``placement``: the model's (device, floating dtype), when the caller already knows them (`model_placement`);
+        ``cut``: this step's `cut` of ``idx``, made ahead by the caller.
         """
-        param = next(model.parameters())
-        device = param.device
-        t = np.asarray(idx)
-        width = int(self._lengths[t].max())
-        dtype = param.dtype if param.is_floating_point() else torch.float32
+        device, dtype = placement or model_placement(model)
+        if cut is None or cut.idx != idx:
+            cut = self.cut(idx, device)
         if device.type == "cpu":
-            mask4d = self._cpu_mask(t, width, dtype)
+            mask4d = self._cpu_mask(cut.t, cut.width, dtype)
         else:  # on an accelerator the (B, W, W) mask is built there, from the (B, W) segments
-            seg = torch.from_numpy(self._segments[t, :width]).to(device)
-            mask4d = _additive(~_allowed(seg, torch.ones(width, width, dtype=torch.bool, device=device).tril()), dtype)
-        mask = self._mask[t]  # (B, K, T)
-        b, k, pos = np.nonzero(mask)  # row-major, the order of torch's mask indexing
-        rows, src, targets = (
-            torch.from_numpy(a).to(device) for a in (b, self._src[t[b], k, pos], self._targets[t[b], k, pos])
-        )
+            seg = torch.from_numpy(self._segments[cut.t, : cut.width]).to(device)
+            ones = torch.ones(cut.width, cut.width, dtype=torch.bool, device=device)
+            mask4d = _additive(~_allowed(seg, ones.tril()), dtype)
         logps, _ = _model_token_logps(
             model,
-            rows,
-            src,
-            targets,
+            cut.rows,
+            cut.src,
+            cut.targets,
             with_entropy=False,
-            input_ids=torch.from_numpy(self._input_ids[t, :width]).to(device),
+            flat=cut.flat,
+            input_ids=cut.input_ids,
             attention_mask=mask4d,
-            position_ids=torch.from_numpy(self._position_ids[t, :width]).to(device),
+            position_ids=cut.position_ids,
         )
-        mask = torch.from_numpy(mask).to(device)
-        return logps.new_zeros(mask.shape).masked_scatter(mask, logps).sum(-1)  # (B, K)
+        # a dense (B, K, T) scatter and a sum: an index_add into (B, K) was ~25 us a step faster on CPU but adds in
+        # another order (log-probs moved by float32 rounding, 2e-6, past the golden records' tolerance), and on a
+        # GPU adds with atomics (the rounding changes run to run)
+        return logps.new_zeros(cut.token_mask.shape).masked_scatter(cut.token_mask, logps).sum(-1)  # (B, K)
+
+
+@dataclass
+class StepCut:
+    """A training step's index tensors over examples ``idx`` of a `PackedExamples` (`PackedExamples.cut`)."""
+
+    idx: list[int]
+    t: np.ndarray  # idx as an array
+    width: int  # the step's packed width: its longest example
+    rows: torch.Tensor  # (M,) the example (row of the step) of each response token
+    src: torch.Tensor  # (M,) the position whose logits predict it
+    targets: torch.Tensor  # (M,) the token
+    flat: torch.Tensor | None  # (M,) rows * width + src, on CPU (the lean head's index_select)
+    input_ids: torch.Tensor  # (B, width)
+    position_ids: torch.Tensor  # (B, width)
+    token_mask: torch.Tensor  # (B, K, T) True on each role's tokens
+
+
+def model_placement(model) -> tuple[torch.device, torch.dtype]:
+    """The device of ``model``'s parameters and the floating dtype its inputs' masks take (float32 for a model
+    without floating parameters)."""
+    param = next(model.parameters())
+    return param.device, (param.dtype if param.is_floating_point() else torch.float32)
