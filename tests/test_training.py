@@ -200,3 +200,41 @@ def test_tiny_trailing_batch_is_folded_into_the_previous_one(pi0, triplets):
     )
     assert res.steps == 2 and len(res.step_losses) == 2
     assert calls == [(1, 2), (2, 2)]
+
+
+def test_each_step_is_cut_once_ahead_and_a_stale_cut_is_not_used(pi0, triplets, monkeypatch):
+    """`train_iteration` cuts every step's index tensors once, CUT_AHEAD steps at a time, in the steps' order, and
+    the step's forward uses its own cut (a forward handed a cut of other examples cuts its own: counted here)."""
+    from tspin_kit import logprobs as LP
+    from tspin_kit import training as T
+
+    calls, events = [], []
+    real_cut = LP.PackedExamples.cut
+
+    def counting_cut(self, idx, device):
+        calls.append(list(idx))
+        events.append("cut")
+        return real_cut(self, idx, device)
+
+    monkeypatch.setattr(LP.PackedExamples, "cut", counting_cut)
+    monkeypatch.setattr(T, "CUT_AHEAD", 3)
+    batches = []
+    real_compute = T.compute_loss
+    monkeypatch.setattr(
+        T,
+        "compute_loss",
+        lambda model, ex, idx, *a, **kw: (
+            batches.append(list(idx)) or events.append("step") or real_compute(model, ex, idx, *a, **kw)
+        ),
+    )
+    res = train(copy.deepcopy(pi0[0]), triplets, "tspin", epochs=2, batch_size=5)  # 4 batches an epoch: 8 steps
+    assert res.steps == 8 and calls == batches  # one cut per step, in order, none made again inside a forward
+    assert events == ["cut"] * 3 + ["step"] * 3 + ["cut"] * 3 + ["step"] * 3 + ["cut"] * 2 + ["step"] * 2  # ahead
+
+    # a cut of other examples is not used: the forward cuts its own, and the log-probs are those of `idx`
+    packed = T.training_pack(pi0[0], triplets, MethodConfig(name="tspin"))
+    device, dtype = LP.model_placement(pi0[0])
+    with torch.no_grad():
+        want = packed.logps(pi0[0], [0, 1, 2], placement=(device, dtype))
+        got = packed.logps(pi0[0], [0, 1, 2], placement=(device, dtype), cut=packed.cut([3, 4, 5], device))
+    torch.testing.assert_close(got, want, atol=0, rtol=0)

@@ -38,7 +38,7 @@ import torch
 
 from . import methods as M
 from .config import MethodConfig, TrainConfig
-from .logprobs import PackedExamples, longest_row, rows_logps, supports_packing
+from .logprobs import PackedExamples, StepCut, longest_row, model_placement, rows_logps, supports_packing
 from .progress import bar as progress_bar
 from .templates import encode_prompt, encode_response
 
@@ -105,6 +105,8 @@ class TrainResult:
     tokens: int = 0
 
 
+# Steps whose index tensors `train_iteration` cuts at a time (`PackedExamples.cut`); their masks are made per step.
+CUT_AHEAD = 16
 STEP_TERMS = ("current_term", "historical_term", "current_weight", "historical_weight")
 
 
@@ -147,6 +149,8 @@ def compute_loss(
     skip: list[bool] | None = None,
     iteration: int = 0,
     knobs: dict[str, float] | None = None,
+    placement: tuple[torch.device, torch.dtype] | None = None,
+    cut: StepCut | None = None,
 ) -> M.Terms:
     """The method's `methods.Terms` on examples `idx`, from one forward over the rows that can move it.
 
@@ -157,11 +161,14 @@ def compute_loss(
     the loss equals the full computation's), and they still count in the batch mean. ``keep_one`` forwards
     at least one example (under DDP every process must take part in every backward). ``packed``: the
     iteration's examples packed once (`training_pack`), so a step only indexes tensors; ``skip``: the
-    zero-gradient rule evaluated once per iteration for every example (`skipped_examples`).
+    zero-gradient rule evaluated once per iteration for every example (`skipped_examples`); ``placement``: the
+    model's (device, dtype) (`logprobs.model_placement`), found once per iteration by the caller; ``cut``: the
+    step's index tensors (`PackedExamples.cut`) of its forwarded examples, made ahead by the caller.
     When nothing is forwarded the loss is a constant: ``.losses`` then has no graph.
     """
     # (a training step calls this once per micro-batch: every line here was measured in-step, benchmarks/)
-    device = next(model.parameters()).device
+    placement = placement or model_placement(model)
+    device = placement[0]
     spec = method.spec
     if skip is None:
         skip = skipped_examples(ex, method, beta)
@@ -172,7 +179,7 @@ def compute_loss(
     if n:
         kept = [idx[k] for k in live]
         if packed is not None:
-            per_role = packed.logps(model, kept).unbind(-1)  # (n,) each: y, y'(, y0)
+            per_role = packed.logps(model, kept, placement=placement, cut=cut).unbind(-1)  # (n,): y, y'(, y0)
         else:
             config = getattr(model, "module", model).config  # DDP wraps the model; its config sits on .module
             pad = config.pad_token_id if config.pad_token_id is not None else 0
@@ -291,7 +298,8 @@ def train_iteration(
     # reads it, the main process writes it; FSDP2 / DeepSpeed: loaded after prepare(), every process its shard.
     writes_checkpoints = local or state.is_main_process
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    # the checkpoint's parameter names (only read when this phase checkpoints)
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad] if ckpt_dir is not None else []
     fingerprint = {"iteration": iteration, "seed": seed, "steps": total, "examples": n, "method": method.name, "lr": lr}
     # One process needs no wrapping (the model is already on its device): skipping prepare() also skips
     # free_memory()'s gc.collect() at the end, a fixed cost that showed up as overhead in benchmarks/.
@@ -351,12 +359,25 @@ def train_iteration(
         if writes_checkpoints:
             logger.info("resuming %s from step %d of %d (checkpoint %s)", label, start, total, resumed["path"])
     knobs = {**method.knobs_at(iteration), "beta": beta, "lam": lam}  # the loss's knob values, fixed for the iteration
+    placement = model_placement(ddp_model)  # device and dtype, fixed for the iteration
+    # One process, no accumulation (every step one micro-batch): the steps' index tensors are cut CUT_AHEAD steps at a
+    # time, in one tight loop, where they cost ~5x less than cut between a backward and the next forward.
+    cut_ahead = packed is not None and world == 1 and train.grad_accum == 1
+    if packed is not None and placement[0].type == "cpu":
+        packed.keep_masks(placement[1])  # small iterations: every example's mask, before the first step
+    cuts: dict[int, StepCut] = {}
     term_names: list[str] | None = None
     for step, global_idx in enumerate(batches):
         if step < start:  # taken before the checkpoint (the batch order is a pure function of seed and iteration)
             continue
         if world == 1 and train.grad_accum == 1:
             micro = [global_idx]  # the common case, without the per-step numpy round trip
+            if cut_ahead and step not in cuts:
+                cuts = {}
+                for s in range(step, min(step + CUT_AHEAD, total)):
+                    kept = [i for i in batches[s] if not skip[i]]  # what compute_loss forwards (keep_one is off)
+                    if kept:
+                        cuts[s] = packed.cut(kept, placement[0])
         else:
             mine = np.array_split(np.asarray(global_idx), world)[rank]
             micro = [m.tolist() for m in np.array_split(mine, train.grad_accum) if len(m)]
@@ -380,6 +401,8 @@ def train_iteration(
                     skip=skip,
                     iteration=iteration,
                     knobs=knobs,
+                    placement=placement,
+                    cut=cuts.pop(step, None) if cut_ahead else None,
                 )
                 # sum of this process's per-example losses / global batch; DDP averages over processes,
                 # so multiply back by world: the result is the global mean whatever the split.
@@ -387,14 +410,16 @@ def train_iteration(
                 if loss.requires_grad:  # False when every example of the micro-batch had a zero gradient
                     backward(loss, sync)
                     stepped = True
-            part = loss.detach() / world
+            part = loss.detach() / world if world > 1 else loss.detach()  # (x / 1 is x: one op less per step)
             step_loss = part if step_loss is None else step_loss + part
             # the terms this method defines (SFT none; absent terms are NaN in `methods.Terms`)
-            if term_names is None:  # once per iteration: which terms the method defines
-                term_names = [n for n in STEP_TERMS if bool(torch.isfinite(getattr(out, n)).any())]
-            if term_names:  # same scaling as the loss: the global-batch mean after the reduce (one stack, few ops)
-                terms = torch.stack([getattr(out, n).detach() for n in term_names]).sum(-1) / len(global_idx)
-                step_terms = terms if step_terms is None else step_terms + terms
+            with torch.no_grad():
+                if term_names is None:  # once per iteration: which terms the method defines
+                    defined = torch.isfinite(torch.stack([getattr(out, n) for n in STEP_TERMS])).any(-1).tolist()
+                    term_names = [n for n, d in zip(STEP_TERMS, defined) if d]
+                if term_names:  # same scaling as the loss: the global-batch mean after the reduce (one stack, few ops)
+                    terms = torch.stack([getattr(out, n) for n in term_names]).sum(-1) / len(global_idx)
+                    step_terms = terms if step_terms is None else step_terms + terms
         if not stepped:
             # every example of the step had a zero gradient: the full computation would hand the optimiser
             # zero gradients (AdamW still moves on its momentum and decay), so do exactly that
