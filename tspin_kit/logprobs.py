@@ -155,11 +155,13 @@ def final_hidden(model, **inputs):
     get_head = getattr(core, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
     config = getattr(core, "config", None)
-    if (
-        head is None
-        or core in _NOT_PLAIN_HEAD
-        or getattr(config, "final_logit_softcapping", None)
-        or getattr(config, "logit_scale", None) not in (None, 1, 1.0)
+    if head is None or (
+        core not in _PLAIN_HEAD  # a model that passed is not asked again (transformers reads config in Python)
+        and (
+            core in _NOT_PLAIN_HEAD
+            or getattr(config, "final_logit_softcapping", None)
+            or getattr(config, "logit_scale", None) not in (None, 1, 1.0)
+        )
     ):
         return None, model(**inputs).logits
     captured = {}
