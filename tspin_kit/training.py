@@ -410,7 +410,7 @@ def train_iteration(
                 if loss.requires_grad:  # False when every example of the micro-batch had a zero gradient
                     backward(loss, sync)
                     stepped = True
-            part = loss.detach() / world if world > 1 else loss.detach()  # (x / 1 is x: one op less per step)
+            part = loss.detach() / world
             step_loss = part if step_loss is None else step_loss + part
             # the terms this method defines (SFT none; absent terms are NaN in `methods.Terms`)
             with torch.no_grad():
