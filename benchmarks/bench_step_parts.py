@@ -77,11 +77,12 @@ def main() -> None:
     inputs = {"input_ids": pk.input_ids, "attention_mask": mask4d, "position_ids": pk.position_ids}
     ntok = torch.tensor([len(a) for a in ex.annotated_ids], dtype=torch.float32)
 
-    def loss_of(parts):
+    def loss_of(parts, idx=None):  # idx: the examples' order in ``parts`` (None: the data's order)
+        at = (lambda x: x) if idx is None else (lambda x: x[idx])
         if args.method == "sft":
-            return L.sft_loss(parts[0], ntok)
+            return L.sft_loss(parts[0], at(ntok))
         if args.method == "spin":
-            return L.spin_loss(parts[0], parts[1], ex.ref_annotated, ex.ref_synthetic, lam=lam)
+            return L.spin_loss(parts[0], parts[1], at(ex.ref_annotated), at(ex.ref_synthetic), lam=lam)
         return L.tspin_loss(*parts, alpha=1.0, beta=beta)
 
     def make(variant):
@@ -125,7 +126,7 @@ def main() -> None:
 
         def kit_logps():
             idx = rng.permutation(bs).tolist()
-            finish(loss_of(packed.logps(model, idx, placement=place).unbind(-1)).losses.sum() / bs)
+            finish(loss_of(packed.logps(model, idx, placement=place).unbind(-1), idx).losses.sum() / bs)
 
         ahead = []  # (idx, cut) of the next steps, cut T.CUT_AHEAD at a time as the loop does
 
@@ -133,7 +134,8 @@ def main() -> None:
             if not ahead:
                 for _ in range(T.CUT_AHEAD):
                     i = rng.permutation(bs).tolist()
-                    ahead.append((i, packed.cut([j for j in i if not skip[j]], place[0])))
+                    kept = [j for j in i if not skip[j]]
+                    ahead.append((i, packed.cut(kept, place[0]) if kept else None))
             idx, cut = ahead.pop(0)
             out = T.compute_loss(
                 model,

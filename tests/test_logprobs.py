@@ -444,3 +444,18 @@ def test_packed_examples_equal_the_example_by_example_construction():
             mine = getattr(got, name).numpy()
             assert mine.shape == value.shape and mine.dtype == value.dtype, name
             assert np.array_equal(mine, value), name
+
+
+def test_packed_examples_edge_cases():
+    """No examples at all; responses given as lists, tuples or arrays are one branch when their tokens are equal."""
+    import numpy as np
+
+    from tspin_kit.logprobs import PackedExamples
+
+    empty = PackedExamples([], [[], [], []], 0)
+    assert empty.input_ids.shape[0] == 0 and empty.mask.shape[:2] == (0, 3) and not empty.mask.any()
+    as_lists = PackedExamples([[1, 2]], [[[5, 6]], [[5, 6]], [[7]]], 0)
+    mixed = PackedExamples([[1, 2]], [[[5, 6]], [(5, 6)], [np.array([7])]], 0)
+    for name in ("input_ids", "position_ids", "segments", "src", "targets", "mask", "token_counts"):
+        assert torch.equal(getattr(mixed, name), getattr(as_lists, name)), name
+    assert as_lists.input_ids.tolist() == [[1, 2, 5, 6, 7]]  # y' == y shares y's branch

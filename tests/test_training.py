@@ -231,6 +231,16 @@ def test_each_step_is_cut_once_ahead_and_a_stale_cut_is_not_used(pi0, triplets, 
     assert res.steps == 8 and calls == batches  # one cut per step, in order, none made again inside a forward
     assert events == ["cut"] * 3 + ["step"] * 3 + ["cut"] * 3 + ["step"] * 3 + ["cut"] * 2 + ["step"] * 2  # ahead
 
+    # steps whose examples all have a zero gradient (SPIN, y' == y) have no cut and do not restart the window
+    skipping = copy.deepcopy(triplets)
+    for i in range(0, N, 3):
+        skipping.synthetic_ids[i] = list(skipping.annotated_ids[i])
+    calls.clear(), events.clear(), batches.clear()
+    res = train(copy.deepcopy(pi0[0]), skipping, "spin", epochs=1, batch_size=1)  # 16 steps of one example
+    live = [b for b in batches if b[0] % 3]
+    assert res.steps == N and calls == live and len(live) == N - len(range(0, N, 3))  # each live step cut once
+    assert events.count("cut") == len(live)
+
     # a cut of other examples is not used: the forward cuts its own, and the log-probs are those of `idx`
     packed = T.training_pack(pi0[0], triplets, MethodConfig(name="tspin"))
     device, dtype = LP.model_placement(pi0[0])

@@ -155,12 +155,15 @@ def final_hidden(model, **inputs):
     get_head = getattr(core, "get_output_embeddings", None)
     head = get_head() if callable(get_head) else None
     config = getattr(core, "config", None)
-    if head is None or (
-        core not in _PLAIN_HEAD  # a model that passed is not asked again (transformers reads config in Python)
-        and (
-            core in _NOT_PLAIN_HEAD
-            or getattr(config, "final_logit_softcapping", None)
-            or getattr(config, "logit_scale", None) not in (None, 1, 1.0)
+    if (
+        head is None
+        or core in _NOT_PLAIN_HEAD
+        or (
+            core not in _PLAIN_HEAD  # a model that passed is not asked again (transformers reads config in Python)
+            and (
+                getattr(config, "final_logit_softcapping", None)
+                or getattr(config, "logit_scale", None) not in (None, 1, 1.0)
+            )
         )
     ):
         return None, model(**inputs).logits
@@ -537,7 +540,7 @@ class PackedExamples:
             seg_lens.append(len(p))
             seen: list = []
             for role, rows in enumerate(roles):
-                r = rows[i]
+                r = tuple(rows[i])  # lists, tuples or arrays of token ids alike
                 for j, other in enumerate(seen):
                     if other == r:  # a repeated response reads the branch of its first occurrence
                         branch[i, role] = j + 1
@@ -577,7 +580,9 @@ class PackedExamples:
         src = np.where(t == 0, np.maximum(m0 - 1, 0)[:, None, None], start[:, :, None] + t - 1)
         src = np.where(mask, src, 0)
         cols = np.where(mask, start[:, :, None] + t, 0)
-        targets = np.where(mask, np.take_along_axis(ids, cols.reshape(n, -1), axis=1).reshape(mask.shape), pad_id)
+        targets = np.where(
+            mask, np.take_along_axis(ids, cols.reshape(n, k * longest), axis=1).reshape(mask.shape), pad_id
+        )
         mask[:, :, 0] &= (m0 > 0)[:, None]
         self.input_ids = torch.from_numpy(ids)  # (N, W)
         self.position_ids = torch.from_numpy(pos)  # (N, W)
@@ -672,7 +677,7 @@ class PackedExamples:
         ``cut``: this step's `cut` of ``idx``, made ahead by the caller.
         """
         device, dtype = placement or model_placement(model)
-        if cut is None or cut.idx != idx:
+        if cut is None or cut.idx != list(idx):  # a cut of other examples is not used
             cut = self.cut(idx, device)
         if device.type == "cpu":
             mask4d = self._cpu_mask(cut.t, cut.width, dtype)

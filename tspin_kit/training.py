@@ -366,15 +366,17 @@ def train_iteration(
     if packed is not None and placement[0].type == "cpu":
         packed.keep_masks(placement[1])  # small iterations: every example's mask, before the first step
     cuts: dict[int, StepCut] = {}
+    cut_end = 0  # the first step after the window cut so far
     term_names: list[str] | None = None
     for step, global_idx in enumerate(batches):
         if step < start:  # taken before the checkpoint (the batch order is a pure function of seed and iteration)
             continue
         if world == 1 and train.grad_accum == 1:
             micro = [global_idx]  # the common case, without the per-step numpy round trip
-            if cut_ahead and step not in cuts:
+            if cut_ahead and step >= cut_end:  # (a step whose examples are all skipped has no cut: nothing to forward)
+                cut_end = min(step + CUT_AHEAD, total)
                 cuts = {}
-                for s in range(step, min(step + CUT_AHEAD, total)):
+                for s in range(step, cut_end):
                     kept = [i for i in batches[s] if not skip[i]]  # what compute_loss forwards (keep_one is off)
                     if kept:
                         cuts[s] = packed.cut(kept, placement[0])
