@@ -603,8 +603,8 @@ class PackedExamples:
     def keep_masks(self, dtype: torch.dtype) -> torch.Tensor | None:
         """Every example's (N, 1, W, W) additive CPU mask in ``dtype``, built on the first call, or None where the
         iteration is too large to keep them (N x W x W > ``MASK_CACHE_ELEMENTS``). Never written after it is built.
-        `train_iteration` calls it before its first step: built inside the first step it cost ~4x more (toy iteration:
-        ~470 us there, 109 us before it; cold caches)."""
+        `train_iteration` calls it before its first step: built inside the first step it cost ~4x more (one ad-hoc
+        measurement on the toy iteration: ~470 us there, 109 us before it; cold caches)."""
         n, full_width = self._segments.shape
         if n * full_width * full_width > MASK_CACHE_ELEMENTS:
             return None
@@ -639,8 +639,9 @@ class PackedExamples:
         """The index tensors of a step over examples ``idx``, cut from the iteration's arrays (numpy views).
 
         A training loop may cut several steps ahead in one tight loop (`train_iteration` does): the same work
-        cost ~5x more between a step's backward and the next forward (cold caches; 243 vs 51 us for a toy step,
-        benchmarks/bench_step_parts.py). The step's mask is not part of it (made per step, see `_cpu_mask`).
+        cost ~5x more between a step's backward and the next forward (cold caches; one ad-hoc measurement: 243 vs
+        51 us for a toy step; benchmarks/bench_step_parts.py times the variants). The step's mask is not part of it
+        (made per step, see `_cpu_mask`).
         """
         t = np.asarray(idx)
         width = int(self._lengths[t].max())
