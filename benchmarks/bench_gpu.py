@@ -158,6 +158,36 @@ def vllm_status() -> dict:
     return {"measured": False, "status": f"vllm installed, not measured: {reason}"}
 
 
+def step_seconds(model, ex, method, n_steps: int, batch_size: int, *, cpu: bool = False) -> list[float]:
+    """One `train_iteration` of ``n_steps`` optimiser steps (AdamW, lr 1e-6, constant); the seconds of each step after
+    the first, in step order (timed by the progress callback, which fires after each step)."""
+    from tspin_kit.config import TrainConfig
+    from tspin_kit.training import train_iteration
+
+    cfg = TrainConfig(
+        optimizer="adamw",
+        lr=1e-6,
+        epochs=n_steps,
+        batch_size=batch_size,
+        warmup_ratio=0.0,
+        schedule="constant",
+        max_grad_norm=1.0,
+    )
+    stamps = []
+    res = train_iteration(
+        model,
+        ex,
+        method=method,
+        train=cfg,
+        iteration=1,
+        seed=0,
+        cpu=cpu,
+        progress=lambda done, total, label: stamps.append(time.perf_counter()),
+    )
+    assert res.steps == n_steps, (res.steps, n_steps)
+    return [b - a for a, b in zip(stamps, stamps[1:])]
+
+
 def main() -> None:
     ap = C.parse_quick()
     ap.add_argument("--tiny", action="store_true", help="tiny model (hidden 64, 2 layers); --quick implies it")
@@ -215,9 +245,8 @@ def main() -> None:
     if on_gpu:  # one process: accelerate says "cuda" without an index, which set_device refuses (seen on an H200)
         torch.cuda.set_device(device.index if device.index is not None else state.local_process_index)
 
-    from tspin_kit.config import MethodConfig, TrainConfig
+    from tspin_kit.config import MethodConfig
     from tspin_kit.generation import sample_responses
-    from tspin_kit.training import train_iteration
 
     model = build_model(size, device, dtype)
     counts = param_counts(model)
@@ -225,29 +254,7 @@ def main() -> None:
     method = MethodConfig(name="tspin")  # alpha 1, beta 0.1 from iteration 1 on
 
     def train_call(n_steps: int) -> list[float]:
-        """One train_iteration of n_steps optimiser steps; the seconds of each step after the first."""
-        cfg = TrainConfig(
-            optimizer="adamw",
-            lr=1e-6,
-            epochs=n_steps,
-            batch_size=B,
-            warmup_ratio=0.0,
-            schedule="constant",
-            max_grad_norm=1.0,
-        )
-        stamps = []
-        res = train_iteration(
-            model,
-            ex,
-            method=method,
-            train=cfg,
-            iteration=1,
-            seed=0,
-            cpu=not on_gpu,
-            progress=lambda done, total, label: stamps.append(time.perf_counter()),
-        )
-        assert res.steps == n_steps, (res.steps, n_steps)
-        return [b - a for a, b in zip(stamps, stamps[1:])]
+        return step_seconds(model, ex, method, n_steps, B, cpu=not on_gpu)
 
     # tokens of one optimiser step (global batch): packed rows x + y + y' + y0, the head on response tokens
     T_head = sum(len(a) + len(s) + len(y0) for a, s, y0 in zip(ex.annotated_ids, ex.synthetic_ids, ex.proto_ids))

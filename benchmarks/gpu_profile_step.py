@@ -25,8 +25,7 @@ def chunk_sweep_and_profile(batch_size: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     import tspin_kit.logprobs as LP
-    from tspin_kit.config import MethodConfig, TrainConfig
-    from tspin_kit.training import train_iteration
+    from tspin_kit.config import MethodConfig
 
     dev = torch.device("cuda", 0)
     size = BG.SIZES["1b"]
@@ -34,21 +33,8 @@ def chunk_sweep_and_profile(batch_size: int) -> None:
     ex = BG.random_examples(batch_size, 256, 256, size["vocab"])
     method = MethodConfig(name="tspin")
 
-    def call(n: int) -> list[float]:
-        cfg = TrainConfig(
-            optimizer="adamw", lr=1e-6, epochs=n, batch_size=batch_size, warmup_ratio=0.0, schedule="constant"
-        )
-        stamps: list[float] = []
-        train_iteration(
-            model,
-            ex,
-            method=method,
-            train=cfg,
-            iteration=1,
-            seed=0,
-            progress=lambda *_: stamps.append(time.perf_counter()),
-        )
-        return sorted(b - a for a, b in zip(stamps, stamps[1:]))
+    def call(n: int) -> list[float]:  # the step seconds after the first, sorted
+        return sorted(BG.step_seconds(model, ex, method, n, batch_size))
 
     counts = BG.param_counts(model)
     t_head = batch_size * 3 * 256

@@ -491,8 +491,7 @@ def packed_logps(model, packed: PackedRows, *, with_entropy: bool = False) -> Se
     :func:`sequence_logps`); ``summed`` and ``entropy`` mean the same. Rows that repeat share one branch:
     indexing them back makes autograd add their gradients, as the full batch would.
     """
-    param = next(model.parameters())
-    mask4d = packed.attention_mask(param.dtype if param.is_floating_point() else torch.float32)
+    mask4d = packed.attention_mask(model_placement(model)[1])
     rows = packed.row_pack[:, None].expand_as(packed.src)[packed.mask]  # (M,) pack of each response token
     pos = packed.src[packed.mask]  # (M,) position whose logits predict it
     out = _scatter(
@@ -625,7 +624,7 @@ class PackedExamples:
         a reused buffer would hand a later recompute another step's mask without any error (a reviewer's reproducer
         with gradient checkpointing).
         """
-        n, full_width = self._segments.shape
+        full_width = self._segments.shape[1]
         masks = self.keep_masks(dtype)
         if masks is not None:
             rows = torch.from_numpy(t)
@@ -650,7 +649,6 @@ class PackedExamples:
         flat = torch.from_numpy(b * width + src) if device.type == "cpu" else None  # (row, position) in (B * W,)
         rows, src, targets = (torch.from_numpy(a).to(device) for a in (b, src, self._targets[t[b], k, pos]))
         return StepCut(
-            idx=list(idx),
             t=t,
             width=width,
             rows=rows,
@@ -678,7 +676,7 @@ class PackedExamples:
         ``cut``: this step's `cut` of ``idx``, made ahead by the caller.
         """
         device, dtype = placement or model_placement(model)
-        if cut is None or cut.idx != list(idx):  # a cut of other examples is not used
+        if cut is None or not np.array_equal(cut.t, idx):  # a cut of other examples is not used
             cut = self.cut(idx, device)
         if device.type == "cpu":
             mask4d = self._cpu_mask(cut.t, cut.width, dtype)
@@ -705,10 +703,9 @@ class PackedExamples:
 
 @dataclass
 class StepCut:
-    """A training step's index tensors over examples ``idx`` of a `PackedExamples` (`PackedExamples.cut`)."""
+    """A training step's index tensors over examples ``t`` of a `PackedExamples` (`PackedExamples.cut`)."""
 
-    idx: list[int]
-    t: np.ndarray  # idx as an array
+    t: np.ndarray  # the step's examples, in its row order
     width: int  # the step's packed width: its longest example
     rows: torch.Tensor  # (M,) the example (row of the step) of each response token
     src: torch.Tensor  # (M,) the position whose logits predict it

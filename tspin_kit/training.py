@@ -172,9 +172,7 @@ def compute_loss(
     spec = method.spec
     if skip is None:
         skip = skipped_examples(ex, method, beta)
-    live = [k for k, i in enumerate(idx) if not skip[i]]
-    if not live and keep_one:
-        live = [0]
+    live = forwarded(idx, skip, keep_one)
     B, n = len(idx), len(live)
     if n:
         kept = [idx[k] for k in live]
@@ -215,6 +213,13 @@ def compute_loss(
     if knobs is None:  # train_iteration computes them once per iteration and passes them in
         knobs = {**method.knobs_at(iteration), "beta": beta, "lam": lam}
     return spec.loss(lp, knobs)
+
+
+def forwarded(idx: list[int], skip: list[bool], keep_one: bool = False) -> list[int]:
+    """The positions in ``idx`` of the examples a step forwards: those not skipped (`skipped_examples`), or the first
+    one when none is and ``keep_one``."""
+    live = [k for k, i in enumerate(idx) if not skip[i]]
+    return [0] if not live and keep_one else live
 
 
 def skipped_examples(ex: Examples, method: MethodConfig, beta: float) -> list[bool]:
@@ -377,9 +382,9 @@ def train_iteration(
                 cut_end = min(step + CUT_AHEAD, total)
                 cuts = {}
                 for s in range(step, cut_end):
-                    kept = [i for i in batches[s] if not skip[i]]  # what compute_loss forwards (keep_one is off)
-                    if kept:
-                        cuts[s] = packed.cut(kept, placement[0])
+                    live = forwarded(batches[s], skip)  # what compute_loss forwards (keep_one is off here)
+                    if live:
+                        cuts[s] = packed.cut([batches[s][k] for k in live], placement[0])
         else:
             mine = np.array_split(np.asarray(global_idx), world)[rank]
             micro = [m.tolist() for m in np.array_split(mine, train.grad_accum) if len(m)]
