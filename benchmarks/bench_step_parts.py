@@ -15,8 +15,9 @@ drift in the machine's speed lands on every variant alike), and splits the overh
 - ``kit_logps``: ``PackedExamples.logps`` on a shuffled batch of the iteration's pack (adds the per-step cutting:
   the step's mask, ids and token indices taken from the iteration's arrays), then the loss function directly.
 - ``kit_step``: ``training.compute_loss`` plus what `train_iteration`'s loop does around it per step (the steps'
-  index tensors cut ``training.CUT_AHEAD`` steps at a time, the step's recorded terms, the float of the loss, the LR
-  schedule): a copy of the loop body, not the loop itself (the per-call setup is bench_train_step.py's business).
+  inputs, masks included, made ``training.CUT_AHEAD`` steps at a time by ``training.step_inputs``, the step's recorded
+  terms, the LR schedule; the records converted to floats once per window, the loop once per iteration): a copy of
+  the loop body, not the loop itself (the per-call setup is bench_train_step.py's business).
 
 Per variant: the median step time, the median over rounds of (variant / bare - 1) with its interquartile range,
 and minor page faults per step (the process's, measured around the step). Context only: no target here (the
@@ -128,15 +129,18 @@ def main() -> None:
             idx = rng.permutation(bs).tolist()
             finish(loss_of(packed.logps(model, idx, placement=place).unbind(-1), idx).losses.sum() / bs)
 
-        ahead = []  # (idx, cut) of the next steps, cut T.CUT_AHEAD at a time as the loop does
+        ahead = []  # the next steps' `training.StepInputs`, made T.CUT_AHEAD at a time as the loop does
 
         def kit_step():
             if not ahead:
+                if records:  # the loop converts its records once per iteration; here once per CUT_AHEAD steps
+                    torch.stack([r[0] for r in records]).tolist(), torch.stack([r[1] for r in records]).tolist()
+                    records.clear()
                 for _ in range(T.CUT_AHEAD):
                     i = rng.permutation(bs).tolist()
-                    kept = [j for j in i if not skip[j]]
-                    ahead.append((i, packed.cut(kept, place[0]) if kept else None))
-            idx, cut = ahead.pop(0)
+                    ahead.append(T.step_inputs(ex, i, method, skip, place[0], packed=packed, mask_dtype=place[1]))
+            inputs = ahead.pop(0)
+            idx = inputs.idx
             out = T.compute_loss(
                 model,
                 ex,
@@ -148,14 +152,14 @@ def main() -> None:
                 skip=skip,
                 knobs=knobs,
                 placement=place,
-                cut=cut,
+                inputs=inputs,
             )
             loss = out.losses.sum() / len(idx)
             finish(loss)
             with torch.no_grad():
                 terms = torch.stack([getattr(out, n) for n in T.STEP_TERMS]).sum(-1) / len(idx)
             sched.step()
-            records.append((float(loss.detach()), terms.tolist()))
+            records.append((loss.detach(), terms))
 
         return locals()[variant]
 

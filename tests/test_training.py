@@ -203,18 +203,21 @@ def test_tiny_trailing_batch_is_folded_into_the_previous_one(pi0, triplets):
 
 
 def test_each_step_is_cut_once_ahead_and_a_stale_cut_is_not_used(pi0, triplets, monkeypatch):
-    """`train_iteration` cuts every step's index tensors once, CUT_AHEAD steps at a time, in the steps' order, and
-    the step's forward uses its own cut (a forward handed a cut of other examples cuts its own: counted here)."""
+    """`train_iteration` makes every step's inputs (its cut, with the step's CPU mask) once, CUT_AHEAD steps at a
+    time, in the steps' order, and the step's forward uses its own (a forward handed a cut of other examples cuts its
+    own: counted here)."""
     from tspin_kit import logprobs as LP
     from tspin_kit import training as T
 
-    calls, events = [], []
+    calls, events, masks = [], [], []
     real_cut = LP.PackedExamples.cut
 
-    def counting_cut(self, idx, device):
+    def counting_cut(self, idx, device, mask_dtype=None):
         calls.append(list(idx))
         events.append("cut")
-        return real_cut(self, idx, device)
+        cut = real_cut(self, idx, device, mask_dtype)
+        masks.append(cut.mask)
+        return cut
 
     monkeypatch.setattr(LP.PackedExamples, "cut", counting_cut)
     monkeypatch.setattr(T, "CUT_AHEAD", 3)
@@ -230,6 +233,9 @@ def test_each_step_is_cut_once_ahead_and_a_stale_cut_is_not_used(pi0, triplets, 
     res = train(copy.deepcopy(pi0[0]), triplets, "tspin", epochs=2, batch_size=5)  # 4 batches an epoch: 8 steps
     assert res.steps == 8 and calls == batches  # one cut per step, in order, none made again inside a forward
     assert events == ["cut"] * 3 + ["step"] * 3 + ["cut"] * 3 + ["step"] * 3 + ["cut"] * 2 + ["step"] * 2  # ahead
+    # each step's mask was made with its cut (a small iteration on CPU), a tensor of its own
+    assert all(m is not None and m.dtype == torch.float32 for m in masks)
+    assert len({m.untyped_storage().data_ptr() for m in masks}) == len(masks)
 
     # steps whose examples all have a zero gradient (SPIN, y' == y) have no cut and do not restart the window
     skipping = copy.deepcopy(triplets)
@@ -248,3 +254,31 @@ def test_each_step_is_cut_once_ahead_and_a_stale_cut_is_not_used(pi0, triplets, 
         want = packed.logps(pi0[0], [0, 1, 2], placement=(device, dtype))
         got = packed.logps(pi0[0], [0, 1, 2], placement=(device, dtype), cut=packed.cut([3, 4, 5], device))
     torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+    # step inputs made for another list of examples are not used either: compute_loss makes those of its own `idx`
+    method = MethodConfig(name="tspin", alpha=1.0, beta=0.1)
+    skip = T.skipped_examples(triplets, method, 0.1)
+    kw = dict(beta=0.1, lam=1.0, packed=packed, skip=skip, placement=(device, dtype))
+    other = T.step_inputs(triplets, [3, 4, 5], method, skip, device, packed=packed, mask_dtype=dtype)
+    idx = [0, 1, 2]
+    with torch.no_grad():
+        want = T.compute_loss(pi0[0], triplets, idx, method, **kw).losses
+        stale = T.compute_loss(pi0[0], triplets, idx, method, inputs=other, **kw).losses
+        same_values = T.compute_loss(
+            pi0[0],
+            triplets,
+            [0, 1, 2],
+            method,
+            inputs=T.step_inputs(triplets, idx, method, skip, device, packed=packed, mask_dtype=dtype),
+            **kw,
+        ).losses  # another list object
+        own = T.compute_loss(
+            pi0[0],
+            triplets,
+            idx,
+            method,
+            inputs=T.step_inputs(triplets, idx, method, skip, device, packed=packed, mask_dtype=dtype),
+            **kw,
+        ).losses
+    for got in (stale, same_values, own):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)

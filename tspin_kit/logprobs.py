@@ -634,19 +634,20 @@ class PackedExamples:
         seg = self._segments[t, :width]
         return _additive(torch.from_numpy(~_allowed(seg, np.tri(width, dtype=bool))), dtype)
 
-    def cut(self, idx: list[int], device: torch.device) -> StepCut:
+    def cut(self, idx: list[int], device: torch.device, mask_dtype: torch.dtype | None = None) -> StepCut:
         """The index tensors of a step over examples ``idx``, cut from the iteration's arrays (numpy views).
 
         A training loop may cut several steps ahead in one tight loop (`train_iteration` does): the same work
         cost ~5x more between a step's backward and the next forward (cold caches; one ad-hoc measurement: 243 vs
-        51 us for a toy step; benchmarks/bench_step_parts.py times the variants). The step's mask is not part of it
-        (made per step, see `_cpu_mask`).
+        51 us for a toy step; benchmarks/bench_step_parts.py times the variants). ``mask_dtype`` (CPU): the step's
+        additive mask is made too (`_cpu_mask`: a new tensor, used by this step only); else `logps` makes it.
         """
         t = np.asarray(idx)
         width = int(self._lengths[t].max())
         b, k, pos = np.nonzero(self._mask[t])  # (B, K, T) row-major: each example's roles' tokens in order
         src = self._src[t[b], k, pos]
-        flat = torch.from_numpy(b * width + src) if device.type == "cpu" else None  # (row, position) in (B * W,)
+        cpu = device.type == "cpu"
+        flat = torch.from_numpy(b * width + src) if cpu else None  # (row, position) in (B * W,)
         rows, src, targets = (torch.from_numpy(a).to(device) for a in (b, src, self._targets[t[b], k, pos]))
         return StepCut(
             t=t,
@@ -658,7 +659,13 @@ class PackedExamples:
             input_ids=torch.from_numpy(self._input_ids[t, :width]).to(device),
             position_ids=torch.from_numpy(self._position_ids[t, :width]).to(device),
             token_mask=torch.from_numpy(self._mask[t]).to(device),
+            mask=self._cpu_mask(t, width, mask_dtype) if cpu and mask_dtype is not None else None,
         )
+
+    def step_mask_elements(self, examples: int) -> int:
+        """The entries of a step's (B, 1, W, W) mask for ``examples`` examples at the iteration's width (an upper
+        bound: a step's width is its longest example)."""
+        return examples * self._segments.shape[1] ** 2
 
     def logps(
         self,
@@ -676,9 +683,11 @@ class PackedExamples:
         ``cut``: this step's `cut` of ``idx``, made ahead by the caller.
         """
         device, dtype = placement or model_placement(model)
-        if cut is None or not np.array_equal(cut.t, idx):  # a cut of other examples is not used
+        if cut is None or (cut.t is not idx and not np.array_equal(cut.t, idx)):  # a cut of other examples: unused
             cut = self.cut(idx, device)
-        if device.type == "cpu":
+        if cut.mask is not None and cut.mask.dtype == dtype:
+            mask4d = cut.mask  # made with the cut
+        elif device.type == "cpu":
             mask4d = self._cpu_mask(cut.t, cut.width, dtype)
         else:  # on an accelerator the (B, W, W) mask is built there, from the (B, W) segments
             seg = torch.from_numpy(self._segments[cut.t, : cut.width]).to(device)
@@ -714,6 +723,7 @@ class StepCut:
     input_ids: torch.Tensor  # (B, width)
     position_ids: torch.Tensor  # (B, width)
     token_mask: torch.Tensor  # (B, K, T) True on each role's tokens
+    mask: torch.Tensor | None = None  # (B, 1, width, width) the step's additive attention mask, where made ahead
 
 
 def model_placement(model) -> tuple[torch.device, torch.dtype]:

@@ -38,7 +38,15 @@ import torch
 
 from . import methods as M
 from .config import MethodConfig, TrainConfig
-from .logprobs import PackedExamples, StepCut, longest_row, model_placement, rows_logps, supports_packing
+from .logprobs import (
+    MASK_CACHE_ELEMENTS,
+    PackedExamples,
+    StepCut,
+    longest_row,
+    model_placement,
+    rows_logps,
+    supports_packing,
+)
 from .progress import bar as progress_bar
 from .templates import encode_prompt, encode_response
 
@@ -105,7 +113,7 @@ class TrainResult:
     tokens: int = 0
 
 
-# Steps whose index tensors `train_iteration` cuts at a time (`PackedExamples.cut`); their masks are made per step.
+# Steps whose inputs `train_iteration` makes at a time (`step_inputs`).
 CUT_AHEAD = 16
 STEP_TERMS = ("current_term", "historical_term", "current_weight", "historical_weight")
 
@@ -136,6 +144,53 @@ def lr_lambda(total_steps: int, cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
+@dataclass
+class StepInputs:
+    """What a step over examples ``idx`` reads besides the model (`step_inputs`). `train_iteration` makes them
+    ``CUT_AHEAD`` steps at a time (one process, no accumulation): in one tight loop they cost several times less
+    than between a backward and the next forward (cold caches; benchmarks/bench_step_parts.py)."""
+
+    idx: list[int]  # the step's examples: `compute_loss` uses these inputs for this very list object only
+    live: list[int]  # the positions in ``idx`` that are forwarded (`forwarded`)
+    live_at: torch.Tensor | None  # ``live`` as a tensor on the device, where some examples are not forwarded
+    cut: StepCut | None  # the forwarded examples' index tensors in the iteration's pack (None: unpacked, or none)
+    per_example: dict[str, torch.Tensor | None]  # `methods.LogProbs`' per-example fields at ``idx``
+
+
+def step_inputs(
+    ex: Examples,
+    idx: list[int],
+    method: MethodConfig,
+    skip: list[bool],
+    device: torch.device,
+    *,
+    keep_one: bool = False,
+    packed: PackedExamples | None = None,
+    mask_dtype: torch.dtype | None = None,
+) -> StepInputs:
+    """The `StepInputs` of a step over examples ``idx`` (``mask_dtype``: see `PackedExamples.cut`)."""
+    spec = method.spec
+    live = forwarded(idx, skip, keep_one)
+    cut = packed.cut([idx[k] for k in live], device, mask_dtype) if packed is not None and live else None
+    t = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+
+    def at(x):  # a per-example tensor of `ex` at this step's examples, on the model's device
+        return None if x is None else x[t].to(device)
+
+    per_example = {"historical_mask": at(ex.historical_mask) if spec.maskable else None}
+    if spec.reference:
+        per_example.update(
+            ref_annotated=at(ex.ref_annotated), ref_synthetic=at(ex.ref_synthetic), ref_proto=at(ex.ref_proto)
+        )
+    if packed is not None:
+        per_example["annotated_tokens"] = packed.token_counts[t, 0].to(device)
+    else:
+        counts = [len(ex.annotated_ids[i]) for i in idx]
+        per_example["annotated_tokens"] = torch.tensor(counts, dtype=torch.float32, device=device)
+    live_at = torch.tensor(live, device=device) if 0 < len(live) < len(idx) else None
+    return StepInputs(idx=idx, live=live, live_at=live_at, cut=cut, per_example=per_example)
+
+
 def compute_loss(
     model,
     ex: Examples,
@@ -150,7 +205,7 @@ def compute_loss(
     iteration: int = 0,
     knobs: dict[str, float] | None = None,
     placement: tuple[torch.device, torch.dtype] | None = None,
-    cut: StepCut | None = None,
+    inputs: StepInputs | None = None,
 ) -> M.Terms:
     """The method's `methods.Terms` on examples `idx`, from one forward over the rows that can move it.
 
@@ -162,23 +217,24 @@ def compute_loss(
     at least one example (under DDP every process must take part in every backward). ``packed``: the
     iteration's examples packed once (`training_pack`), so a step only indexes tensors; ``skip``: the
     zero-gradient rule evaluated once per iteration for every example (`skipped_examples`); ``placement``: the
-    model's (device, dtype) (`logprobs.model_placement`), found once per iteration by the caller; ``cut``: the
-    step's index tensors (`PackedExamples.cut`) of its forwarded examples, made ahead by the caller.
-    When nothing is forwarded the loss is a constant: ``.losses`` then has no graph.
+    model's (device, dtype) (`logprobs.model_placement`), found once per iteration by the caller; ``inputs``: the
+    step's `StepInputs`, made ahead by the caller (used when made for this ``idx`` object, with the same
+    ``packed`` and ``keep_one``). When nothing is forwarded the loss is a constant: ``.losses`` then has no graph.
     """
     # (a training step calls this once per micro-batch: every line here was measured in-step, benchmarks/)
     placement = placement or model_placement(model)
-    device = placement[0]
+    if inputs is None or inputs.idx is not idx:
+        if skip is None:
+            skip = skipped_examples(ex, method, beta)
+        inputs = step_inputs(ex, idx, method, skip, placement[0], keep_one=keep_one, packed=packed)
     spec = method.spec
-    if skip is None:
-        skip = skipped_examples(ex, method, beta)
-    live = forwarded(idx, skip, keep_one)
-    B, n = len(idx), len(live)
-    if n:
-        kept = [idx[k] for k in live]
+    live, B = inputs.live, len(idx)
+    if live:
         if packed is not None:
-            per_role = packed.logps(model, kept, placement=placement, cut=cut).unbind(-1)  # (n,): y, y'(, y0)
+            cut = inputs.cut
+            per_role = packed.logps(model, cut.t, placement=placement, cut=cut).unbind(-1)  # (n,): y, y'(, y0)
         else:
+            kept = [idx[k] for k in live]
             config = getattr(model, "module", model).config  # DDP wraps the model; its config sits on .module
             pad = config.pad_token_id if config.pad_token_id is not None else 0
             roles = [ex.role_ids(r) for r in spec.roles]
@@ -186,30 +242,13 @@ def compute_loss(
                 model, [ex.prompt_ids[i] for i in kept] * len(roles), [r[i] for r in roles for i in kept], pad
             )  # rows: [y; y'] or [y; y'; y0] of the live ones
             per_role = rows.chunk(len(roles))
-        if n == B:
+        if inputs.live_at is None:  # every example forwarded
             parts = list(per_role)
         else:  # scatter back into (B,), zeros where an example was skipped (index_copy carries the gradient)
-            pos = torch.tensor(live, device=device)
-            parts = [part.new_zeros(B).index_copy(0, pos, part) for part in per_role]
+            parts = [part.new_zeros(B).index_copy(0, inputs.live_at, part) for part in per_role]
     else:
-        parts = [torch.zeros(B, device=device) for _ in spec.roles]
-    policy = dict(zip(spec.roles, parts))
-    t = torch.from_numpy(np.asarray(idx, dtype=np.int64))
-
-    def at(x):  # a per-example tensor of `ex` at this batch's examples, on the model's device
-        return None if x is None else x[t].to(device)
-
-    if spec.reference:
-        ref = dict(ref_annotated=at(ex.ref_annotated), ref_synthetic=at(ex.ref_synthetic), ref_proto=at(ex.ref_proto))
-    else:
-        ref = {}
-    if packed is not None:
-        counts = packed.token_counts[t, 0].to(device)
-    else:
-        counts = torch.tensor([len(ex.annotated_ids[i]) for i in idx], dtype=torch.float32, device=device)
-    lp = M.LogProbs(
-        **policy, **ref, annotated_tokens=counts, historical_mask=at(ex.historical_mask) if spec.maskable else None
-    )
+        parts = [torch.zeros(B, device=placement[0]) for _ in spec.roles]
+    lp = M.LogProbs(**dict(zip(spec.roles, parts)), **inputs.per_example)
     if knobs is None:  # train_iteration computes them once per iteration and passes them in
         knobs = {**method.knobs_at(iteration), "beta": beta, "lam": lam}
     return spec.loss(lp, knobs)
@@ -365,26 +404,40 @@ def train_iteration(
             logger.info("resuming %s from step %d of %d (checkpoint %s)", label, start, total, resumed["path"])
     knobs = {**method.knobs_at(iteration), "beta": beta, "lam": lam}  # the loss's knob values, fixed for the iteration
     placement = model_placement(ddp_model)  # device and dtype, fixed for the iteration
-    # One process, no accumulation (every step one micro-batch): the steps' index tensors are cut CUT_AHEAD steps at a
-    # time, in one tight loop, where they cost ~5x less than cut between a backward and the next forward.
-    cut_ahead = packed is not None and world == 1 and train.grad_accum == 1
+    # One process, no accumulation (every step one micro-batch): the steps' inputs are made CUT_AHEAD steps at a time,
+    # in one tight loop, where they cost several times less than between a backward and the next forward. On CPU the
+    # steps' masks too, while CUT_AHEAD of them stay within MASK_CACHE_ELEMENTS.
+    ahead = world == 1 and train.grad_accum == 1
+    mask_dtype = None
     if packed is not None and placement[0].type == "cpu":
-        packed.keep_masks(placement[1])  # small iterations: every example's mask, before the first step
-    cuts: dict[int, StepCut] = {}
-    cut_end = 0  # the first step after the window cut so far
+        # small iterations: every example's mask, before the first step (None where too large to keep)
+        if packed.keep_masks(placement[1]) is not None:
+            if CUT_AHEAD * packed.step_mask_elements(max(map(len, batches))) <= MASK_CACHE_ELEMENTS:
+                mask_dtype = placement[1]
+    made: dict[int, StepInputs] = {}
+    made_end = 0  # the first step after those made so far
     term_names: list[str] | None = None
+    pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # (loss, terms) of steps not yet in `result`
+
+    def record_pending():  # one conversion for many steps (and, on a GPU, no synchronisation per step)
+        if pending:
+            result.step_losses += torch.stack([loss for loss, _ in pending]).tolist()
+            if term_names:
+                for n, values in zip(term_names, torch.stack([terms for _, terms in pending]).T.tolist()):
+                    result.step_terms.setdefault(n, []).extend(values)
+            pending.clear()
+
     for step, global_idx in enumerate(batches):
         if step < start:  # taken before the checkpoint (the batch order is a pure function of seed and iteration)
             continue
-        if world == 1 and train.grad_accum == 1:
+        if ahead:
             micro = [global_idx]  # the common case, without the per-step numpy round trip
-            if cut_ahead and step >= cut_end:  # (a step whose examples are all skipped has no cut: nothing to forward)
-                cut_end = min(step + CUT_AHEAD, total)
-                cuts = {}
-                for s in range(step, cut_end):
-                    live = forwarded(batches[s], skip)  # what compute_loss forwards (keep_one is off here)
-                    if live:
-                        cuts[s] = packed.cut([batches[s][k] for k in live], placement[0])
+            if step >= made_end:
+                made_end = min(step + CUT_AHEAD, total)
+                made = {
+                    s: step_inputs(ex, batches[s], method, skip, placement[0], packed=packed, mask_dtype=mask_dtype)
+                    for s in range(step, made_end)
+                }
         else:
             mine = np.array_split(np.asarray(global_idx), world)[rank]
             micro = [m.tolist() for m in np.array_split(mine, train.grad_accum) if len(m)]
@@ -409,7 +462,7 @@ def train_iteration(
                     iteration=iteration,
                     knobs=knobs,
                     placement=placement,
-                    cut=cuts.pop(step, None) if cut_ahead else None,
+                    inputs=made.pop(step) if ahead else None,
                 )
                 # sum of this process's per-example losses / global batch; DDP averages over processes,
                 # so multiply back by world: the result is the global mean whatever the split.
@@ -441,13 +494,12 @@ def train_iteration(
         if step_loss is None:  # this process had no micro-batch in this step: it adds 0 to the reduce
             step_loss = torch.zeros((), device=next(model.parameters()).device)
         step_total = accelerator.reduce(step_loss, reduction="sum") if world > 1 else step_loss
-        result.step_losses.append(float(step_total))
-        if term_names:
-            totals = accelerator.reduce(step_terms, reduction="sum") if world > 1 else step_terms
-            for n, v in zip(term_names, totals.tolist()):
-                result.step_terms.setdefault(n, []).append(v)
+        if term_names and world > 1:
+            step_terms = accelerator.reduce(step_terms, reduction="sum")
+        pending.append((step_total, step_terms))
         every = train.checkpoint_every
         if ckpt_dir is not None and every and (step + 1) % every == 0 and step + 1 < total:
+            record_pending()
             if writes_checkpoints or sharded:  # sharded: every process writes its shard
                 _save_train_checkpoint(
                     ckpt_dir,
@@ -464,6 +516,7 @@ def train_iteration(
         bar.update(1)
         if progress is not None:
             progress(step + 1, total, label)
+    record_pending()
     bar.close()
     if ckpt_dir is not None and writes_checkpoints:  # the caller's outputs of the phase supersede the checkpoint
         shutil.rmtree(ckpt_dir, ignore_errors=True)
