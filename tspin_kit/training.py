@@ -417,15 +417,39 @@ def train_iteration(
     made: dict[int, StepInputs] = {}
     made_end = 0  # the first step after those made so far
     term_names: list[str] | None = None
-    pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []  # (loss, terms) of steps not yet in `result`
+    # Each step's loss and terms are kept as the step's tensors and turned into `result`'s numbers once per iteration
+    # (and before each checkpoint): per step, a few small tensor ops and a conversion cost more between a backward and
+    # the next forward than all of them together afterwards; on a GPU each conversion waited for the step to finish.
+    pending: list[list[tuple[torch.Tensor, tuple[torch.Tensor, ...], int]]] = []  # per step: its micro-batches'
 
-    def record_pending():  # one conversion for many steps (and, on a GPU, no synchronisation per step)
-        if pending:
-            result.step_losses += torch.stack([loss for loss, _ in pending]).tolist()
+    @torch.no_grad()
+    def record_pending():
+        if not pending:
+            return
+        device = next(model.parameters()).device
+        losses, terms = [], []
+        for records in pending:  # one step: (loss, terms, global batch size) of each of its micro-batches
+            step_loss = step_terms = None  # summed over the micro-batches (0 + x == x)
+            for loss, parts, size in records:
+                part = loss / world if world > 1 else loss
+                step_loss = part if step_loss is None else step_loss + part
+                if term_names:  # same scaling as the loss: the global-batch mean after the reduce
+                    t = torch.stack(parts).sum(-1) / size
+                    step_terms = t if step_terms is None else step_terms + t
+            # a process without a micro-batch in this step adds 0 to the reduce
+            losses.append(step_loss if step_loss is not None else torch.zeros((), device=device))
             if term_names:
-                for n, values in zip(term_names, torch.stack([terms for _, terms in pending]).T.tolist()):
-                    result.step_terms.setdefault(n, []).extend(values)
-            pending.clear()
+                terms.append(step_terms if step_terms is not None else torch.zeros(len(term_names), device=device))
+        losses = torch.stack(losses)
+        terms = torch.stack(terms) if term_names else None
+        if world > 1:  # one reduce for all these steps
+            losses = accelerator.reduce(losses, reduction="sum")
+            terms = accelerator.reduce(terms, reduction="sum") if term_names else None
+        result.step_losses += losses.tolist()
+        if term_names:
+            for n, values in zip(term_names, terms.T.tolist()):
+                result.step_terms.setdefault(n, []).extend(values)
+        pending.clear()
 
     for step, global_idx in enumerate(batches):
         if step < start:  # taken before the checkpoint (the batch order is a pure function of seed and iteration)
@@ -441,8 +465,7 @@ def train_iteration(
         else:
             mine = np.array_split(np.asarray(global_idx), world)[rank]
             micro = [m.tolist() for m in np.array_split(mine, train.grad_accum) if len(m)]
-        step_loss = None  # summed over the micro-batches (0 + x == x: the same value as starting from a zero tensor)
-        step_terms = None  # (len(term_names),) summed over the micro-batches
+        records = []  # (loss, terms, global batch size) of each micro-batch, turned into numbers by record_pending
         stepped = False
         for j, idx in enumerate(micro):
             # Only the last micro-batch synchronises gradients across processes.
@@ -466,20 +489,16 @@ def train_iteration(
                 )
                 # sum of this process's per-example losses / global batch; DDP averages over processes,
                 # so multiply back by world: the result is the global mean whatever the split.
-                loss = out.losses.sum() * world / len(global_idx)
+                loss = out.losses.sum()
+                loss = (loss * world if world > 1 else loss) / len(global_idx)
                 if loss.requires_grad:  # False when every example of the micro-batch had a zero gradient
                     backward(loss, sync)
                     stepped = True
-            part = loss.detach() / world
-            step_loss = part if step_loss is None else step_loss + part
-            # the terms this method defines (SFT none; absent terms are NaN in `methods.Terms`)
-            with torch.no_grad():
-                if term_names is None:  # once per iteration: which terms the method defines
+            if term_names is None:  # once per iteration: which terms the method defines (SFT none; absent ones NaN)
+                with torch.no_grad():
                     defined = torch.isfinite(torch.stack([getattr(out, n) for n in STEP_TERMS])).any(-1).tolist()
-                    term_names = [n for n, d in zip(STEP_TERMS, defined) if d]
-                if term_names:  # same scaling as the loss: the global-batch mean after the reduce (one stack, few ops)
-                    terms = torch.stack([getattr(out, n) for n in term_names]).sum(-1) / len(global_idx)
-                    step_terms = terms if step_terms is None else step_terms + terms
+                term_names = [n for n, d in zip(STEP_TERMS, defined) if d]
+            records.append((loss.detach(), tuple(getattr(out, n) for n in term_names), len(global_idx)))
         if not stepped:
             # every example of the step had a zero gradient: the full computation would hand the optimiser
             # zero gradients (AdamW still moves on its momentum and decay), so do exactly that
@@ -491,12 +510,7 @@ def train_iteration(
             opt.step()
             opt.zero_grad(set_to_none=True)
         sched.step()  # the schedule sets the optimiser's lr, which DeepSpeed's engine reads too
-        if step_loss is None:  # this process had no micro-batch in this step: it adds 0 to the reduce
-            step_loss = torch.zeros((), device=next(model.parameters()).device)
-        step_total = accelerator.reduce(step_loss, reduction="sum") if world > 1 else step_loss
-        if term_names and world > 1:
-            step_terms = accelerator.reduce(step_terms, reduction="sum")
-        pending.append((step_total, step_terms))
+        pending.append(records)
         every = train.checkpoint_every
         if ckpt_dir is not None and every and (step + 1) % every == 0 and step + 1 < total:
             record_pending()
