@@ -186,10 +186,11 @@ def final_hidden(model, **inputs):
             plain = mine.shape == theirs.shape and torch.allclose(
                 mine, theirs, rtol=2e-2, atol=2e-2 * (1.0 + float(theirs.abs().max())) if theirs.numel() else 0.0
             )
+        if plain:
+            _PLAIN_HEAD.add(core)
     if not plain:
         _NOT_PLAIN_HEAD.add(core)
         return None, model(**inputs).logits
-    _PLAIN_HEAD.add(core)
     if torch.is_grad_enabled() and last_logits.requires_grad and _is_sharded(core, head):
         # FSDP2 hooks the model's output (its pre-backward: the root's and the head unit's); the loss does not use
         # those last-position logits, so route a zero gradient to them (without it the backward read freed

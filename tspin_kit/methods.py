@@ -187,10 +187,13 @@ class Terms(L._Record):
 
     @classmethod
     def from_triplet(cls, out: L.TripletLossOutput) -> Terms:
-        return cls(**{f.name: getattr(out, f.name) for f in fields(cls)})
+        return cls(**{name: getattr(out, name) for name in _TERM_FIELDS})  # (called once per training step)
 
     def replace(self, **kw) -> Terms:
         return Terms(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **kw})
+
+
+_TERM_FIELDS = tuple(f.name for f in fields(Terms))
 
 
 # ---------------------------------------------------------------------------------------------
