@@ -131,14 +131,20 @@ def main() -> None:
 
         ahead = []  # the next steps' `training.StepInputs`, made T.CUT_AHEAD at a time as the loop does
 
+        mask_dtype = T.ahead_mask_dtype(packed, place, bs)
+        names = list(T.STEP_TERMS) if args.method != "sft" else []  # the terms the loop records (SFT: none)
+
         def kit_step():
             if not ahead:
-                if records:  # the loop converts its records once per iteration; here once per CUT_AHEAD steps
-                    torch.stack([r[0] for r in records]).tolist(), torch.stack([r[1] for r in records]).tolist()
+                if records:  # the loop converts its records once per iteration (one process); here every window
+                    totals = [T.step_totals(r, names, 1, place[0]) for r in records]
+                    torch.stack([t[0] for t in totals]).tolist()
+                    if names:
+                        torch.stack([t[1] for t in totals]).tolist()
                     records.clear()
                 for _ in range(T.CUT_AHEAD):
                     i = rng.permutation(bs).tolist()
-                    ahead.append(T.step_inputs(ex, i, method, skip, place[0], packed=packed, mask_dtype=place[1]))
+                    ahead.append(T.step_inputs(ex, i, method, skip, place[0], packed=packed, mask_dtype=mask_dtype))
             inputs = ahead.pop(0)
             idx = inputs.idx
             out = T.compute_loss(
@@ -156,10 +162,8 @@ def main() -> None:
             )
             loss = out.losses.sum() / len(idx)
             finish(loss)
-            with torch.no_grad():
-                terms = torch.stack([getattr(out, n) for n in T.STEP_TERMS]).sum(-1) / len(idx)
             sched.step()
-            records.append((loss.detach(), terms))
+            records.append([(loss.detach(), tuple(getattr(out, n) for n in names), len(idx))])
 
         return locals()[variant]
 

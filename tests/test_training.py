@@ -255,30 +255,27 @@ def test_each_step_is_cut_once_ahead_and_a_stale_cut_is_not_used(pi0, triplets, 
         got = packed.logps(pi0[0], [0, 1, 2], placement=(device, dtype), cut=packed.cut([3, 4, 5], device))
     torch.testing.assert_close(got, want, atol=0, rtol=0)
 
-    # step inputs made for another list of examples are not used either: compute_loss makes those of its own `idx`
+    # step inputs made for another list of examples (or another pack, or another keep_one) are not used either:
+    # compute_loss makes those of its own `idx` (one cut more, counted); its own are used (no cut more)
     method = MethodConfig(name="tspin", alpha=1.0, beta=0.1)
     skip = T.skipped_examples(triplets, method, 0.1)
     kw = dict(beta=0.1, lam=1.0, packed=packed, skip=skip, placement=(device, dtype))
-    other = T.step_inputs(triplets, [3, 4, 5], method, skip, device, packed=packed, mask_dtype=dtype)
     idx = [0, 1, 2]
+
+    def made(examples, pack=packed, keep_one=False):
+        return T.step_inputs(triplets, examples, method, skip, device, packed=pack, keep_one=keep_one, mask_dtype=dtype)
+
+    cases = {
+        "other examples": (made([3, 4, 5]), 1),
+        "an equal list, not this one": (made([0, 1, 2]), 1),
+        "another pack": (made(idx, pack=T.training_pack(pi0[0], triplets, method)), 1),
+        "another keep_one": (made(idx, keep_one=True), 1),
+        "its own": (made(idx), 0),
+    }
     with torch.no_grad():
         want = T.compute_loss(pi0[0], triplets, idx, method, **kw).losses
-        stale = T.compute_loss(pi0[0], triplets, idx, method, inputs=other, **kw).losses
-        same_values = T.compute_loss(
-            pi0[0],
-            triplets,
-            [0, 1, 2],
-            method,
-            inputs=T.step_inputs(triplets, idx, method, skip, device, packed=packed, mask_dtype=dtype),
-            **kw,
-        ).losses  # another list object
-        own = T.compute_loss(
-            pi0[0],
-            triplets,
-            idx,
-            method,
-            inputs=T.step_inputs(triplets, idx, method, skip, device, packed=packed, mask_dtype=dtype),
-            **kw,
-        ).losses
-    for got in (stale, same_values, own):
-        torch.testing.assert_close(got, want, atol=0, rtol=0)
+        for case, (inputs, new_cuts) in cases.items():
+            calls.clear()
+            got = T.compute_loss(pi0[0], triplets, idx, method, inputs=inputs, **kw).losses
+            assert len(calls) == new_cuts, case
+            torch.testing.assert_close(got, want, atol=0, rtol=0, msg=case)

@@ -151,6 +151,8 @@ class StepInputs:
     than between a backward and the next forward (cold caches; benchmarks/bench_step_parts.py)."""
 
     idx: list[int]  # the step's examples: `compute_loss` uses these inputs for this very list object only
+    packed: PackedExamples | None  # the pack they were cut from (compute_loss: only with the same one)
+    keep_one: bool
     live: list[int]  # the positions in ``idx`` that are forwarded (`forwarded`)
     live_at: torch.Tensor | None  # ``live`` as a tensor on the device, where some examples are not forwarded
     cut: StepCut | None  # the forwarded examples' index tensors in the iteration's pack (None: unpacked, or none)
@@ -188,7 +190,9 @@ def step_inputs(
         counts = [len(ex.annotated_ids[i]) for i in idx]
         per_example["annotated_tokens"] = torch.tensor(counts, dtype=torch.float32, device=device)
     live_at = torch.tensor(live, device=device) if 0 < len(live) < len(idx) else None
-    return StepInputs(idx=idx, live=live, live_at=live_at, cut=cut, per_example=per_example)
+    return StepInputs(
+        idx=idx, packed=packed, keep_one=keep_one, live=live, live_at=live_at, cut=cut, per_example=per_example
+    )
 
 
 def compute_loss(
@@ -219,11 +223,12 @@ def compute_loss(
     zero-gradient rule evaluated once per iteration for every example (`skipped_examples`); ``placement``: the
     model's (device, dtype) (`logprobs.model_placement`), found once per iteration by the caller; ``inputs``: the
     step's `StepInputs`, made ahead by the caller (used when made for this ``idx`` object, with the same
-    ``packed`` and ``keep_one``). When nothing is forwarded the loss is a constant: ``.losses`` then has no graph.
+    ``packed`` and ``keep_one``; else this call makes its own). When nothing is forwarded the loss is a constant:
+    ``.losses`` then has no graph.
     """
     # (a training step calls this once per micro-batch: every line here was measured in-step, benchmarks/)
     placement = placement or model_placement(model)
-    if inputs is None or inputs.idx is not idx:
+    if inputs is None or inputs.idx is not idx or inputs.packed is not packed or inputs.keep_one != keep_one:
         if skip is None:
             skip = skipped_examples(ex, method, beta)
         inputs = step_inputs(ex, idx, method, skip, placement[0], keep_one=keep_one, packed=packed)
@@ -259,6 +264,40 @@ def forwarded(idx: list[int], skip: list[bool], keep_one: bool = False) -> list[
     one when none is and ``keep_one``."""
     live = [k for k, i in enumerate(idx) if not skip[i]]
     return [0] if not live and keep_one else live
+
+
+@torch.no_grad()
+def step_totals(
+    records: list[tuple[torch.Tensor, tuple[torch.Tensor, ...], int]],
+    term_names: list[str] | None,
+    world: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A step's recorded loss and terms (`train_iteration`) from the (detached loss, term tensors, global batch size)
+    of each of its micro-batches on this process: the loss / world summed over them (the reduce sums the processes),
+    each term's sum over its examples / the global batch size summed over them (0 where this process ran none)."""
+    step_loss = step_terms = None  # summed over the micro-batches (0 + x == x: the same value as starting at 0)
+    for loss, parts, size in records:
+        part = loss / world if world > 1 else loss
+        step_loss = part if step_loss is None else step_loss + part
+        if term_names:  # same scaling as the loss: the global-batch mean after the reduce
+            t = torch.stack(parts).sum(-1) / size
+            step_terms = t if step_terms is None else step_terms + t
+    if step_loss is None:  # no micro-batch on this process in this step: it adds 0 to the reduce
+        step_loss = torch.zeros((), device=device)
+    if term_names and step_terms is None:
+        step_terms = torch.zeros(len(term_names), device=device)
+    return step_loss, step_terms if term_names else None
+
+
+def ahead_mask_dtype(packed: PackedExamples | None, placement, largest_step: int) -> torch.dtype | None:
+    """The dtype in which `train_iteration` makes its steps' masks with their inputs (`step_inputs`), or None: on CPU,
+    where every example's mask is kept (`PackedExamples.keep_masks`) and CUT_AHEAD steps' masks stay within
+    MASK_CACHE_ELEMENTS."""
+    device, dtype = placement
+    if packed is None or device.type != "cpu" or packed.keep_masks(dtype) is None:
+        return None
+    return dtype if CUT_AHEAD * packed.step_mask_elements(largest_step) <= MASK_CACHE_ELEMENTS else None
 
 
 def skipped_examples(ex: Examples, method: MethodConfig, beta: float) -> list[bool]:
@@ -408,48 +447,29 @@ def train_iteration(
     # in one tight loop, where they cost several times less than between a backward and the next forward. On CPU the
     # steps' masks too, while CUT_AHEAD of them stay within MASK_CACHE_ELEMENTS.
     ahead = world == 1 and train.grad_accum == 1
-    mask_dtype = None
-    if packed is not None and placement[0].type == "cpu":
-        # small iterations: every example's mask, before the first step (None where too large to keep)
-        if packed.keep_masks(placement[1]) is not None:
-            if CUT_AHEAD * packed.step_mask_elements(max(map(len, batches))) <= MASK_CACHE_ELEMENTS:
-                mask_dtype = placement[1]
+    mask_dtype = ahead_mask_dtype(packed, placement, max(map(len, batches), default=0))
     made: dict[int, StepInputs] = {}
     made_end = 0  # the first step after those made so far
     term_names: list[str] | None = None
-    # Each step's loss and terms are kept as the step's tensors and turned into `result`'s numbers once per iteration
-    # (and before each checkpoint): per step, a few small tensor ops and a conversion cost more between a backward and
-    # the next forward than all of them together afterwards; on a GPU each conversion waited for the step to finish.
-    pending: list[list[tuple[torch.Tensor, tuple[torch.Tensor, ...], int]]] = []  # per step: its micro-batches'
+    # One process: each step's loss and terms are kept as the step's tensors and turned into `result`'s numbers once
+    # per iteration (and before each checkpoint): per step, a few small tensor ops and a conversion cost more between a
+    # backward and the next forward than all of them together afterwards; on a GPU each conversion waited for the step.
+    # Several processes: each step is reduced as it ends, as before (the collectives keep their order and size), and
+    # only the conversion waits.
+    # the steps not yet in `result`: one process, each step's micro-batch records (`step_totals` when converted);
+    # several, each step's reduced (loss, terms)
+    pending: list = []
 
-    @torch.no_grad()
     def record_pending():
-        if not pending:
-            return
-        device = next(model.parameters()).device
-        losses, terms = [], []
-        for records in pending:  # one step: (loss, terms, global batch size) of each of its micro-batches
-            step_loss = step_terms = None  # summed over the micro-batches (0 + x == x)
-            for loss, parts, size in records:
-                part = loss / world if world > 1 else loss
-                step_loss = part if step_loss is None else step_loss + part
-                if term_names:  # same scaling as the loss: the global-batch mean after the reduce
-                    t = torch.stack(parts).sum(-1) / size
-                    step_terms = t if step_terms is None else step_terms + t
-            # a process without a micro-batch in this step adds 0 to the reduce
-            losses.append(step_loss if step_loss is not None else torch.zeros((), device=device))
+        if pending and world == 1:
+            device = next(model.parameters()).device
+            pending[:] = [step_totals(records, term_names, 1, device) for records in pending]
+        if pending:
+            result.step_losses += torch.stack([loss for loss, _ in pending]).tolist()
             if term_names:
-                terms.append(step_terms if step_terms is not None else torch.zeros(len(term_names), device=device))
-        losses = torch.stack(losses)
-        terms = torch.stack(terms) if term_names else None
-        if world > 1:  # one reduce for all these steps
-            losses = accelerator.reduce(losses, reduction="sum")
-            terms = accelerator.reduce(terms, reduction="sum") if term_names else None
-        result.step_losses += losses.tolist()
-        if term_names:
-            for n, values in zip(term_names, terms.T.tolist()):
-                result.step_terms.setdefault(n, []).extend(values)
-        pending.clear()
+                for n, values in zip(term_names, torch.stack([terms for _, terms in pending]).T.tolist()):
+                    result.step_terms.setdefault(n, []).extend(values)
+            pending.clear()
 
     for step, global_idx in enumerate(batches):
         if step < start:  # taken before the checkpoint (the batch order is a pure function of seed and iteration)
@@ -510,7 +530,12 @@ def train_iteration(
             opt.step()
             opt.zero_grad(set_to_none=True)
         sched.step()  # the schedule sets the optimiser's lr, which DeepSpeed's engine reads too
-        pending.append(records)
+        if world > 1:
+            step_loss, step_terms = step_totals(records, term_names, world, next(model.parameters()).device)
+            step_loss = accelerator.reduce(step_loss, reduction="sum")
+            pending.append((step_loss, accelerator.reduce(step_terms, reduction="sum") if term_names else None))
+        else:
+            pending.append(records)  # (made into totals by record_pending)
         every = train.checkpoint_every
         if ckpt_dir is not None and every and (step + 1) % every == 0 and step + 1 < total:
             record_pending()
