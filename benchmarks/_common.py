@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -77,6 +78,20 @@ def machine_info() -> dict:
 def stats(xs: list[float]) -> dict:
     xs = [float(x) for x in xs]
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs), "values": xs}
+
+
+def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free confidence interval for the median of ``xs`` (independent draws): the order statistics
+    x_(k) and x_(n+1-k), k the largest rank with P(Binomial(n, 1/2) < k) <= (1 - level) / 2, so the interval covers
+    the true median with probability >= ``level`` whatever the distribution. None when n is too small (n < 6 at
+    95%)."""
+    xs = sorted(float(x) for x in xs)
+    n, tail, k = len(xs), (1 - level) / 2, 0
+    below = 0.0  # P(Binomial(n, 1/2) <= k - 1), accumulated rank by rank
+    while k < n and below + math.comb(n, k) / 2**n <= tail:
+        below += math.comb(n, k) / 2**n
+        k += 1
+    return (xs[k - 1], xs[n - k]) if k >= 1 else None
 
 
 def emit(result: dict, table: str) -> None:
