@@ -154,7 +154,7 @@ class LogProbs:
     def proto_ratio(self, like: torch.Tensor) -> torch.Tensor:
         """log pi(y0) - log pi_t(y0), detached: how pair methods record y0 on their own scale (NaN without y0)."""
         if self.proto is None or self.ref_proto is None:
-            return torch.full_like(like, math.nan).detach()
+            return torch.full_like(like, math.nan)  # (a new tensor: never part of a graph)
         return (self.proto - self.ref_proto).detach()
 
     def need(self, name: str) -> torch.Tensor:
@@ -351,7 +351,7 @@ def docs_table() -> str:
 
 
 def _nan(like: torch.Tensor) -> torch.Tensor:
-    return torch.full_like(like, math.nan).detach()
+    return torch.full_like(like, math.nan)  # a new tensor: never part of a graph (no detach needed)
 
 
 @register(
@@ -398,11 +398,15 @@ def sft(lp: LogProbs, k: Knobs) -> Terms:
 )
 def spin(lp: LogProbs, k: Knobs) -> Terms:
     out = L.spin_loss(lp.annotated, lp.synthetic, lp.need("ref_annotated"), lp.need("ref_synthetic"), lam=k.lam)
-    zeros = torch.zeros_like(out.losses).detach()
-    # y0 is not in SPIN's loss; its reward and advantage are recorded on SPIN's own scale for comparison
+    zeros = torch.zeros_like(out.losses)  # (factory tensors are never part of a graph)
+    # y0 is not in SPIN's loss; its reward and advantage are recorded on SPIN's own scale for comparison (NaN where
+    # there is no y0, as in training, which reads neither: the NaNs then cost no arithmetic, once per step)
     proto_ratio = lp.proto_ratio(out.losses)
-    proto_rewards = k.lam * proto_ratio
-    historical_advantage = (lp.synthetic - lp.ref_synthetic).detach() - proto_ratio
+    if lp.proto is None or lp.ref_proto is None:
+        proto_rewards, historical_advantage = proto_ratio, _nan(out.losses)
+    else:
+        proto_rewards = k.lam * proto_ratio
+        historical_advantage = (lp.synthetic - lp.ref_synthetic).detach() - proto_ratio
     return Terms(
         losses=out.losses,
         current_term=out.losses.detach(),
