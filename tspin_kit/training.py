@@ -451,13 +451,11 @@ def train_iteration(
     made: dict[int, StepInputs] = {}
     made_end = 0  # the first step after those made so far
     term_names: list[str] | None = None
-    # One process: each step's loss and terms are kept as the step's tensors and turned into `result`'s numbers once
-    # per iteration (and before each checkpoint): per step, a few small tensor ops and a conversion cost more between a
-    # backward and the next forward than all of them together afterwards; on a GPU each conversion waited for the step.
-    # Several processes: each step is reduced as it ends, as before (the collectives keep their order and size), and
-    # only the conversion waits.
-    # the steps not yet in `result`: one process, each step's micro-batch records (`step_totals` when converted);
-    # several, each step's reduced (loss, terms)
+    # The steps not yet in `result`. One process: each step's micro-batch records, turned into totals (`step_totals`)
+    # and numbers once per iteration (and before each checkpoint): per step, a few small tensor ops and a conversion
+    # cost more between a backward and the next forward than all of them together afterwards; on a GPU each
+    # conversion waited for the step. Several processes: each step's (loss, terms), reduced as the step ends, as
+    # before (the collectives keep their order and size); only the conversion waits.
     pending: list = []
 
     def record_pending():
