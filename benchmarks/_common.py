@@ -209,6 +209,22 @@ def toy_examples(tokenizer, num: int, *, task: str = "addition", seed: int = 0, 
     return ex, (prompts, ann, syn, pro)
 
 
+def steps_config(lr: float, steps: int, batch_size: int):
+    """The benchmarks' training settings: ``steps`` optimiser steps over one batch (one epoch each), AdamW at a
+    constant ``lr`` without warm-up, gradients clipped at 1.0."""
+    from tspin_kit.config import TrainConfig
+
+    return TrainConfig(
+        optimizer="adamw",
+        lr=lr,
+        epochs=steps,
+        batch_size=batch_size,
+        warmup_ratio=0.0,
+        schedule="constant",
+        max_grad_norm=1.0,
+    )
+
+
 def fill_reference(model, tokenizer, ex) -> None:
     """Reference log-probs of y, y', y0 under `model` (what tspin_kit's generate phase records)."""
     import torch

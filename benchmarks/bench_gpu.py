@@ -161,18 +161,9 @@ def vllm_status() -> dict:
 def step_seconds(model, ex, method, n_steps: int, batch_size: int, *, cpu: bool = False) -> list[float]:
     """One `train_iteration` of ``n_steps`` optimiser steps (AdamW, lr 1e-6, constant); the seconds of each step after
     the first, in step order (timed by the progress callback, which fires after each step)."""
-    from tspin_kit.config import TrainConfig
     from tspin_kit.training import train_iteration
 
-    cfg = TrainConfig(
-        optimizer="adamw",
-        lr=1e-6,
-        epochs=n_steps,
-        batch_size=batch_size,
-        warmup_ratio=0.0,
-        schedule="constant",
-        max_grad_norm=1.0,
-    )
+    cfg = C.steps_config(1e-6, n_steps, batch_size)
     stamps = []
     res = train_iteration(
         model,

@@ -49,7 +49,7 @@ def main() -> None:
     from tspin_kit import losses as L
     from tspin_kit import toy
     from tspin_kit import training as T
-    from tspin_kit.config import MethodConfig, TrainConfig
+    from tspin_kit.config import MethodConfig
     from tspin_kit.logprobs import _model_token_logps, model_placement, pack_rows
 
     bs = 64
@@ -63,9 +63,7 @@ def main() -> None:
         "sft": MethodConfig(name="sft"),
     }[args.method]
     beta, lam = method.beta_at(1), method.lam_at(1)
-    cfg = TrainConfig(
-        optimizer="adamw", lr=2e-5, epochs=1, batch_size=bs, warmup_ratio=0.0, schedule="constant", max_grad_norm=1.0
-    )
+    cfg = C.steps_config(2e-5, 1, bs)
     roles = [ex.role_ids(r) for r in method.spec.roles]
     pk = pack_rows(
         [p for _ in roles for p in ex.prompt_ids], [r[i] for r in roles for i in range(bs)], tok.pad_token_id

@@ -57,7 +57,7 @@ def main() -> None:
 
     from tspin_kit import losses as L
     from tspin_kit import toy
-    from tspin_kit.config import MethodConfig, TrainConfig
+    from tspin_kit.config import MethodConfig
     from tspin_kit.logprobs import collate, pack_rows
     from tspin_kit.methods import zero_gradient
     from tspin_kit.training import make_optimizer, train_iteration
@@ -67,15 +67,7 @@ def main() -> None:
     ex, _ = C.toy_examples(tok, bs, task=args.task, repeats=args.data == "toy")
     C.fill_reference(base, tok, ex)
     pad = tok.pad_token_id
-    train_cfg = TrainConfig(
-        optimizer="adamw",
-        lr=2e-5,
-        epochs=steps,
-        batch_size=bs,
-        warmup_ratio=0.0,
-        schedule="constant",
-        max_grad_norm=1.0,
-    )
+    train_cfg = C.steps_config(2e-5, steps, bs)
     methods = {
         "tspin": MethodConfig(name="tspin", alpha=1.0, beta=0.1),
         "spin": MethodConfig(name="spin", lam=1.0),

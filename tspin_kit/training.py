@@ -460,8 +460,7 @@ def train_iteration(
 
     def record_pending():
         if pending and world == 1:
-            device = next(model.parameters()).device
-            pending[:] = [step_totals(records, term_names, 1, device) for records in pending]
+            pending[:] = [step_totals(records, term_names, 1, placement[0]) for records in pending]
         if pending:
             result.step_losses += torch.stack([loss for loss, _ in pending]).tolist()
             if term_names:
@@ -529,7 +528,7 @@ def train_iteration(
             opt.zero_grad(set_to_none=True)
         sched.step()  # the schedule sets the optimiser's lr, which DeepSpeed's engine reads too
         if world > 1:
-            step_loss, step_terms = step_totals(records, term_names, world, next(model.parameters()).device)
+            step_loss, step_terms = step_totals(records, term_names, world, placement[0])
             step_loss = accelerator.reduce(step_loss, reduction="sum")
             pending.append((step_loss, accelerator.reduce(step_terms, reduction="sum") if term_names else None))
         else:
