@@ -291,9 +291,8 @@ def test_lean_path_never_builds_full_logits():
     assert all(len(s) != 3 or s[1] == 1 for s in shapes)
 
 
-def test_a_head_that_is_not_a_plain_projection_falls_back_to_the_models_logits():
-    """A model that rescales its logits after the head (as logit soft-capping does) fails the run-time check
-    and is scored from its own logits: still equal to the naive gather, values and gradients."""
+def _scaled(inner):
+    """``inner`` with its logits rescaled after the head (as logit soft-capping does): not a plain projection."""
 
     class Scaled(torch.nn.Module):
         def __init__(self, inner):
@@ -309,10 +308,69 @@ def test_a_head_that_is_not_a_plain_projection_falls_back_to_the_models_logits()
             out.logits = out.logits * 0.5 + 1.0
             return out
 
-    model = Scaled(tiny_llama())
+    return Scaled(inner)
+
+
+def test_a_head_that_is_not_a_plain_projection_falls_back_to_the_models_logits():
+    """A model that rescales its logits after the head (as logit soft-capping does) fails the run-time check
+    and is scored from its own logits: still equal to the naive gather, values and gradients."""
+
+    model = _scaled(tiny_llama())
     weights = torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)
     check_values_and_grads(model, lambda m: model_logps(m, collate(PROMPTS, RESPONSES, PAD)), weights)
     assert model in LP._NOT_PLAIN_HEAD
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_lean_head_block_hooks_the_head_once_with_the_same_values_and_gradients(monkeypatch, chunk):
+    """Inside `lean_head` the head carries one hook for the whole block (none is added or removed per call), the
+    log-probs and gradients equal the naive gather, a call of the head outside the model's forward is left alone
+    (the lean path applies the head to (M, H) states itself), and the hook is gone after the block."""
+    model = tiny_llama()
+    monkeypatch.setattr(LP, "CHUNK_ELEMENTS", chunk * model.config.vocab_size if chunk else LP.CHUNK_ELEMENTS)
+    weights = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    head = model.lm_head
+    added = []
+    real_register = torch.nn.Module.register_forward_pre_hook
+    monkeypatch.setattr(
+        torch.nn.Module,
+        "register_forward_pre_hook",
+        lambda self, *a, **k: added.append(self) or real_register(self, *a, **k),
+    )
+    with LP.lean_head(model):
+        assert len(head._forward_pre_hooks) == 1 and added == [head]
+        for _ in range(2):  # two calls, as two training steps: still the block's one hook
+            check_values_and_grads(model, lambda m: model_logps(m, collate(PROMPTS, RESPONSES, PAD)), weights)
+        states = torch.randn(5, model.config.hidden_size)
+        assert head(states).shape == (5, model.config.vocab_size)  # a direct call: not cut to its last position
+        with LP.lean_head(model):  # nested: no second hook
+            assert len(head._forward_pre_hooks) == 1
+        assert len(head._forward_pre_hooks) == 1
+    assert added == [head] and len(head._forward_pre_hooks) == 0
+    # after the block: one hook per call again, removed after it
+    check_values_and_grads(model, lambda m: model_logps(m, collate(PROMPTS, RESPONSES, PAD)), weights)
+    assert added == [head, head] and len(head._forward_pre_hooks) == 0
+
+
+def test_lean_head_block_removes_its_hook_when_the_block_raises():
+    model = tiny_llama()
+    with pytest.raises(RuntimeError, match="boom"), LP.lean_head(model):
+        model_logps(model, collate(PROMPTS, RESPONSES, PAD))
+        raise RuntimeError("boom")
+    assert len(model.lm_head._forward_pre_hooks) == 0 and model not in LP._TAPPED
+
+
+def test_lean_head_block_with_a_head_that_is_not_a_plain_projection():
+    """The run-time check still runs inside the block: a model that rescales its logits after the head falls back
+    to its own logits (values and gradients as the naive gather), and its forwards are not cut afterwards."""
+    model = _scaled(tiny_llama(seed=6))
+    weights = torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64)
+    with LP.lean_head(model):
+        for _ in range(2):
+            check_values_and_grads(model, lambda m: model_logps(m, collate(PROMPTS, RESPONSES, PAD)), weights)
+        assert model in LP._NOT_PLAIN_HEAD
+        batch = collate(PROMPTS, RESPONSES, PAD)
+        assert model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.shape[1] > 1
 
 
 def test_sequence_logps_chunks_keep_the_logits_dtype():

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from tspin_kit import training as T
 from tspin_kit.config import MethodConfig, TrainConfig
 from tspin_kit.data import DataError
 from tspin_kit.generation import score_responses
@@ -128,6 +129,27 @@ def test_warmup_and_schedule_values():
     assert [g(s) for s in range(4)] == pytest.approx([0.5, 1, 1, 1])
     h = lr_lambda(5, TrainConfig(warmup_ratio=0.0, schedule="constant"))
     assert [h(s) for s in range(5)] == [1.0] * 5
+
+
+@pytest.mark.parametrize("schedule, warmup", [("constant", 0.0), ("constant", 0.3), ("linear", 0.0), ("linear", 0.2)])
+def test_each_step_takes_the_schedules_learning_rate(pi0, triplets, monkeypatch, schedule, warmup):
+    """The learning rate every optimiser step uses is lr * lr_lambda(step), whether train_iteration steps the
+    scheduler after every step or, once a constant schedule's warm-up is over, no longer (nothing left to set)."""
+    seen = []
+    real = T.make_optimizer
+
+    def recording(*a, **k):
+        opt = real(*a, **k)
+        opt.register_step_pre_hook(lambda o, args, kwargs: seen.append(o.param_groups[0]["lr"]))
+        return opt
+
+    monkeypatch.setattr(T, "make_optimizer", recording)
+    res = train(
+        copy.deepcopy(pi0[0]), triplets, "tspin", epochs=5, batch_size=4, warmup_ratio=warmup, schedule=schedule
+    )
+    f = lr_lambda(res.steps, TrainConfig(warmup_ratio=warmup, schedule=schedule))
+    assert res.steps == 20 and seen == pytest.approx([1e-3 * f(s) for s in range(res.steps)], rel=1e-12)
+    assert len(set(seen)) > 1 or (schedule, warmup) == ("constant", 0.0)
 
 
 def test_lr_schedule_per_iteration(pi0, triplets):

@@ -16,6 +16,7 @@ hidden state (logit soft-capping, a logit scale) fall back to the model's own lo
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass
 
@@ -141,6 +142,64 @@ _NOT_PLAIN_HEAD: weakref.WeakSet = weakref.WeakSet()
 _PLAIN_HEAD: weakref.WeakSet = weakref.WeakSet()
 
 
+def _lean_head(core):
+    """``core``'s output-embedding layer where the lean path may be tried (`final_hidden`), else None: no such layer,
+    a model that failed the run-time check, or a config that says the logits are post-processed."""
+    get_head = getattr(core, "get_output_embeddings", None)
+    head = get_head() if callable(get_head) else None
+    if head is None or core in _NOT_PLAIN_HEAD:
+        return None
+    if core not in _PLAIN_HEAD:  # a model that passed is not asked again (transformers reads config in Python)
+        config = getattr(core, "config", None)
+        if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None) not in (
+            None,
+            1,
+            1.0,
+        ):
+            return None
+    return head
+
+
+class _HeadTap:
+    """A forward pre-hook for the output-embedding layer: while ``on``, it keeps the layer's input and lets the model
+    project its last position only; otherwise it leaves the call alone."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.hidden = None
+
+    def __call__(self, module, args):
+        if not self.on:
+            return None
+        self.hidden = args[0]
+        return (args[0][..., -1:, :], *args[1:])
+
+
+# Models inside `lean_head`: model -> (core, head, tap, sharded).
+_TAPPED: dict = {}
+
+
+@contextlib.contextmanager
+def lean_head(model):
+    """Within the block, `final_hidden` (hence every log-prob function here) finds ``model``'s head hooked once, instead
+    of adding and removing a hook on it at every call, and knows whether it is sharded. For a training loop: that
+    per-call work ran between a step's backward and the next forward, where such code runs several times slower
+    (cold caches; benchmarks/bench_step_parts.py). The head must stay the same object within the block."""
+    core = getattr(model, "module", model)
+    head = _lean_head(core)
+    if head is None or model in _TAPPED:  # no lean path to speed up, or already inside a block for this model
+        yield
+        return
+    tap = _HeadTap()
+    handle = head.register_forward_pre_hook(tap)
+    _TAPPED[model] = (core, head, tap, _is_sharded(core, head))
+    try:
+        yield
+    finally:
+        del _TAPPED[model]
+        handle.remove()
+
+
 def final_hidden(model, **inputs):
     """Run ``model(**inputs)`` without its full-vocabulary logits: ``(hidden, head, vocab), None``.
 
@@ -150,35 +209,28 @@ def final_hidden(model, **inputs):
     fails the check; the check runs once per model). Models without ``get_output_embeddings``, or failing the
     check, return ``None, logits`` (the model's own full logits). The model is called through any wrapper
     (DDP), so its hooks run as in a plain forward; the head is then applied to chunks outside that forward.
+    Inside `lean_head` the hook is the block's; else one is added for this call.
     """
-    core = getattr(model, "module", model)  # DDP / accelerate wrappers
-    get_head = getattr(core, "get_output_embeddings", None)
-    head = get_head() if callable(get_head) else None
-    config = getattr(core, "config", None)
-    if (
-        head is None
-        or core in _NOT_PLAIN_HEAD
-        or (
-            core not in _PLAIN_HEAD  # a model that passed is not asked again (transformers reads config in Python)
-            and (
-                getattr(config, "final_logit_softcapping", None)
-                or getattr(config, "logit_scale", None) not in (None, 1, 1.0)
-            )
-        )
-    ):
-        return None, model(**inputs).logits
-    captured = {}
-
-    def keep_input(module, args):
-        captured["hidden"] = args[0]
-        return (args[0][..., -1:, :], *args[1:])  # the model projects its last position only
-
-    handle = head.register_forward_pre_hook(keep_input)
+    tapped = _TAPPED.get(model)
+    if tapped is not None:
+        core, head, tap, sharded = tapped
+        if core in _NOT_PLAIN_HEAD:  # failed the check inside the block
+            return None, model(**inputs).logits
+    else:
+        core = getattr(model, "module", model)  # DDP / accelerate wrappers
+        head = _lean_head(core)
+        if head is None:
+            return None, model(**inputs).logits
+        tap, sharded = _HeadTap(), None
+    handle = head.register_forward_pre_hook(tap) if tapped is None else None
+    tap.on = True
     try:
         last_logits = model(**inputs).logits  # (N, 1, V)
     finally:
-        handle.remove()
-    hidden = captured.get("hidden")
+        tap.on = False
+        if handle is not None:
+            handle.remove()
+    hidden, tap.hidden = tap.hidden, None
     plain = hidden is not None and hidden.dim() == 3 and last_logits.dim() == 3 and last_logits.shape[1] == 1
     if plain and core not in _PLAIN_HEAD:
         with torch.no_grad():  # same projection, maybe outside the model's autocast: compare loosely
@@ -191,7 +243,8 @@ def final_hidden(model, **inputs):
     if not plain:
         _NOT_PLAIN_HEAD.add(core)
         return None, model(**inputs).logits
-    if torch.is_grad_enabled() and last_logits.requires_grad and _is_sharded(core, head):
+    training = torch.is_grad_enabled() and last_logits.requires_grad
+    if training and (_is_sharded(core, head) if sharded is None else sharded):
         # FSDP2 hooks the model's output (its pre-backward: the root's and the head unit's); the loss does not use
         # those last-position logits, so route a zero gradient to them (without it the backward read freed
         # parameter memory: SIGSEGV, torch 2.13 CPU/gloo). DeepSpeed ZeRO-3 likewise expects the backward of every

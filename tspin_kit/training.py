@@ -42,6 +42,7 @@ from .logprobs import (
     MASK_CACHE_ELEMENTS,
     PackedExamples,
     StepCut,
+    lean_head,
     longest_row,
     model_placement,
     rows_logps,
@@ -132,7 +133,7 @@ def make_optimizer(params, cfg: TrainConfig, lr: float):
 
 
 def lr_lambda(total_steps: int, cfg: TrainConfig) -> Callable[[int], float]:
-    warmup = int(math.ceil(cfg.warmup_ratio * total_steps))
+    warmup = warmup_steps(total_steps, cfg)
 
     def f(step: int) -> float:
         if step < warmup:
@@ -142,6 +143,16 @@ def lr_lambda(total_steps: int, cfg: TrainConfig) -> Callable[[int], float]:
         return 1.0
 
     return f
+
+
+def warmup_steps(total_steps: int, cfg: TrainConfig) -> int:
+    return int(math.ceil(cfg.warmup_ratio * total_steps))
+
+
+def lr_steady_from(total_steps: int, cfg: TrainConfig) -> int:
+    """The first step from which `lr_lambda` no longer changes: the end of the warm-up for a constant schedule; never
+    (``total_steps``) for a linear one."""
+    return total_steps if cfg.schedule == "linear" else warmup_steps(total_steps, cfg)
 
 
 @dataclass
@@ -377,6 +388,7 @@ def train_iteration(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, train, lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total, train))
+    steady = lr_steady_from(total, train)
     # A mid-phase checkpoint (see TRAIN_CHECKPOINT_FORMAT): one process / DDP: loaded before prepare(), every process
     # reads it, the main process writes it; FSDP2 / DeepSpeed: loaded after prepare(), every process its shard.
     writes_checkpoints = local or state.is_main_process
@@ -468,90 +480,93 @@ def train_iteration(
                     result.step_terms.setdefault(n, []).extend(values)
             pending.clear()
 
-    for step, global_idx in enumerate(batches):
-        if step < start:  # taken before the checkpoint (the batch order is a pure function of seed and iteration)
-            continue
-        if ahead:
-            micro = [global_idx]  # the common case, without the per-step numpy round trip
-            if step >= made_end:
-                made_end = min(step + CUT_AHEAD, total)
-                made = {
-                    s: step_inputs(ex, batches[s], method, skip, placement[0], packed=packed, mask_dtype=mask_dtype)
-                    for s in range(step, made_end)
-                }
-        else:
-            mine = np.array_split(np.asarray(global_idx), world)[rank]
-            micro = [m.tolist() for m in np.array_split(mine, train.grad_accum) if len(m)]
-        records = []  # (loss, terms, global batch size) of each micro-batch, turned into numbers by record_pending
-        stepped = False
-        for j, idx in enumerate(micro):
-            # Only the last micro-batch synchronises gradients across processes.
-            sync = j == len(micro) - 1
-            ctx = contextlib.nullcontext() if sync or world == 1 else accelerator.no_sync(ddp_model)
-            with ctx:
-                out = compute_loss(
-                    ddp_model,
-                    ex,
-                    idx,
-                    method,
-                    beta=beta,
-                    lam=lam,
-                    keep_one=distributed,
-                    packed=packed,
-                    skip=skip,
-                    iteration=iteration,
-                    knobs=knobs,
-                    placement=placement,
-                    inputs=made.pop(step) if ahead else None,
-                )
-                # sum of this process's per-example losses / global batch; DDP averages over processes,
-                # so multiply back by world: the result is the global mean whatever the split.
-                loss = out.losses.sum()
-                loss = (loss * world if world > 1 else loss) / len(global_idx)
-                if loss.requires_grad:  # False when every example of the micro-batch had a zero gradient
-                    backward(loss, sync)
-                    stepped = True
-            if term_names is None:  # once per iteration: which terms the method defines (SFT none; absent ones NaN)
-                with torch.no_grad():
-                    defined = torch.isfinite(torch.stack([getattr(out, n) for n in STEP_TERMS])).any(-1).tolist()
-                term_names = [n for n, d in zip(STEP_TERMS, defined) if d]
-            records.append((loss.detach(), tuple(getattr(out, n) for n in term_names), len(global_idx)))
-        if not stepped:
-            # every example of the step had a zero gradient: the full computation would hand the optimiser
-            # zero gradients (AdamW still moves on its momentum and decay), so do exactly that
-            for p in params:
-                p.grad = torch.zeros_like(p)
-        if not engine:  # (DeepSpeed's engine did all three inside the last micro-batch's backward)
-            if train.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        sched.step()  # the schedule sets the optimiser's lr, which DeepSpeed's engine reads too
-        if world > 1:
-            step_loss, step_terms = step_totals(records, term_names, world, placement[0])
-            step_loss = accelerator.reduce(step_loss, reduction="sum")
-            pending.append((step_loss, accelerator.reduce(step_terms, reduction="sum") if term_names else None))
-        else:
-            pending.append(records)  # (made into totals by record_pending)
-        every = train.checkpoint_every
-        if ckpt_dir is not None and every and (step + 1) % every == 0 and step + 1 < total:
-            record_pending()
-            if writes_checkpoints or sharded:  # sharded: every process writes its shard
-                _save_train_checkpoint(
-                    ckpt_dir,
-                    step + 1,
-                    fingerprint,
-                    named,
-                    opt,
-                    sched,
-                    result,
-                    time.perf_counter() - t0,
-                    sharded=ddp_model if sharded else None,
-                    main=writes_checkpoints,
-                )
-        bar.update(1)
-        if progress is not None:
-            progress(step + 1, total, label)
+    # The head's lean-path hook added once for the loop, not at every step (`logprobs.lean_head`).
+    with lean_head(ddp_model):
+        for step, global_idx in enumerate(batches):
+            if step < start:  # taken before the checkpoint (the batch order is a pure function of seed and iteration)
+                continue
+            if ahead:
+                micro = [global_idx]  # the common case, without the per-step numpy round trip
+                if step >= made_end:
+                    made_end = min(step + CUT_AHEAD, total)
+                    made = {
+                        s: step_inputs(ex, batches[s], method, skip, placement[0], packed=packed, mask_dtype=mask_dtype)
+                        for s in range(step, made_end)
+                    }
+            else:
+                mine = np.array_split(np.asarray(global_idx), world)[rank]
+                micro = [m.tolist() for m in np.array_split(mine, train.grad_accum) if len(m)]
+            records = []  # (loss, terms, global batch size) of each micro-batch, turned into numbers by record_pending
+            stepped = False
+            for j, idx in enumerate(micro):
+                # Only the last micro-batch synchronises gradients across processes.
+                sync = j == len(micro) - 1
+                ctx = contextlib.nullcontext() if sync or world == 1 else accelerator.no_sync(ddp_model)
+                with ctx:
+                    out = compute_loss(
+                        ddp_model,
+                        ex,
+                        idx,
+                        method,
+                        beta=beta,
+                        lam=lam,
+                        keep_one=distributed,
+                        packed=packed,
+                        skip=skip,
+                        iteration=iteration,
+                        knobs=knobs,
+                        placement=placement,
+                        inputs=made.pop(step) if ahead else None,
+                    )
+                    # sum of this process's per-example losses / global batch; DDP averages over processes,
+                    # so multiply back by world: the result is the global mean whatever the split.
+                    loss = out.losses.sum()
+                    loss = (loss * world if world > 1 else loss) / len(global_idx)
+                    if loss.requires_grad:  # False when every example of the micro-batch had a zero gradient
+                        backward(loss, sync)
+                        stepped = True
+                if term_names is None:  # once per iteration: which terms the method defines (SFT none; absent ones NaN)
+                    with torch.no_grad():
+                        defined = torch.isfinite(torch.stack([getattr(out, n) for n in STEP_TERMS])).any(-1).tolist()
+                    term_names = [n for n, d in zip(STEP_TERMS, defined) if d]
+                records.append((loss.detach(), tuple(getattr(out, n) for n in term_names), len(global_idx)))
+            if not stepped:
+                # every example of the step had a zero gradient: the full computation would hand the optimiser
+                # zero gradients (AdamW still moves on its momentum and decay), so do exactly that
+                for p in params:
+                    p.grad = torch.zeros_like(p)
+            if not engine:  # (DeepSpeed's engine did all three inside the last micro-batch's backward)
+                if train.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, train.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if step < steady:  # the schedule sets the optimiser's lr, which DeepSpeed's engine reads too; once it is
+                sched.step()  # constant (after a constant schedule's warm-up) there is nothing left to set
+            if world > 1:
+                step_loss, step_terms = step_totals(records, term_names, world, placement[0])
+                step_loss = accelerator.reduce(step_loss, reduction="sum")
+                pending.append((step_loss, accelerator.reduce(step_terms, reduction="sum") if term_names else None))
+            else:
+                pending.append(records)  # (made into totals by record_pending)
+            every = train.checkpoint_every
+            if ckpt_dir is not None and every and (step + 1) % every == 0 and step + 1 < total:
+                record_pending()
+                if writes_checkpoints or sharded:  # sharded: every process writes its shard
+                    _save_train_checkpoint(
+                        ckpt_dir,
+                        step + 1,
+                        fingerprint,
+                        named,
+                        opt,
+                        sched,
+                        result,
+                        time.perf_counter() - t0,
+                        sharded=ddp_model if sharded else None,
+                        main=writes_checkpoints,
+                    )
+            bar.update(1)
+            if progress is not None:
+                progress(step + 1, total, label)
     record_pending()
     bar.close()
     if ckpt_dir is not None and writes_checkpoints:  # the caller's outputs of the phase supersede the checkpoint
