@@ -15,9 +15,10 @@ drift in the machine's speed lands on every variant alike), and splits the overh
 - ``kit_logps``: ``PackedExamples.logps`` on a shuffled batch of the iteration's pack (adds the per-step cutting:
   the step's mask, ids and token indices taken from the iteration's arrays), then the loss function directly.
 - ``kit_step``: ``training.compute_loss`` plus what `train_iteration`'s loop does around it per step (the steps'
-  inputs, masks included, made ``training.CUT_AHEAD`` steps at a time by ``training.step_inputs``, the step's recorded
-  terms, the LR schedule; the records converted to floats once per window, the loop once per iteration): a copy of
-  the loop body, not the loop itself (the per-call setup is bench_train_step.py's business).
+  inputs, masks included, made ``training.CUT_AHEAD`` steps at a time by ``training.window_inputs``, the step's recorded
+  terms, the LR schedule while it changes, the head hooked once for the run as ``logprobs.lean_head`` does for an
+  iteration; the records converted to floats once per window, the loop once per iteration): a copy of the loop body,
+  not the loop itself (the per-call setup is bench_train_step.py's business).
 
 Per variant: the median step time, the median over rounds of (variant / bare - 1) with its interquartile range,
 and minor page faults per step (the process's, measured around the step). Context only: no target here (the
@@ -26,6 +27,7 @@ target lives in bench_train_step.py).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import resource
 import time
@@ -50,7 +52,7 @@ def main() -> None:
     from tspin_kit import toy
     from tspin_kit import training as T
     from tspin_kit.config import MethodConfig
-    from tspin_kit.logprobs import _model_token_logps, model_placement, pack_rows
+    from tspin_kit.logprobs import _model_token_logps, lean_head, model_placement, pack_rows
 
     bs = 64
     tok = toy.build_tokenizer()
@@ -84,12 +86,20 @@ def main() -> None:
             return L.spin_loss(parts[0], parts[1], at(ex.ref_annotated), at(ex.ref_synthetic), lam=lam)
         return L.tspin_loss(*parts, alpha=1.0, beta=beta)
 
+    hold = contextlib.ExitStack()
+
     def make(variant):
         model = copy.deepcopy(base)
         model.train()
+        if variant == "kit_step":
+            # its head hooked for the whole run, as the loop hooks it for an iteration (logprobs.lean_head); the
+            # other kit variants add and remove the hook at each call, as a one-off log-prob call does
+            hold.enter_context(lean_head(model))
         params = [p for p in model.parameters() if p.requires_grad]
         opt = T.make_optimizer(params, cfg, cfg.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, T.lr_lambda(10**6, cfg))
+        steady = T.lr_steady_from(10**6, cfg)  # the loop steps the schedule only while it changes
+        step_no = [0]
         packed = T.training_pack(model, ex, method)
         skip = T.skipped_examples(ex, method, beta)
         knobs = {**method.knobs_at(1), "beta": beta, "lam": lam}
@@ -140,9 +150,8 @@ def main() -> None:
                     if names:
                         torch.stack([t[1] for t in totals]).tolist()
                     records.clear()
-                for _ in range(T.CUT_AHEAD):
-                    i = rng.permutation(bs).tolist()
-                    ahead.append(T.step_inputs(ex, i, method, skip, place[0], packed=packed, mask_dtype=mask_dtype))
+                window = [rng.permutation(bs).tolist() for _ in range(T.CUT_AHEAD)]
+                ahead.extend(T.window_inputs(ex, window, method, skip, place[0], packed=packed, mask_dtype=mask_dtype))
             inputs = ahead.pop(0)
             idx = inputs.idx
             out = T.compute_loss(
@@ -160,7 +169,9 @@ def main() -> None:
             )
             loss = out.losses.sum() / len(idx)
             finish(loss)
-            sched.step()
+            if step_no[0] < steady:
+                sched.step()
+            step_no[0] += 1
             records.append([(loss.detach(), tuple(getattr(out, n) for n in names), len(idx))])
 
         return locals()[variant]

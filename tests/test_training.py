@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -224,6 +225,49 @@ def test_tiny_trailing_batch_is_folded_into_the_previous_one(pi0, triplets):
     assert calls == [(1, 2), (2, 2)]
 
 
+@pytest.mark.parametrize("name", ["tspin", "spin"])
+def test_a_window_of_steps_gets_the_inputs_each_step_would_get_alone(pi0, triplets, name):
+    """`window_inputs` (one cut and one gather for several steps) hands every step what a window of that step alone
+    gives: steps of different sizes, examples with a zero gradient (not forwarded; a step of only such examples has
+    no cut), the masks made with the cut. Each step's inputs are its own: tensors equal, masks in distinct storage."""
+    from tspin_kit import logprobs as LP
+    from tspin_kit import training as T
+
+    ex = copy.deepcopy(triplets)
+    for i in (1, 4, 5):  # zero gradient: y' == y (SPIN), and y0 == y' == y (T-SPIN)
+        ex.synthetic_ids[i] = ex.proto_ids[i] = list(ex.annotated_ids[i])
+    ex.historical_mask = torch.tensor([i % 3 != 0 for i in range(N)])
+    method = MethodConfig(name=name, alpha=1.0, beta=0.1, lam=1.0)
+    skip = T.skipped_examples(ex, method, 0.1)
+    assert [i for i in range(N) if skip[i]] == [1, 4, 5]
+    packed = T.training_pack(pi0[0], ex, method)
+    device, dtype = LP.model_placement(pi0[0])
+    steps = [[3, 1, 0, 7], [4, 5], [9, 2, 15, 11, 8, 6, 12], [10], [5, 13, 14, 1]]
+    window = T.window_inputs(ex, steps, method, skip, device, packed=packed, mask_dtype=dtype)
+    assert [w.idx for w in window] == steps and all(w.idx is idx for w, idx in zip(window, steps))
+    assert window[1].cut is None and window[1].live == []
+    for got, idx in zip(window, steps):
+        alone = T.window_inputs(ex, [idx], method, skip, device, packed=packed, mask_dtype=dtype)[0]
+        assert got.live == alone.live == [k for k, i in enumerate(idx) if not skip[i]]
+        for a, b in (
+            (got.live_at, alone.live_at),
+            *((got.per_example[n], alone.per_example[n]) for n in got.per_example),
+        ):
+            assert (a is None) == (b is None) and (a is None or (a.dtype == b.dtype and torch.equal(a, b)))
+        assert set(got.per_example) == set(alone.per_example)
+        if alone.cut is None:
+            assert got.cut is None
+            continue
+        np.testing.assert_array_equal(got.cut.t, alone.cut.t)
+        assert got.cut.width == alone.cut.width
+        for f in ("rows", "src", "targets", "flat", "input_ids", "position_ids", "token_mask", "mask"):
+            a, b = getattr(got.cut, f), getattr(alone.cut, f)
+            assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), f
+        assert got.cut.input_ids.is_contiguous() and got.cut.mask.is_contiguous()
+    masks = [w.cut.mask for w in window if w.cut is not None]
+    assert len({m.untyped_storage().data_ptr() for m in masks}) == len(masks) == 4
+
+
 def test_each_step_is_cut_once_ahead_and_a_stale_cut_is_not_used(pi0, triplets, monkeypatch):
     """`train_iteration` makes every step's inputs (its cut, with the step's CPU mask) once, CUT_AHEAD steps at a
     time, in the steps' order, and the step's forward uses its own (a forward handed a cut of other examples cuts its
@@ -232,16 +276,16 @@ def test_each_step_is_cut_once_ahead_and_a_stale_cut_is_not_used(pi0, triplets, 
     from tspin_kit import training as T
 
     calls, events, masks = [], [], []
-    real_cut = LP.PackedExamples.cut
+    real_cuts = LP.PackedExamples.cuts
 
-    def counting_cut(self, idx, device, mask_dtype=None):
-        calls.append(list(idx))
-        events.append("cut")
-        cut = real_cut(self, idx, device, mask_dtype)
-        masks.append(cut.mask)
-        return cut
+    def counting_cuts(self, steps, device, mask_dtype=None):  # (`cut` of one step calls it too)
+        calls.extend(list(idx) for idx in steps)
+        events.extend("cut" for _ in steps)
+        cuts = real_cuts(self, steps, device, mask_dtype)
+        masks.extend(cut.mask for cut in cuts)
+        return cuts
 
-    monkeypatch.setattr(LP.PackedExamples, "cut", counting_cut)
+    monkeypatch.setattr(LP.PackedExamples, "cuts", counting_cuts)
     monkeypatch.setattr(T, "CUT_AHEAD", 3)
     batches = []
     real_compute = T.compute_loss

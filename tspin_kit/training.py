@@ -114,7 +114,7 @@ class TrainResult:
     tokens: int = 0
 
 
-# Steps whose inputs `train_iteration` makes at a time (`step_inputs`).
+# Steps whose inputs `train_iteration` makes at a time (`window_inputs`).
 CUT_AHEAD = 16
 STEP_TERMS = ("current_term", "historical_term", "current_weight", "historical_weight")
 
@@ -182,28 +182,56 @@ def step_inputs(
     mask_dtype: torch.dtype | None = None,
 ) -> StepInputs:
     """The `StepInputs` of a step over examples ``idx`` (``mask_dtype``: see `PackedExamples.cut`)."""
+    return window_inputs(ex, [idx], method, skip, device, keep_one=keep_one, packed=packed, mask_dtype=mask_dtype)[0]
+
+
+def window_inputs(
+    ex: Examples,
+    steps: list[list[int]],
+    method: MethodConfig,
+    skip: list[bool],
+    device: torch.device,
+    *,
+    keep_one: bool = False,
+    packed: PackedExamples | None = None,
+    mask_dtype: torch.dtype | None = None,
+) -> list[StepInputs]:
+    """The `StepInputs` of several steps (``steps``: each step's examples), made together: one cut of the pack for all
+    of them (`PackedExamples.cuts`), and each per-example tensor gathered once for all of them (each step's is a view
+    of it: nothing writes these tensors)."""
     spec = method.spec
-    live = forwarded(idx, skip, keep_one)
-    cut = packed.cut([idx[k] for k in live], device, mask_dtype) if packed is not None and live else None
-    t = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+    lives = [forwarded(idx, skip, keep_one) for idx in steps]
+    kept = [[idx[k] for k in live] for idx, live in zip(steps, lives)]
+    cut_at = [i for i, examples in enumerate(kept) if examples] if packed is not None else []
+    cuts = dict(zip(cut_at, packed.cuts([kept[i] for i in cut_at], device, mask_dtype))) if cut_at else {}
+    sizes = [len(idx) for idx in steps]
+    t = torch.from_numpy(np.fromiter((i for idx in steps for i in idx), dtype=np.int64, count=sum(sizes)))
 
-    def at(x):  # a per-example tensor of `ex` at this step's examples, on the model's device
-        return None if x is None else x[t].to(device)
+    def at(x):  # a per-example tensor of `ex` at every step's examples, on the model's device, split by step
+        return None if x is None else x[t].to(device).split(sizes)
 
-    per_example = {"historical_mask": at(ex.historical_mask) if spec.maskable else None}
+    fields = {"historical_mask": at(ex.historical_mask) if spec.maskable else None}
     if spec.reference:
-        per_example.update(
+        fields.update(
             ref_annotated=at(ex.ref_annotated), ref_synthetic=at(ex.ref_synthetic), ref_proto=at(ex.ref_proto)
         )
     if packed is not None:
-        per_example["annotated_tokens"] = packed.token_counts[t, 0].to(device)
+        fields["annotated_tokens"] = packed.token_counts[t, 0].to(device).split(sizes)
     else:
-        counts = [len(ex.annotated_ids[i]) for i in idx]
-        per_example["annotated_tokens"] = torch.tensor(counts, dtype=torch.float32, device=device)
-    live_at = torch.tensor(live, device=device) if 0 < len(live) < len(idx) else None
-    return StepInputs(
-        idx=idx, packed=packed, keep_one=keep_one, live=live, live_at=live_at, cut=cut, per_example=per_example
-    )
+        counts = [len(ex.annotated_ids[i]) for idx in steps for i in idx]
+        fields["annotated_tokens"] = torch.tensor(counts, dtype=torch.float32, device=device).split(sizes)
+    return [
+        StepInputs(
+            idx=idx,
+            packed=packed,
+            keep_one=keep_one,
+            live=live,
+            live_at=torch.tensor(live, device=device) if 0 < len(live) < len(idx) else None,
+            cut=cuts.get(i),
+            per_example={name: None if v is None else v[i] for name, v in fields.items()},
+        )
+        for i, (idx, live) in enumerate(zip(steps, lives))
+    ]
 
 
 def compute_loss(
@@ -489,10 +517,13 @@ def train_iteration(
                 micro = [global_idx]  # the common case, without the per-step numpy round trip
                 if step >= made_end:
                     made_end = min(step + CUT_AHEAD, total)
-                    made = {
-                        s: step_inputs(ex, batches[s], method, skip, placement[0], packed=packed, mask_dtype=mask_dtype)
-                        for s in range(step, made_end)
-                    }
+                    window = batches[step:made_end]  # (the same list objects: compute_loss matches them by identity)
+                    made = dict(
+                        zip(
+                            range(step, made_end),
+                            window_inputs(ex, window, method, skip, placement[0], packed=packed, mask_dtype=mask_dtype),
+                        )
+                    )
             else:
                 mine = np.array_split(np.asarray(global_idx), world)[rank]
                 micro = [m.tolist() for m in np.array_split(mine, train.grad_accum) if len(m)]
