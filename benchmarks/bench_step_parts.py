@@ -193,6 +193,7 @@ def main() -> None:
             steps[v]()
             times[v].append(time.perf_counter() - t0)
             faults[v].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    hold.close()  # kit_step's head hook
 
     def quartiles(xs):
         xs = sorted(xs)

@@ -360,6 +360,31 @@ def test_lean_head_block_removes_its_hook_when_the_block_raises():
     assert len(model.lm_head._forward_pre_hooks) == 0 and model not in LP._TAPPED
 
 
+def test_a_forward_that_raises_after_the_head_leaves_the_blocks_hook_off_and_empty():
+    """A forward that fails after its head ran (caught inside the block): the block's hook neither keeps that
+    activation nor stays on (a later direct call of the head is not cut to its last position)."""
+
+    class Failing(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def get_output_embeddings(self):
+            return self.inner.lm_head
+
+        def forward(self, **kw):
+            self.inner(**kw)
+            raise RuntimeError("after the head")
+
+    model = Failing(tiny_llama())
+    with LP.lean_head(model):
+        with pytest.raises(RuntimeError, match="after the head"):
+            model_logps(model, collate(PROMPTS, RESPONSES, PAD))
+        tap = LP._TAPPED[model][2]
+        assert tap.hidden is None and not tap.on
+        assert model.inner.lm_head(torch.randn(2, 5, model.config.hidden_size)).shape[1] == 5
+
+
 def test_lean_head_block_with_a_head_that_is_not_a_plain_projection():
     """The run-time check still runs inside the block: a model that rescales its logits after the head falls back
     to its own logits (values and gradients as the naive gather), and its forwards are not cut afterwards."""

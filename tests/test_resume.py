@@ -125,22 +125,27 @@ def checkpoint_examples(pi0, toy_world):
     return ex
 
 
-def test_train_iteration_interrupted_then_called_again_continues_from_its_checkpoint(pi0, toy_world, tmp_path, caplog):
+@pytest.mark.parametrize("schedule", ["linear", "constant"])
+def test_train_iteration_interrupted_then_called_again_continues_from_its_checkpoint(
+    pi0, toy_world, tmp_path, caplog, schedule
+):
     """Interrupted after step 5 of 8 (checkpoint at step 3), then called again on a fresh copy of pi_0 (as a
     new process would): it continues from step 4 and ends with the weights, losses and loss terms of one
-    uninterrupted call; the checkpoint folder is gone at the end."""
+    uninterrupted call; the checkpoint folder is gone at the end. A constant schedule is past its warm-up at the
+    checkpoint (train_iteration no longer steps it): its learning rate comes back from the schedule, even from an
+    optimiser state that brings none back (DeepSpeed's elastic ZeRO checkpoints; simulated by a wrong one)."""
     from tspin_kit.config import MethodConfig, TrainConfig
     from tspin_kit.training import train_iteration
 
     ex = checkpoint_examples(pi0, toy_world)
-    # warmup + linear decay, clipping and AdamW: the scheduler's and optimiser's state both matter
+    # warmup (2 steps) + linear decay or constant, clipping and AdamW: the scheduler's and optimiser's state both matter
     train = TrainConfig(
         optimizer="adamw",
         lr=1e-3,
         epochs=2,
         batch_size=4,
         warmup_ratio=0.25,
-        schedule="linear",
+        schedule=schedule,
         weight_decay=0.01,
         checkpoint_every=3,
     )
@@ -163,6 +168,12 @@ def test_train_iteration_interrupted_then_called_again_continues_from_its_checkp
     with pytest.raises(Interrupt):
         train_iteration(copy.deepcopy(pi0[0]), ex, checkpoint_dir=folder, progress=interrupt, **kw)
     assert (folder / "step_000003" / "state.pt").is_file()
+    if schedule == "constant":
+        state = torch.load(folder / "step_000003" / "state.pt", weights_only=True)
+        for group in state["optimizer"]["param_groups"]:
+            assert group["lr"] == pytest.approx(1e-3)
+            group["lr"] = 0.5  # a restore that does not bring the learning rate back
+        torch.save(state, folder / "step_000003" / "state.pt")
 
     seen.clear()
     model = copy.deepcopy(pi0[0])

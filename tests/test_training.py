@@ -278,7 +278,10 @@ def test_each_step_is_cut_once_ahead_and_a_stale_cut_is_not_used(pi0, triplets, 
     calls, events, masks = [], [], []
     real_cuts = LP.PackedExamples.cuts
 
+    windows = []  # the steps of each call: a window of steps is cut in one pass
+
     def counting_cuts(self, steps, device, mask_dtype=None):  # (`cut` of one step calls it too)
+        windows.append(len(steps))
         calls.extend(list(idx) for idx in steps)
         events.extend("cut" for _ in steps)
         cuts = real_cuts(self, steps, device, mask_dtype)
@@ -299,6 +302,7 @@ def test_each_step_is_cut_once_ahead_and_a_stale_cut_is_not_used(pi0, triplets, 
     res = train(copy.deepcopy(pi0[0]), triplets, "tspin", epochs=2, batch_size=5)  # 4 batches an epoch: 8 steps
     assert res.steps == 8 and calls == batches  # one cut per step, in order, none made again inside a forward
     assert events == ["cut"] * 3 + ["step"] * 3 + ["cut"] * 3 + ["step"] * 3 + ["cut"] * 2 + ["step"] * 2  # ahead
+    assert windows == [3, 3, 2]  # one pass per window
     # each step's mask was made with its cut (a small iteration on CPU), a tensor of its own
     assert all(m is not None and m.dtype == torch.float32 for m in masks)
     assert len({m.untyped_storage().data_ptr() for m in masks}) == len(masks)

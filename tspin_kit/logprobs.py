@@ -226,11 +226,11 @@ def final_hidden(model, **inputs):
     tap.on = True
     try:
         last_logits = model(**inputs).logits  # (N, 1, V)
-    finally:
+    finally:  # (also when the forward raises: a block's tap then keeps no activation)
         tap.on = False
+        hidden, tap.hidden = tap.hidden, None
         if handle is not None:
             handle.remove()
-    hidden, tap.hidden = tap.hidden, None
     plain = hidden is not None and hidden.dim() == 3 and last_logits.dim() == 3 and last_logits.shape[1] == 1
     if plain and core not in _PLAIN_HEAD:
         with torch.no_grad():  # same projection, maybe outside the model's autocast: compare loosely
@@ -689,7 +689,7 @@ class PackedExamples:
         return _additive(torch.from_numpy(~_allowed(seg, np.tri(width, dtype=bool))), dtype)
 
     def cut(self, idx: list[int], device: torch.device, mask_dtype: torch.dtype | None = None) -> StepCut:
-        """The index tensors of a step over examples ``idx``, cut from the iteration's arrays (numpy views).
+        """The index tensors of a step over examples ``idx``, cut from the iteration's arrays (no per-row Python).
 
         ``mask_dtype`` (CPU): the step's additive mask is made too (`_cpu_mask`: a new tensor, used by this step only);
         else `logps` makes it. A training loop cuts several steps at once (`cuts`).

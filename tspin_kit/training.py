@@ -157,9 +157,10 @@ def lr_steady_from(total_steps: int, cfg: TrainConfig) -> int:
 
 @dataclass
 class StepInputs:
-    """What a step over examples ``idx`` reads besides the model (`step_inputs`). `train_iteration` makes them
-    ``CUT_AHEAD`` steps at a time (one process, no accumulation): in one tight loop they cost several times less
-    than between a backward and the next forward (cold caches; benchmarks/bench_step_parts.py)."""
+    """What a step over examples ``idx`` reads besides the model (`step_inputs`, `window_inputs`). `train_iteration`
+    makes them ``CUT_AHEAD`` steps at a time (one process, no accumulation; `window_inputs`): in one tight loop they
+    cost several times less than between a backward and the next forward (cold caches; benchmarks/bench_step_parts.py).
+    """
 
     idx: list[int]  # the step's examples: `compute_loss` uses these inputs for this very list object only
     packed: PackedExamples | None  # the pack they were cut from (compute_loss: only with the same one)
@@ -330,7 +331,7 @@ def step_totals(
 
 
 def ahead_mask_dtype(packed: PackedExamples | None, placement, largest_step: int) -> torch.dtype | None:
-    """The dtype in which `train_iteration` makes its steps' masks with their inputs (`step_inputs`), or None: on CPU,
+    """The dtype in which `train_iteration` makes its steps' masks with their inputs (`window_inputs`), or None: on CPU,
     where every example's mask is kept (`PackedExamples.keep_masks`) and CUT_AHEAD steps' masks stay within
     MASK_CACHE_ELEMENTS."""
     device, dtype = placement
@@ -743,6 +744,11 @@ def _load_train_checkpoint(folder: Path, fingerprint: dict, named: list, opt, sc
 
         load_sharded(state["path"].parent, sharded, opt)
     sched.load_state_dict(state["scheduler"])
+    # The next step's learning rate from the schedule (what its last step set), whatever the optimiser state brought
+    # back: DeepSpeed's elastic ZeRO checkpoints bring none, and train_iteration does not step a constant schedule after
+    # its warm-up, so nothing would set it again.
+    for group, lr in zip(sched.optimizer.param_groups, sched.get_last_lr()):
+        group["lr"] = lr
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
