@@ -333,7 +333,9 @@ def test_each_step_is_cut_once_ahead_and_a_stale_cut_is_not_used(pi0, triplets, 
     idx = [0, 1, 2]
 
     def made(examples, pack=packed, keep_one=False):
-        return T.step_inputs(triplets, examples, method, skip, device, packed=pack, keep_one=keep_one, mask_dtype=dtype)
+        return T.window_inputs(
+            triplets, [examples], method, skip, device, packed=pack, keep_one=keep_one, mask_dtype=dtype
+        )[0]
 
     cases = {
         "other examples": (made([3, 4, 5]), 1),

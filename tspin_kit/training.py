@@ -157,7 +157,7 @@ def lr_steady_from(total_steps: int, cfg: TrainConfig) -> int:
 
 @dataclass
 class StepInputs:
-    """What a step over examples ``idx`` reads besides the model (`step_inputs`, `window_inputs`). `train_iteration`
+    """What a step over examples ``idx`` reads besides the model (`window_inputs`). `train_iteration`
     makes them ``CUT_AHEAD`` steps at a time (one process, no accumulation; `window_inputs`): in one tight loop they
     cost several times less than between a backward and the next forward (cold caches; benchmarks/bench_step_parts.py).
     """
@@ -169,21 +169,6 @@ class StepInputs:
     live_at: torch.Tensor | None  # ``live`` as a tensor on the device, where some examples are not forwarded
     cut: StepCut | None  # the forwarded examples' index tensors in the iteration's pack (None: unpacked, or none)
     per_example: dict[str, torch.Tensor | None]  # `methods.LogProbs`' per-example fields at ``idx``
-
-
-def step_inputs(
-    ex: Examples,
-    idx: list[int],
-    method: MethodConfig,
-    skip: list[bool],
-    device: torch.device,
-    *,
-    keep_one: bool = False,
-    packed: PackedExamples | None = None,
-    mask_dtype: torch.dtype | None = None,
-) -> StepInputs:
-    """The `StepInputs` of a step over examples ``idx`` (``mask_dtype``: see `PackedExamples.cut`)."""
-    return window_inputs(ex, [idx], method, skip, device, keep_one=keep_one, packed=packed, mask_dtype=mask_dtype)[0]
 
 
 def window_inputs(
@@ -271,7 +256,7 @@ def compute_loss(
     if inputs is None or inputs.idx is not idx or inputs.packed is not packed or inputs.keep_one != keep_one:
         if skip is None:
             skip = skipped_examples(ex, method, beta)
-        inputs = step_inputs(ex, idx, method, skip, placement[0], keep_one=keep_one, packed=packed)
+        inputs = window_inputs(ex, [idx], method, skip, placement[0], keep_one=keep_one, packed=packed)[0]
     spec = method.spec
     live, B = inputs.live, len(idx)
     if live:
