@@ -6,7 +6,8 @@ times single optimiser steps instead, the variants interleaved step by step (the
 drift in the machine's speed lands on every variant alike), and splits the overhead into layers:
 
 - ``bare``: the hand-written loop of bench_train_step.py on the same packed distinct rows (one shared prompt per
-  example, the pack and its mask made once): forward with the model's own logits at every position, gather,
+  example, the pack and its mask made once): forward (no KV cache, as the kit's and TRL's) with the model's own
+  logits at every position, gather,
   the loss function from tspin_kit.losses, backward, clip, AdamW.
 - ``lean_bare``: the same with the output layer applied to the response positions only (what the kit does so
   that a 150k vocabulary never materialises (tokens, vocab) logits); no kit code.
@@ -75,7 +76,8 @@ def main() -> None:
     sel = pk.mask.bool()
     r_sel, s_sel, t_sel = rows_idx[sel], pk.src[sel], pk.targets[sel]
     flat_sel = r_sel * pk.input_ids.shape[1] + s_sel
-    inputs = {"input_ids": pk.input_ids, "attention_mask": mask4d, "position_ids": pk.position_ids}
+    # no KV cache, as the kit's forwards (transformers builds one by default, in training too; nothing reads it)
+    inputs = {"input_ids": pk.input_ids, "attention_mask": mask4d, "position_ids": pk.position_ids, "use_cache": False}
     ntok = torch.tensor([len(a) for a in ex.annotated_ids], dtype=torch.float32)
 
     def loss_of(parts, idx=None):  # idx: the examples' order in ``parts`` (None: the data's order)

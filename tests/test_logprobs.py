@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -325,8 +327,11 @@ def test_a_head_that_is_not_a_plain_projection_falls_back_to_the_models_logits()
 def test_lean_head_block_hooks_the_head_once_with_the_same_values_and_gradients(monkeypatch, chunk):
     """Inside `lean_head` the head carries one hook for the whole block (none is added or removed per call), the
     log-probs and gradients equal the naive gather, a call of the head outside the model's forward is left alone
-    (the lean path applies the head to (M, H) states itself), and the hook is gone after the block."""
+    (the lean path applies the head to (M, H) states itself), and the hook is gone after the block. The model
+    carries a hook of its own, as a DDP/FSDP2/accelerate-wrapped one would: it takes the head-tap path at every call
+    (a plain model runs as its base model after its first call: test_a_plain_model_runs_as_its_base_model...)."""
     model = tiny_llama()
+    model.register_forward_pre_hook(lambda module, args: None)
     monkeypatch.setattr(LP, "CHUNK_ELEMENTS", chunk * model.config.vocab_size if chunk else LP.CHUNK_ELEMENTS)
     weights = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
     head = model.lm_head
@@ -396,6 +401,126 @@ def test_lean_head_block_with_a_head_that_is_not_a_plain_projection():
         assert model in LP._NOT_PLAIN_HEAD
         batch = collate(PROMPTS, RESPONSES, PAD)
         assert model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits.shape[1] > 1
+
+
+def _base_calls(model):
+    """The keyword arguments of every call of ``model``'s base model (a hook on the base model, not on ``model``)."""
+    calls = []
+    model.model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs), with_kwargs=True)
+    return calls
+
+
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_a_plain_model_runs_as_its_base_model_after_its_first_call(monkeypatch, chunk):
+    """After a first call that shows the model's forward is head(base_model(inputs)), the next calls run the base model
+    alone (no head call inside a forward, no (N, 1, V) logits): values and gradients still equal the naive gather,
+    for padded rows, packed rows and packed examples, with and without a `lean_head` block. No KV cache is asked
+    for in any of these forwards."""
+    model = tiny_llama()
+    monkeypatch.setattr(LP, "CHUNK_ELEMENTS", chunk * model.config.vocab_size if chunk else LP.CHUNK_ELEMENTS)
+    weights = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    shapes = []
+    model.lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+    calls = _base_calls(model)
+    padded = lambda m: model_logps(m, collate(PROMPTS, RESPONSES, PAD))  # noqa: E731
+
+    def cut():  # the head inside the model's forward, at the last position only
+        return any(len(s) == 3 and s[1] == 1 for s in shapes)
+
+    packed = LP.pack_rows(PROMPTS, RESPONSES, PAD)
+    packed_fn = lambda m: LP.packed_logps(m, packed)  # noqa: E731
+    for fn in (padded, packed_fn):  # the first call with each set of input names: the full forward, watched
+        shapes.clear()
+        check_values_and_grads(model, fn, weights)
+        assert cut()
+    assert len(LP._DIRECT[model]) == 2  # padded rows (no position_ids) and packed rows
+    for fn in (padded, packed_fn):
+        for block in (contextlib.nullcontext, LP.lean_head):
+            shapes.clear()
+            with block(model):
+                check_values_and_grads(model, fn, weights)  # (the naive gather's full forward, then the lean path)
+            assert not cut() and any(len(s) == 2 for s in shapes)  # no forward's head: the (M, V) chunks
+    # the lean path's six forwards asked for no cache (the naive gather's, the model's own call, left it unset)
+    assert [kwargs.get("use_cache") for kwargs in calls] == [None, False] * 6
+    # packed examples (the names of packed rows: direct from the first call), values and gradients as the naive gather
+    prompts = [[TOK.bos_token_id, 20, 21], [TOK.bos_token_id, 22]]
+    roles = [[[22, 23, 2], [25, 2]], [[22, 23, 2], [26, 27, 2]], [[30, 2], [25, 2]]]
+    examples = LP.PackedExamples(prompts, roles, PAD)
+    flat_p = [prompts[i] for _ in roles for i in range(2)]
+    flat_r = [r[i] for r in roles for i in range(2)]
+    w = torch.tensor([[1.0, -1.0, 0.5], [2.0, 0.25, -3.0]], dtype=torch.float64)
+    model.zero_grad()
+    want, _, _ = naive_model_logps(model, collate(flat_p, flat_r, PAD))
+    (want.view(3, 2).T * w).sum().backward()
+    want_grads = param_grads(model)
+    for _ in range(2):
+        model.zero_grad()
+        shapes.clear()
+        got = examples.logps(model, [0, 1])
+        (got.double() * w).sum().backward()
+        torch.testing.assert_close(got.double(), want.view(3, 2).T, atol=1e-5, rtol=1e-5)
+        for name, g in param_grads(model).items():
+            torch.testing.assert_close(g, want_grads[name], atol=1e-5, rtol=1e-5, msg=name)
+        assert shapes and all(len(s) == 2 for s in shapes)  # the first packed call too: its names were seen
+
+
+class _Between(type(tiny_llama())):
+    """A causal LM whose forward does more than head(base_model(inputs)): ``change`` is "hidden" (it rescales the
+    hidden states between the base model and the head: the head is still a plain projection of its input) or
+    "inputs" (it hands the base model a new position_ids tensor of the same values)."""
+
+    change = "hidden"
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        if self.change == "inputs":
+            position_ids = position_ids.clone() if position_ids is not None else None
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+        hidden = out.last_hidden_state * (0.5 if self.change == "hidden" else 1.0)
+        return SimpleNamespace(logits=self.lm_head(hidden))
+
+
+@pytest.mark.parametrize("change", ["hidden", "inputs", "hook", "hooked_later"])
+def test_models_that_do_more_than_head_of_base_model_keep_their_full_forward(change):
+    """The base-model shortcut only for a model seen to be head(base_model(inputs)) and still unwrapped: a model that
+    rescales between its base model and its head, hands its base model other tensors, or carries a hook of its own
+    (from the start, or added after a first call, as FSDP2's ``fully_shard`` would) runs its own forward at every call,
+    and its values and gradients equal the naive gather of its own logits."""
+    seeded = tiny_llama(seed=8)
+    model = seeded
+    if change in ("hidden", "inputs"):
+        model = _Between(seeded.config)
+        model.load_state_dict(seeded.state_dict())
+        model.change = change
+    forwards = []
+    if change == "hook":
+        model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    weights = torch.tensor([0.5, 1.0, -1.0], dtype=torch.float64)
+    padded = lambda m: model_logps(m, collate(PROMPTS, RESPONSES, PAD))  # noqa: E731
+    check_values_and_grads(model, padded, weights)
+    if change == "hooked_later":
+        assert model in LP._DIRECT  # seen to be head(base_model(...)); now hooked, as fully_shard does
+        model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    else:
+        assert model not in LP._DIRECT
+    shapes = []
+    model.lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+    for _ in range(2):
+        check_values_and_grads(model, padded, weights)
+    assert any(len(s) == 3 and s[1] == 1 for s in shapes) or change in ("hidden", "inputs")
+    if change in ("hook", "hooked_later"):
+        assert len(forwards) >= 2  # the model's own forward ran (its hook with it) at every call
+    if change == "hidden":  # the head saw the rescaled states: the lean path is still taken, through the forward
+        assert model in LP._PLAIN_HEAD and any(len(s) == 2 for s in shapes)
+
+
+def test_no_kv_cache_is_asked_for_where_the_config_has_none():
+    """``use_cache=False`` is added only where the model's config would build a cache: a model whose config already
+    turns it off (gradient checkpointing does) gets its inputs unchanged."""
+    model = tiny_llama()
+    model.config.use_cache = False
+    calls = _base_calls(model)
+    model_logps(model, collate(PROMPTS, RESPONSES, PAD))
+    assert calls and all("use_cache" not in kwargs or kwargs["use_cache"] is None for kwargs in calls)
 
 
 def test_sequence_logps_chunks_keep_the_logits_dtype():

@@ -210,7 +210,16 @@ def final_hidden(model, **inputs):
     check, return ``None, logits`` (the model's own full logits). The model is called through any wrapper
     (DDP), so its hooks run as in a plain forward; the head is then applied to chunks outside that forward.
     Inside `lean_head` the hook is the block's; else one is added for this call.
+
+    A plain transformers model (no wrapper, no hook on it) whose forward was seen to be ``head(base_model(inputs))``
+    is run as its base model alone after that first call (`_direct`): no head call, no output object of its own.
+    No KV cache is built where the model's config would build one (``use_cache=False``): nothing reads it here.
     """
+    inputs = _without_cache(getattr(model, "module", model), inputs)
+    direct = _direct(model, inputs)
+    if direct is not None:
+        base, head, vocab = direct
+        return (base(**inputs)[0], head, vocab), None
     tapped = _TAPPED.get(model)
     if tapped is not None:
         core, head, tap, sharded = tapped
@@ -223,6 +232,7 @@ def final_hidden(model, **inputs):
             return None, model(**inputs).logits
         tap, sharded = _HeadTap(), None
     handle = head.register_forward_pre_hook(tap) if tapped is None else None
+    seen = _BaseCall.watch(model, inputs)  # None unless the model may take the direct path
     tap.on = True
     try:
         last_logits = model(**inputs).logits  # (N, 1, V)
@@ -231,6 +241,8 @@ def final_hidden(model, **inputs):
         hidden, tap.hidden = tap.hidden, None
         if handle is not None:
             handle.remove()
+        if seen is not None:
+            seen.stop()
     plain = hidden is not None and hidden.dim() == 3 and last_logits.dim() == 3 and last_logits.shape[1] == 1
     if plain and core not in _PLAIN_HEAD:
         with torch.no_grad():  # same projection, maybe outside the model's autocast: compare loosely
@@ -244,13 +256,97 @@ def final_hidden(model, **inputs):
         _NOT_PLAIN_HEAD.add(core)
         return None, model(**inputs).logits
     training = torch.is_grad_enabled() and last_logits.requires_grad
-    if training and (_is_sharded(core, head) if sharded is None else sharded):
+    sharded = _is_sharded(core, head) if sharded is None and (training or seen is not None) else sharded
+    if seen is not None and not sharded and seen.fed_head(hidden):
+        _DIRECT.setdefault(model, {})[frozenset(inputs)] = (seen.base, head, int(last_logits.shape[-1]))
+    if training and sharded:
         # FSDP2 hooks the model's output (its pre-backward: the root's and the head unit's); the loss does not use
         # those last-position logits, so route a zero gradient to them (without it the backward read freed
         # parameter memory: SIGSEGV, torch 2.13 CPU/gloo). DeepSpeed ZeRO-3 likewise expects the backward of every
         # module whose forward ran.
         hidden = _AlsoBackward.apply(hidden, last_logits)
     return (hidden, head, int(last_logits.shape[-1])), None
+
+
+def _without_cache(core, inputs: dict) -> dict:
+    """``inputs`` with ``use_cache=False`` where ``core``'s config would otherwise build a KV cache (transformers'
+    causal LMs do by default, in training mode too): a scoring or training forward never reads it, and building it
+    cost ~7% of the toy model's forward (benchmarks/)."""
+    if "use_cache" in inputs or not getattr(getattr(core, "config", None), "use_cache", False):
+        return inputs
+    return {**inputs, "use_cache": False}
+
+
+# Models seen to compute head(base_model(inputs)) (`_BaseCall`): model -> {input names: (base model, head, vocab)}.
+_DIRECT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _unwrapped(model) -> bool:
+    """Whether calling ``model``'s submodules directly skips nothing: a transformers model called as itself, with no
+    hook on its own forward (FSDP2's root hooks, accelerate's device-map hook, a user's) and no replaced forward."""
+    from transformers import PreTrainedModel
+
+    return (
+        isinstance(model, PreTrainedModel)
+        and not (model._forward_pre_hooks or model._forward_hooks or "forward" in vars(model))
+        and not hasattr(model, "_hf_hook")
+    )
+
+
+def _direct(model, inputs: dict):
+    """(base model, head, vocab) when ``model`` was seen to compute head(base_model(inputs)) for inputs of these names
+    and is still unwrapped (`_unwrapped`, checked at every call: FSDP2 may shard a model after it was seen); else
+    None."""
+    seen = _DIRECT.get(model)
+    if seen is None:
+        return None
+    found = seen.get(frozenset(inputs))
+    return found if found is not None and _unwrapped(model) else None
+
+
+class _BaseCall:
+    """Watches one forward of a transformers model (`final_hidden`'s first call) to decide whether it is
+    head(base_model(inputs)): its base model (``base_model_prefix``) called once, with every one of ``inputs``
+    passed on as the very same objects and nothing else but None, and its output the very tensor (same storage,
+    shape and strides) that the head's pre-hook saw. Then running the base model alone gives the same hidden states
+    (the same ops on the same tensors), without the model's head call and output object."""
+
+    def __init__(self, base, inputs: dict):
+        self.base, self.inputs, self.calls, self.out = base, inputs, [], None
+        self.handles = [
+            base.register_forward_pre_hook(self._before, with_kwargs=True),
+            base.register_forward_hook(self._after),
+        ]
+
+    @classmethod
+    def watch(cls, model, inputs: dict):
+        if not _unwrapped(model) or frozenset(inputs) in _DIRECT.get(model, {}):
+            return None
+        base = getattr(model, "base_model", None)
+        if not isinstance(base, torch.nn.Module) or base is model:
+            return None
+        return cls(base, inputs)
+
+    def _before(self, module, args, kwargs):
+        self.calls.append((args, dict(kwargs)))
+
+    def _after(self, module, args, out):
+        first = out[0] if isinstance(out, (tuple, list)) or hasattr(out, "to_tuple") else out
+        self.out = first if isinstance(first, torch.Tensor) else None
+
+    def stop(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+    def fed_head(self, hidden: torch.Tensor) -> bool:
+        if len(self.calls) != 1 or self.out is None:
+            return False
+        args, kwargs = self.calls[0]
+        passed_on = all(kwargs.get(name) is value for name, value in self.inputs.items())
+        nothing_else = all(value is None for name, value in kwargs.items() if name not in self.inputs)
+        out = self.out
+        same = hidden.data_ptr() == out.data_ptr() and hidden.shape == out.shape and hidden.stride() == out.stride()
+        return not args and passed_on and nothing_else and same
 
 
 def _is_sharded(module, head) -> bool:
