@@ -479,7 +479,8 @@ class _Between(type(tiny_llama())):
         return SimpleNamespace(logits=self.lm_head(hidden))
 
 
-@pytest.mark.parametrize("change", ["hidden", "inputs", "hook", "hooked_later"])
+@pytest.mark.filterwarnings("ignore:For backward hooks to be called")  # (torch: a ModelOutput is no tensor)
+@pytest.mark.parametrize("change", ["hidden", "inputs", "hook", "hooked_later", "global_hook", "backward_hook"])
 def test_models_that_do_more_than_head_of_base_model_keep_their_full_forward(change):
     """The base-model shortcut only for a model seen to be head(base_model(inputs)) and still unwrapped: a model that
     rescales between its base model and its head, hands its base model other tensors, or carries a hook of its own
@@ -494,6 +495,12 @@ def test_models_that_do_more_than_head_of_base_model_keep_their_full_forward(cha
     forwards = []
     if change == "hook":
         model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    if change == "backward_hook":  # runs on the gradients of the model's own outputs: only if its forward ran
+        model.register_full_backward_hook(lambda module, grad_in, grad_out: forwards.append(1))
+    if change == "global_hook":  # a hook on every module's forward, the model's own included
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(
+            lambda module, args: forwards.append(1) if module is model else None
+        )
     weights = torch.tensor([0.5, 1.0, -1.0], dtype=torch.float64)
     padded = lambda m: model_logps(m, collate(PROMPTS, RESPONSES, PAD))  # noqa: E731
     check_values_and_grads(model, padded, weights)
@@ -504,11 +511,16 @@ def test_models_that_do_more_than_head_of_base_model_keep_their_full_forward(cha
         assert model not in LP._DIRECT
     shapes = []
     model.lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+    forwards.clear()
     for _ in range(2):
         check_values_and_grads(model, padded, weights)
     assert any(len(s) == 3 and s[1] == 1 for s in shapes) or change in ("hidden", "inputs")
-    if change in ("hook", "hooked_later"):
-        assert len(forwards) >= 2  # the model's own forward ran (its hook with it) at every call
+    if change == "global_hook":
+        handle.remove()
+    if change in ("hook", "hooked_later", "global_hook"):
+        assert len(forwards) == 4  # the model's own forward (its hook with it) at every call: naive, then lean, twice
+    if change == "backward_hook":
+        assert model not in LP._DIRECT
     if change == "hidden":  # the head saw the rescaled states: the lean path is still taken, through the forward
         assert model in LP._PLAIN_HEAD and any(len(s) == 2 for s in shapes)
 

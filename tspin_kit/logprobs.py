@@ -283,12 +283,16 @@ _DIRECT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _unwrapped(model) -> bool:
     """Whether calling ``model``'s submodules directly skips nothing: a transformers model called as itself, with no
-    hook on its own forward (FSDP2's root hooks, accelerate's device-map hook, a user's) and no replaced forward."""
+    hook on its own forward or backward (FSDP2's root hooks, accelerate's device-map hook, a user's), no global module
+    hook and no replaced forward."""
+    from torch.nn.modules import module as nn_module
     from transformers import PreTrainedModel
 
     return (
         isinstance(model, PreTrainedModel)
-        and not (model._forward_pre_hooks or model._forward_hooks or "forward" in vars(model))
+        and not (model._forward_pre_hooks or model._forward_hooks or model._backward_hooks or model._backward_pre_hooks)
+        and not (nn_module._global_forward_pre_hooks or nn_module._global_forward_hooks)
+        and "forward" not in vars(model)
         and not hasattr(model, "_hf_hook")
     )
 
