@@ -433,7 +433,7 @@ def test_a_plain_model_runs_as_its_base_model_after_its_first_call(monkeypatch, 
         shapes.clear()
         check_values_and_grads(model, fn, weights)
         assert cut()
-    assert len(LP._DIRECT[model]) == 2  # padded rows (no position_ids) and packed rows
+    assert len(LP.base_model_path(model)) == 2  # padded rows (no position_ids) and packed rows
     for fn in (padded, packed_fn):
         for block in (contextlib.nullcontext, LP.lean_head):
             shapes.clear()
@@ -462,6 +462,29 @@ def test_a_plain_model_runs_as_its_base_model_after_its_first_call(monkeypatch, 
         for name, g in param_grads(model).items():
             torch.testing.assert_close(g, want_grads[name], atol=1e-5, rtol=1e-5, msg=name)
         assert shapes and all(len(s) == 2 for s in shapes)  # the first packed call too: its names were seen
+
+
+def test_a_deep_copy_of_a_seen_model_takes_the_shortcut_through_its_own_modules():
+    """What the first call saw is kept on the model: a deep copy (same class, same state) runs as its own base model
+    from its first call, its own head applied; its values and gradients are its own (weights changed after the copy),
+    and the original model gets no gradient from it."""
+    import copy
+
+    model = tiny_llama(seed=9)
+    padded = lambda m: model_logps(m, collate(PROMPTS, RESPONSES, PAD))  # noqa: E731
+    padded(model)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(1.5)
+    (paths,) = LP.base_model_path(twin).values()
+    assert paths[0] is twin.model and paths[1] is twin.lm_head
+    shapes = []
+    twin.lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+    model.zero_grad()
+    check_values_and_grads(twin, padded, torch.tensor([1.0, 0.5, -2.0], dtype=torch.float64))
+    assert not any(len(s) == 3 and s[1] == 1 for s in shapes)  # no forward's head call at all: the shortcut
+    assert all(p.grad is None for p in model.parameters())
 
 
 class _Between(type(tiny_llama())):
@@ -505,10 +528,10 @@ def test_models_that_do_more_than_head_of_base_model_keep_their_full_forward(cha
     padded = lambda m: model_logps(m, collate(PROMPTS, RESPONSES, PAD))  # noqa: E731
     check_values_and_grads(model, padded, weights)
     if change == "hooked_later":
-        assert model in LP._DIRECT  # seen to be head(base_model(...)); now hooked, as fully_shard does
+        assert LP.base_model_path(model)  # seen to be head(base_model(...)); now hooked, as fully_shard does
         model.register_forward_pre_hook(lambda module, args: forwards.append(1))
     else:
-        assert model not in LP._DIRECT
+        assert not LP.base_model_path(model)
     shapes = []
     model.lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
     forwards.clear()
@@ -520,7 +543,7 @@ def test_models_that_do_more_than_head_of_base_model_keep_their_full_forward(cha
     if change in ("hook", "hooked_later", "global_hook"):
         assert len(forwards) == 4  # the model's own forward (its hook with it) at every call: naive, then lean, twice
     if change == "backward_hook":
-        assert model not in LP._DIRECT
+        assert not LP.base_model_path(model)
     if change == "hidden":  # the head saw the rescaled states: the lean path is still taken, through the forward
         assert model in LP._PLAIN_HEAD and any(len(s) == 2 for s in shapes)
 

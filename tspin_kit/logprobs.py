@@ -258,7 +258,7 @@ def final_hidden(model, **inputs):
     training = torch.is_grad_enabled() and last_logits.requires_grad
     sharded = _is_sharded(core, head) if sharded is None and (training or seen is not None) else sharded
     if seen is not None and not sharded and seen.fed_head(hidden):
-        _DIRECT.setdefault(model, {})[frozenset(inputs)] = (seen.base, head, int(last_logits.shape[-1]))
+        vars(model).setdefault(_DIRECT, {})[frozenset(inputs)] = (seen.base, head, int(last_logits.shape[-1]))
     if training and sharded:
         # FSDP2 hooks the model's output (its pre-backward: the root's and the head unit's); the loss does not use
         # those last-position logits, so route a zero gradient to them (without it the backward read freed
@@ -277,8 +277,15 @@ def _without_cache(core, inputs: dict) -> dict:
     return {**inputs, "use_cache": False}
 
 
-# Models seen to compute head(base_model(inputs)) (`_BaseCall`): model -> {input names: (base model, head, vocab)}.
-_DIRECT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# What a model seen to compute head(base_model(inputs)) (`_BaseCall`) keeps, under this attribute: {input names:
+# (base model, head, vocab)}. Kept on the model itself, so a deep copy (the same class and state: the same forward)
+# keeps it too, pointing at its own base model and head (deepcopy maps the submodules it copies).
+_DIRECT = "_tspin_kit_base_model_path"
+
+
+def base_model_path(model) -> dict:
+    """{input names: (base model, head, vocab)} for which ``model`` was seen to compute head(base_model(inputs))."""
+    return vars(model).get(_DIRECT, {})
 
 
 def _unwrapped(model) -> bool:
@@ -301,7 +308,7 @@ def _direct(model, inputs: dict):
     """(base model, head, vocab) when ``model`` was seen to compute head(base_model(inputs)) for inputs of these names
     and is still unwrapped (`_unwrapped`, checked at every call: FSDP2 may shard a model after it was seen); else
     None."""
-    seen = _DIRECT.get(model)
+    seen = vars(model).get(_DIRECT)
     if seen is None:
         return None
     found = seen.get(frozenset(inputs))
@@ -324,7 +331,7 @@ class _BaseCall:
 
     @classmethod
     def watch(cls, model, inputs: dict):
-        if not _unwrapped(model) or frozenset(inputs) in _DIRECT.get(model, {}):
+        if not _unwrapped(model) or frozenset(inputs) in base_model_path(model):
             return None
         base = getattr(model, "base_model", None)
         if not isinstance(base, torch.nn.Module) or base is model:
