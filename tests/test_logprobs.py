@@ -487,6 +487,45 @@ def test_a_deep_copy_of_a_seen_model_takes_the_shortcut_through_its_own_modules(
     assert all(p.grad is None for p in model.parameters())
 
 
+def _tiny(arch: str):
+    """A 2-layer causal LM of another architecture, built in code (vocabulary 100, hidden 32)."""
+    import transformers as tf
+
+    torch.manual_seed(11)
+    small = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, pad_token_id=0)
+    configs = {
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM, dict(small, intermediate_size=64, num_key_value_heads=2)),
+        "mistral": (tf.MistralConfig, tf.MistralForCausalLM, dict(small, intermediate_size=64, num_key_value_heads=2)),
+        "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM, dict(small, intermediate_size=64, num_key_value_heads=2)),
+        "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM, dict(small, intermediate_size=64, num_key_value_heads=2)),
+        "gpt2": (tf.GPT2Config, tf.GPT2LMHeadModel, dict(vocab_size=100, n_embd=32, n_layer=2, n_head=2)),
+        "opt": (tf.OPTConfig, tf.OPTForCausalLM, dict(small, ffn_dim=64, word_embed_proj_dim=32, eos_token_id=2)),
+    }
+    config, cls, kw = configs[arch]
+    kw.setdefault("bos_token_id", 1)
+    kw.setdefault("eos_token_id", 2)
+    return cls(config(**kw)).eval()  # (GPT-2 and OPT have dropout)
+
+
+@pytest.mark.parametrize(
+    ("arch", "shortcut"),
+    [("qwen2", True), ("mistral", True), ("phi3", True), ("gemma2", False), ("gpt2", False), ("opt", False)],
+)
+def test_other_architectures_take_the_shortcut_only_where_their_forward_allows_it(arch, shortcut):
+    """Across architectures the first call decides, and every call equals the naive gather of the model's own logits
+    (values and gradients): Qwen2, Mistral and Phi-3 pass their inputs through to their base model and feed its
+    output to the head (the shortcut); Gemma-2 soft-caps its logits (its config says so: its own logits); GPT-2 and
+    OPT hand their base model the inputs in another form (positional, or with other arguments): their full forward,
+    at every call."""
+    model = _tiny(arch)
+    weights = torch.tensor([1.0, -0.5, 2.0], dtype=torch.float64)
+    padded = lambda m: model_logps(m, collate(PROMPTS, RESPONSES, PAD))  # noqa: E731
+    for _ in range(2):
+        check_values_and_grads(model, padded, weights)
+    assert bool(LP.base_model_path(model)) is shortcut
+    assert (LP._lean_head(model) is None) is (arch == "gemma2")  # its config says the logits are post-processed
+
+
 class _Between(type(tiny_llama())):
     """A causal LM whose forward does more than head(base_model(inputs)): ``change`` is "hidden" (it rescales the
     hidden states between the base model and the head: the head is still a plain projection of its input) or
