@@ -527,64 +527,150 @@ def test_other_architectures_take_the_shortcut_only_where_their_forward_allows_i
 
 
 class _Between(type(tiny_llama())):
-    """A causal LM whose forward does more than head(base_model(inputs)): ``change`` is "hidden" (it rescales the
-    hidden states between the base model and the head: the head is still a plain projection of its input) or
-    "inputs" (it hands the base model a new position_ids tensor of the same values)."""
+    """A causal LM whose forward does more than head(base_model(inputs)), by ``change``: "hidden" rescales the hidden
+    states between the base model and the head (the head is still a plain projection of its input); "inplace"
+    rescales them in place; "detach" detaches them (a frozen backbone); "train_only" rescales them in training mode
+    only (as a dropout there would); "inputs" hands the base model a new input_ids tensor of the same values."""
 
     change = "hidden"
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
         if self.change == "inputs":
-            position_ids = position_ids.clone() if position_ids is not None else None
+            input_ids = input_ids.clone()
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
-        hidden = out.last_hidden_state * (0.5 if self.change == "hidden" else 1.0)
+        hidden = out.last_hidden_state
+        if self.change == "hidden" or (self.change == "train_only" and self.training):
+            hidden = hidden * 0.5
+        elif self.change == "inplace":
+            hidden.mul_(0.5)
+        elif self.change == "detach":
+            hidden = hidden.detach()
         return SimpleNamespace(logits=self.lm_head(hidden))
 
 
+BETWEEN = ("hidden", "inplace", "detach", "train_only", "inputs")
+
+
 @pytest.mark.filterwarnings("ignore:For backward hooks to be called")  # (torch: a ModelOutput is no tensor)
-@pytest.mark.parametrize("change", ["hidden", "inputs", "hook", "hooked_later", "global_hook", "backward_hook"])
+@pytest.mark.parametrize("change", [*BETWEEN, "hook", "hooked_later", "global_hook", "backward_hook"])
 def test_models_that_do_more_than_head_of_base_model_keep_their_full_forward(change):
-    """The base-model shortcut only for a model seen to be head(base_model(inputs)) and still unwrapped: a model that
-    rescales between its base model and its head, hands its base model other tensors, or carries a hook of its own
-    (from the start, or added after a first call, as FSDP2's ``fully_shard`` would) runs its own forward at every call,
-    and its values and gradients equal the naive gather of its own logits."""
+    """The base-model shortcut only for a model seen to be head(base_model(inputs)) in the call's training and grad
+    mode, and still unwrapped: a model that changes the hidden states between its base model and its head (out of
+    place, in place, detached, or in training mode only, after a first call in eval mode without gradients), hands its
+    base model other tensors, or carries a hook of its own (from the start, or added after a first call, as FSDP2's
+    ``fully_shard`` would) runs its own forward at every call, and its values and gradients equal the naive gather of
+    its own logits."""
     seeded = tiny_llama(seed=8)
     model = seeded
-    if change in ("hidden", "inputs"):
+    if change in BETWEEN:
         model = _Between(seeded.config)
         model.load_state_dict(seeded.state_dict())
         model.change = change
+    model.train()
     forwards = []
     if change == "hook":
         model.register_forward_pre_hook(lambda module, args: forwards.append(1))
     if change == "backward_hook":  # runs on the gradients of the model's own outputs: only if its forward ran
         model.register_full_backward_hook(lambda module, grad_in, grad_out: forwards.append(1))
+    handle = None
     if change == "global_hook":  # a hook on every module's forward, the model's own included
         handle = torch.nn.modules.module.register_module_forward_pre_hook(
             lambda module, args: forwards.append(1) if module is model else None
         )
-    weights = torch.tensor([0.5, 1.0, -1.0], dtype=torch.float64)
-    padded = lambda m: model_logps(m, collate(PROMPTS, RESPONSES, PAD))  # noqa: E731
-    check_values_and_grads(model, padded, weights)
-    if change == "hooked_later":
-        assert LP.base_model_path(model)  # seen to be head(base_model(...)); now hooked, as fully_shard does
-        model.register_forward_pre_hook(lambda module, args: forwards.append(1))
-    else:
-        assert not LP.base_model_path(model)
-    shapes = []
-    model.lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
-    forwards.clear()
-    for _ in range(2):
+    try:
+        weights = torch.tensor([0.5, 1.0, -1.0], dtype=torch.float64)
+        padded = lambda m: model_logps(m, collate(PROMPTS, RESPONSES, PAD))  # noqa: E731
+        if change == "train_only":  # seen in eval mode without gradients, where the forward is head(base_model(...))
+            model.eval()
+            with torch.no_grad():
+                padded(model)
+            assert [key[1:] for key in LP.base_model_path(model)] == [(False, False)]
+            model.train()
         check_values_and_grads(model, padded, weights)
-    assert any(len(s) == 3 and s[1] == 1 for s in shapes) or change in ("hidden", "inputs")
-    if change == "global_hook":
-        handle.remove()
+        training_key = [key for key in LP.base_model_path(model) if key[1:] == (True, True)]
+        if change == "hooked_later":
+            assert training_key  # seen to be head(base_model(...)); now hooked, as fully_shard does
+            model.register_forward_pre_hook(lambda module, args: forwards.append(1))
+        else:
+            assert not training_key
+        shapes = []
+        model.lm_head.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.shape)))
+        forwards.clear()
+        for _ in range(2):
+            check_values_and_grads(model, padded, weights)
+    finally:
+        if handle is not None:
+            handle.remove()
+    assert any(len(s) == 3 and s[1] == 1 for s in shapes) or change in BETWEEN
     if change in ("hook", "hooked_later", "global_hook"):
         assert len(forwards) == 4  # the model's own forward (its hook with it) at every call: naive, then lean, twice
-    if change == "backward_hook":
-        assert not LP.base_model_path(model)
-    if change == "hidden":  # the head saw the rescaled states: the lean path is still taken, through the forward
+    if change in BETWEEN:  # the head saw its input from the model's own forward: the lean path, through the forward
         assert model in LP._PLAIN_HEAD and any(len(s) == 2 for s in shapes)
+        assert not [key for key in LP.base_model_path(model) if key[1:] == (True, True)]
+
+
+def test_unwrapped_refuses_every_way_a_models_own_call_can_do_more():
+    """`_unwrapped` (checked at every call of the shortcut) is false for a compiled model, under a global backward
+    hook, with accelerate's hook attribute, with an instance forward, and for a module that is no transformers model."""
+    model = tiny_llama()
+    assert LP._unwrapped(model)
+    model.compile(backend="eager")  # (compiled lazily: nothing is traced here)
+    assert not LP._unwrapped(model)
+    for make in (
+        lambda m: torch.nn.modules.module.register_module_full_backward_hook(lambda *a: None),
+        lambda m: setattr(m, "_hf_hook", object()),
+        lambda m: setattr(m, "forward", m.forward),
+    ):
+        other = tiny_llama()
+        handle = make(other)
+        try:
+            assert not LP._unwrapped(other)
+        finally:
+            if handle is not None:
+                handle.remove()
+        assert LP._unwrapped(tiny_llama())  # (the global hook is gone)
+    assert not LP._unwrapped(torch.nn.Linear(2, 2))
+
+
+def test_no_kv_cache_argument_for_a_forward_that_does_not_take_it():
+    """A model whose config says ``use_cache`` but whose forward takes no such argument (remote code can be written
+    so) is called with its inputs unchanged, and scored as the naive gather."""
+
+    class NoCacheArgument(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def get_output_embeddings(self):
+            return self.inner.lm_head
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask)
+
+    model = NoCacheArgument(tiny_llama(seed=13))
+    assert model.config.use_cache
+    weights = torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
+    check_values_and_grads(model, lambda m: model_logps(m, collate(PROMPTS, RESPONSES, PAD)), weights)
+
+
+def test_a_new_head_or_a_resized_vocabulary_is_used_from_the_next_call():
+    """The shortcut remembers the head it was seen with: after ``resize_token_embeddings`` (an untied model gets a new
+    head) or a replaced head, the next call goes through the model's forward again and uses the new head (values and
+    gradients as the naive gather), and the shortcut is then taken with it."""
+    model = tiny_llama(seed=12)
+    model.config.tie_word_embeddings = False
+    weights = torch.tensor([1.0, 2.0, -1.0], dtype=torch.float64)
+    padded = lambda m: model_logps(m, collate(PROMPTS, RESPONSES, PAD))  # noqa: E731
+    check_values_and_grads(model, padded, weights)
+    ((base, head, vocab),) = LP.base_model_path(model).values()
+    model.lm_head = torch.nn.Linear(model.config.hidden_size, vocab, bias=False)
+    check_values_and_grads(model, padded, weights)
+    ((_, new_head, _),) = LP.base_model_path(model).values()
+    assert new_head is model.lm_head and new_head is not head
+    model.resize_token_embeddings(vocab + 8)
+    check_values_and_grads(model, padded, weights)
+    ((_, resized, new_vocab),) = LP.base_model_path(model).values()
+    assert resized is model.get_output_embeddings() and new_vocab == vocab + 8
 
 
 def test_no_kv_cache_is_asked_for_where_the_config_has_none():

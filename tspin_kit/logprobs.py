@@ -17,6 +17,8 @@ hidden state (logit soft-capping, a logit scale) fall back to the model's own lo
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import weakref
 from dataclasses import dataclass
 
@@ -208,11 +210,13 @@ def final_hidden(model, **inputs):
     run time that head(hidden) is the model's logits (a model that soft-caps or scales them after the head
     fails the check; the check runs once per model). Models without ``get_output_embeddings``, or failing the
     check, return ``None, logits`` (the model's own full logits). The model is called through any wrapper
-    (DDP), so its hooks run as in a plain forward; the head is then applied to chunks outside that forward.
-    Inside `lean_head` the hook is the block's; else one is added for this call.
+    (DDP), so its hooks run as in a plain forward (except on the base-model path below, taken only by a model with no
+    hook on itself); the head is then applied to chunks outside that forward. Inside `lean_head` the hook is the
+    block's; else one is added for this call.
 
     A plain transformers model (no wrapper, no hook on it) whose forward was seen to be ``head(base_model(inputs))``
-    is run as its base model alone after that first call (`_direct`): no head call, no output object of its own.
+    (`_BaseCall`; per input names, training mode and grad mode) is run as its base model alone after that first call
+    (`_direct`): no head call, no output object of its own.
     No KV cache is built where the model's config would build one (``use_cache=False``): nothing reads it here.
     """
     inputs = _without_cache(getattr(model, "module", model), inputs)
@@ -258,7 +262,7 @@ def final_hidden(model, **inputs):
     training = torch.is_grad_enabled() and last_logits.requires_grad
     sharded = _is_sharded(core, head) if sharded is None and (training or seen is not None) else sharded
     if seen is not None and not sharded and seen.fed_head(hidden):
-        vars(model).setdefault(_DIRECT, {})[frozenset(inputs)] = (seen.base, head, int(last_logits.shape[-1]))
+        vars(model).setdefault(_DIRECT, {})[_path_key(model, inputs)] = (seen.base, head, int(last_logits.shape[-1]))
     if training and sharded:
         # FSDP2 hooks the model's output (its pre-backward: the root's and the head unit's); the loss does not use
         # those last-position logits, so route a zero gradient to them (without it the backward read freed
@@ -270,28 +274,46 @@ def final_hidden(model, **inputs):
 
 def _without_cache(core, inputs: dict) -> dict:
     """``inputs`` with ``use_cache=False`` where ``core``'s config would otherwise build a KV cache (transformers'
-    causal LMs do by default, in training mode too): a scoring or training forward never reads it, and building it
-    cost ~7% of the toy model's forward (one ad-hoc measurement; TRL's DPO forwards pass use_cache=False too)."""
+    causal LMs do by default, in training mode too) and its forward takes the argument: a scoring or training forward
+    never reads the cache, and building it cost ~7% of the toy model's forward (one ad-hoc measurement; TRL's DPO
+    forwards pass use_cache=False too)."""
     if "use_cache" in inputs or not getattr(getattr(core, "config", None), "use_cache", False):
         return inputs
-    return {**inputs, "use_cache": False}
+    return {**inputs, "use_cache": False} if _takes_use_cache(type(core)) else inputs
 
 
-# What a model seen to compute head(base_model(inputs)) (`_BaseCall`) keeps, under this attribute: {input names:
-# (base model, head, vocab)}. Kept on the model itself, so a deep copy (the same class and state: the same forward)
-# keeps it too, pointing at its own base model and head (deepcopy maps the submodules it copies).
+@functools.cache
+def _takes_use_cache(cls) -> bool:
+    """Whether ``cls.forward`` takes ``use_cache`` (by name, or through ``**kwargs``): a remote-code model may not."""
+    try:
+        params = inspect.signature(cls.forward).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "use_cache" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+# What a model seen to compute head(base_model(inputs)) (`_BaseCall`) keeps, under this attribute: {(input names,
+# training mode, grad mode): (base model, head, vocab)}. Per mode, because a forward may differ between them (dropout
+# or a detach between its base model and its head). Kept on the model itself, so a deep copy (the same class and
+# state: the same forward) keeps it too, pointing at its own base model and head (deepcopy maps the submodules it
+# copies).
 _DIRECT = "_tspin_kit_base_model_path"
 
 
 def base_model_path(model) -> dict:
-    """{input names: (base model, head, vocab)} for which ``model`` was seen to compute head(base_model(inputs))."""
+    """{(input names, training, grad enabled): (base model, head, vocab)} for which ``model`` was seen to compute
+    head(base_model(inputs))."""
     return vars(model).get(_DIRECT, {})
+
+
+def _path_key(model, inputs: dict) -> tuple:
+    return frozenset(inputs), model.training, torch.is_grad_enabled()
 
 
 def _unwrapped(model) -> bool:
     """Whether calling ``model``'s submodules directly skips nothing: a transformers model called as itself, with no
     hook on its own forward or backward (FSDP2's root hooks, accelerate's device-map hook, a user's), no global module
-    hook and no replaced forward."""
+    hook, no replaced forward and no ``model.compile()``."""
     from torch.nn.modules import module as nn_module
     from transformers import PreTrainedModel
 
@@ -299,28 +321,39 @@ def _unwrapped(model) -> bool:
         isinstance(model, PreTrainedModel)
         and not (model._forward_pre_hooks or model._forward_hooks or model._backward_hooks or model._backward_pre_hooks)
         and not (nn_module._global_forward_pre_hooks or nn_module._global_forward_hooks)
+        and not (nn_module._global_backward_pre_hooks or nn_module._global_backward_hooks)
         and "forward" not in vars(model)
+        and getattr(model, "_compiled_call_impl", None) is None
         and not hasattr(model, "_hf_hook")
     )
 
 
 def _direct(model, inputs: dict):
     """(base model, head, vocab) when ``model`` was seen to compute head(base_model(inputs)) for inputs of these names
-    and is still unwrapped (`_unwrapped`, checked at every call: FSDP2 may shard a model after it was seen); else
-    None."""
+    in this training and grad mode, and still holds that base model and head (``resize_token_embeddings`` or PEFT's
+    ``modules_to_save`` install another head) and is still unwrapped (`_unwrapped`: FSDP2 may shard a model after
+    it was seen), all checked at every call; else None (and what was seen with another head or base is dropped)."""
     seen = vars(model).get(_DIRECT)
     if seen is None:
         return None
-    found = seen.get(frozenset(inputs))
-    return found if found is not None and _unwrapped(model) else None
+    key = _path_key(model, inputs)
+    found = seen.get(key)
+    if found is None:
+        return None
+    if found[0] is not model.base_model or found[1] is not model.get_output_embeddings():
+        del seen[key]  # watched again on this call
+        return None
+    return found if _unwrapped(model) else None
 
 
 class _BaseCall:
-    """Watches one forward of a transformers model (`final_hidden`'s first call) to decide whether it is
-    head(base_model(inputs)): its base model (``base_model_prefix``) called once, with every one of ``inputs``
-    passed on as the very same objects and nothing else but None, and its output the very tensor (same storage,
-    shape and strides) that the head's pre-hook saw. Then running the base model alone gives the same hidden states
-    (the same ops on the same tensors), without the model's head call and output object."""
+    """Watches one forward of a transformers model (`final_hidden`'s first call in a training and grad mode) to decide
+    whether it is head(base_model(inputs)): its base model (``base_model_prefix``) called once, with every one of
+    ``inputs`` passed on as the very same objects and nothing else but None, and its output the very tensor (same
+    storage, shape and strides, not modified in place since, not detached) that the head's pre-hook saw. Then
+    running the base model alone gives the hidden states the head would get, without the model's head call and output
+    object. A run-time check of what this forward did (Python may branch differently on other inputs of the same
+    names and modes; transformers' causal LMs do not)."""
 
     def __init__(self, base, inputs: dict):
         self.base, self.inputs, self.calls, self.out = base, inputs, [], None
@@ -331,7 +364,7 @@ class _BaseCall:
 
     @classmethod
     def watch(cls, model, inputs: dict):
-        if not _unwrapped(model) or frozenset(inputs) in base_model_path(model):
+        if not _unwrapped(model) or _path_key(model, inputs) in base_model_path(model):
             return None
         base = getattr(model, "base_model", None)
         if not isinstance(base, torch.nn.Module) or base is model:
@@ -344,6 +377,7 @@ class _BaseCall:
     def _after(self, module, args, out):
         first = out[0] if isinstance(out, (tuple, list)) or hasattr(out, "to_tuple") else out
         self.out = first if isinstance(first, torch.Tensor) else None
+        self.version = self.out._version if self.out is not None else None  # (views share it: an in-place op moves it)
 
     def stop(self) -> None:
         for handle in self.handles:
@@ -357,7 +391,9 @@ class _BaseCall:
         nothing_else = all(value is None for name, value in kwargs.items() if name not in self.inputs)
         out = self.out
         same = hidden.data_ptr() == out.data_ptr() and hidden.shape == out.shape and hidden.stride() == out.stride()
-        return not args and passed_on and nothing_else and same
+        # untouched since the base model returned it (no in-place op), and not detached from it
+        untouched = hidden._version == self.version and hidden.requires_grad == out.requires_grad
+        return not args and passed_on and nothing_else and same and untouched
 
 
 def _is_sharded(module, head) -> bool:
