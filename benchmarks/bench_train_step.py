@@ -23,10 +23,10 @@ measures framework overhead, not deduplication. ``--data toy`` uses the toy shar
 - padded (context, no target): the textbook loop over right-padded rows [y; y'; y0] / [y; y'] / [y] with
   every row forwarded; kit / padded shows what sharing the prompt (and, on toy data, skipping) saves.
 
-The model the runs copy is scored by tspin_kit once before them (the reference log-probs), as a session scores its
-policy before training it; each run's deep copy keeps what that first call saw (`logprobs.base_model_path`), as the
-session's policy does from phase to phase, so no run pays the one watched forward a never-seen model's first call
-costs.
+The model the runs copy is scored by tspin_kit once before them (the reference log-probs, in eval mode without
+gradients), as a session scores its policy before training it. What the kit decides on a model's first call in a mode
+is kept on the model (`logprobs.base_model_path`), and a deep copy keeps it; training is another mode, so each run's
+first step is watched (its full forward), as a session's first training step is.
 
 framework overhead = tspin_kit time / bare time - 1, computed per repeat (variants interleaved) and
 reported as the median with a distribution-free 95% interval (also: the ratio of process CPU times, and of the
