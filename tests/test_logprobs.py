@@ -293,18 +293,21 @@ def test_lean_path_never_builds_full_logits():
     assert all(len(s) != 3 or s[1] == 1 for s in shapes)
 
 
+class _Around(torch.nn.Module):
+    """A model around ``inner`` (its config and its head); subclasses say what their forward does with it."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def get_output_embeddings(self):
+        return self.inner.lm_head
+
+
 def _scaled(inner):
     """``inner`` with its logits rescaled after the head (as logit soft-capping does): not a plain projection."""
 
-    class Scaled(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-            self.config = inner.config
-
-        def get_output_embeddings(self):
-            return self.inner.lm_head
-
+    class Scaled(_Around):
         def forward(self, **kw):
             out = self.inner(**kw)
             out.logits = out.logits * 0.5 + 1.0
@@ -369,14 +372,7 @@ def test_a_forward_that_raises_after_the_head_leaves_the_blocks_hook_off_and_emp
     """A forward that fails after its head ran (caught inside the block): the block's hook neither keeps that
     activation nor stays on (a later direct call of the head is not cut to its last position)."""
 
-    class Failing(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.config = inner, inner.config
-
-        def get_output_embeddings(self):
-            return self.inner.lm_head
-
+    class Failing(_Around):
         def forward(self, **kw):
             self.inner(**kw)
             raise RuntimeError("after the head")
@@ -636,14 +632,7 @@ def test_no_kv_cache_argument_for_a_forward_that_does_not_take_it():
     """A model whose config says ``use_cache`` but whose forward takes no such argument (remote code can be written
     so) is called with its inputs unchanged, and scored as the naive gather."""
 
-    class NoCacheArgument(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner, self.config = inner, inner.config
-
-        def get_output_embeddings(self):
-            return self.inner.lm_head
-
+    class NoCacheArgument(_Around):
         def forward(self, input_ids, attention_mask=None):
             return self.inner(input_ids=input_ids, attention_mask=attention_mask)
 

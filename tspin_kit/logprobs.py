@@ -260,16 +260,17 @@ def final_hidden(model, **inputs):
         _NOT_PLAIN_HEAD.add(core)
         return None, model(**inputs).logits
     training = torch.is_grad_enabled() and last_logits.requires_grad
+    vocab = int(last_logits.shape[-1])
     sharded = _is_sharded(core, head) if sharded is None and (training or seen is not None) else sharded
     if seen is not None and not sharded and seen.fed_head(hidden):
-        vars(model).setdefault(_DIRECT, {})[_path_key(model, inputs)] = (seen.base, head, int(last_logits.shape[-1]))
+        vars(model).setdefault(_DIRECT, {})[_path_key(model, inputs)] = (seen.base, head, vocab)
     if training and sharded:
         # FSDP2 hooks the model's output (its pre-backward: the root's and the head unit's); the loss does not use
         # those last-position logits, so route a zero gradient to them (without it the backward read freed
         # parameter memory: SIGSEGV, torch 2.13 CPU/gloo). DeepSpeed ZeRO-3 likewise expects the backward of every
         # module whose forward ran.
         hidden = _AlsoBackward.apply(hidden, last_logits)
-    return (hidden, head, int(last_logits.shape[-1])), None
+    return (hidden, head, vocab), None
 
 
 def _without_cache(core, inputs: dict) -> dict:
