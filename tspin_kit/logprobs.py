@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import itertools
 import weakref
 from dataclasses import dataclass
 
@@ -853,7 +854,7 @@ class PackedExamples:
         sizes = [len(s) for s in steps]
         off = np.zeros(len(steps) + 1, dtype=np.int64)
         np.cumsum(sizes, out=off[1:])
-        t_all = np.fromiter((i for s in steps for i in s), dtype=np.int64, count=int(off[-1]))
+        t_all = np.fromiter(itertools.chain.from_iterable(steps), dtype=np.int64, count=int(off[-1]))
         lengths = self._lengths[t_all]
         token_mask = self._mask[t_all]  # (sum B, K, T)
         b, k, pos = np.nonzero(token_mask)  # row-major: each example's roles' tokens in order, step after step

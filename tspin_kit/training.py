@@ -24,6 +24,7 @@ torch's fused kernel where torch offers it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -191,7 +192,8 @@ def window_inputs(
     cut_at = [i for i, examples in enumerate(kept) if examples] if packed is not None else []
     cuts = dict(zip(cut_at, packed.cuts([kept[i] for i in cut_at], device, mask_dtype))) if cut_at else {}
     sizes = [len(idx) for idx in steps]
-    t = torch.from_numpy(np.fromiter((i for idx in steps for i in idx), dtype=np.int64, count=sum(sizes)))
+    # (chain: the steps' examples end to end without a Python-level generator, which resumes once per example)
+    t = torch.from_numpy(np.fromiter(itertools.chain.from_iterable(steps), dtype=np.int64, count=sum(sizes)))
 
     def at(x):  # a per-example tensor of `ex` at every step's examples, on the model's device, split by step
         return None if x is None else x[t].to(device).split(sizes)
