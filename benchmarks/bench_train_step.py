@@ -28,6 +28,10 @@ gradients), as a session scores its policy before training it. What the kit deci
 is kept on the model (`logprobs.base_model_path`), and a deep copy keeps it; training is another mode, so each run's
 first step is watched (its full forward), as a session's first training step is.
 
+Python-level calls (context, no target; the same on every machine): each variant once more under `sys.setprofile`
+(`_common.PythonCalls`) at S, 16 and 32 steps: per step (the 16-step difference: whole windows of step inputs) and per
+call besides its steps (setup, first step, records). The C++ under them (kernels, autograd) is not counted.
+
 framework overhead = tspin_kit time / bare time - 1, computed per repeat (variants interleaved) and
 reported as the median with a distribution-free 95% interval (also: the ratio of process CPU times, and of the
 fastest runs, which are the least disturbed by other jobs on a shared machine). Target: <= 2% for every method
@@ -36,6 +40,7 @@ fastest runs, which are the least disturbed by other jobs on a shared machine). 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
@@ -70,7 +75,7 @@ def main() -> None:
     from tspin_kit.config import MethodConfig
     from tspin_kit.logprobs import collate, pack_rows
     from tspin_kit.methods import zero_gradient
-    from tspin_kit.training import make_optimizer, train_iteration
+    from tspin_kit.training import CUT_AHEAD, make_optimizer, train_iteration
 
     tok = toy.build_tokenizer()
     base = toy.build_model(tok)
@@ -120,18 +125,23 @@ def main() -> None:
     token_counts = {m: (int((packs[m][2].segments >= 0).sum()), int(packs[m][2].input_ids.numel())) for m in methods}
     padded_tokens = {m: int(b.attention_mask.sum()) for m, b in batches.items()}
 
-    def run_kit(name):
+    def run_kit(name, n=steps, counter=None):
+        """``n`` steps of the kit; ``counter`` (a `_common.PythonCalls`) counts the Python-level calls of the timed
+        call."""
         model = copy.deepcopy(base)
-        t0 = time.perf_counter()
-        res = train_iteration(model, ex, method=methods[name], train=train_cfg, iteration=1, seed=0, cpu=True)
-        total = time.perf_counter() - t0
-        assert res.steps == steps
+        cfg = train_cfg if n == steps else C.steps_config(2e-5, n, bs)
+        with counter or contextlib.nullcontext():
+            t0 = time.perf_counter()
+            res = train_iteration(model, ex, method=methods[name], train=cfg, iteration=1, seed=0, cpu=True)
+            total = time.perf_counter() - t0
+        assert res.steps == n
         return total, res.seconds
 
-    def run_bare(name, lean=False):
-        """The kit's rows without the kit: packed distinct rows made once, then the step loop. ``lean``: the output
-        layer applied to the response positions' hidden states only, as the kit does (`logprobs.final_hidden`);
-        else the model's logits at every position, as a hand-written loop would."""
+    def run_bare(name, lean=False, n=steps, counter=None):
+        """The kit's rows without the kit: packed distinct rows made once, then the step loop (``n`` steps). ``lean``:
+        the output layer applied to the response positions' hidden states only, as the kit does
+        (`logprobs.final_hidden`); else the model's logits at every position, as a hand-written loop would.
+        ``counter``: counts the Python-level calls of the timed loop."""
         model = copy.deepcopy(base)
         model.train()
         keep, n_roles, pk, mask4d = packs[name]
@@ -143,32 +153,38 @@ def main() -> None:
         ra, rs = ex.ref_annotated, ex.ref_synthetic
         params = [p for p in model.parameters() if p.requires_grad]
         opt = make_optimizer(params, train_cfg, 2e-5)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            inputs = {"input_ids": pk.input_ids, "attention_mask": mask4d, "position_ids": pk.position_ids, **NO_CACHE}
-            if lean:
-                hidden = model.model(**inputs).last_hidden_state
-                logits = model.lm_head(hidden[r_sel, s_sel]).float()  # (response tokens, V)
-                tok = logits.gather(-1, t_sel[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
-                tok_lp = tok.new_zeros(sel.shape).masked_scatter(sel, tok)
-            else:
-                logits = model(**inputs).logits.float()
-                lse = torch.logsumexp(logits, -1)
-                tok_lp = (logits[rows_idx, pk.src, pk.targets] - lse[rows_idx, pk.src]) * pk.mask
-            lp = tok_lp.sum(-1)[pk.inverse]  # (rows of the live examples,)
-            parts = [lp.new_zeros(bs).index_copy(0, keep_t, part) for part in lp.chunk(n_roles)]
-            if name == "sft":
-                out = L.sft_loss(parts[0], ntok)
-            elif name == "spin":
-                out = L.spin_loss(parts[0], parts[1], ra, rs, lam=1.0)
-            else:
-                out = L.tspin_loss(*parts, alpha=1.0, beta=0.1)
-            loss = out.losses.sum() / bs
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        return time.perf_counter() - t0
+        with counter or contextlib.nullcontext():
+            t0 = time.perf_counter()
+            for _ in range(n):
+                inputs = {
+                    "input_ids": pk.input_ids,
+                    "attention_mask": mask4d,
+                    "position_ids": pk.position_ids,
+                    **NO_CACHE,
+                }
+                if lean:
+                    hidden = model.model(**inputs).last_hidden_state
+                    logits = model.lm_head(hidden[r_sel, s_sel]).float()  # (response tokens, V)
+                    tok = logits.gather(-1, t_sel[:, None]).squeeze(-1) - torch.logsumexp(logits, -1)
+                    tok_lp = tok.new_zeros(sel.shape).masked_scatter(sel, tok)
+                else:
+                    logits = model(**inputs).logits.float()
+                    lse = torch.logsumexp(logits, -1)
+                    tok_lp = (logits[rows_idx, pk.src, pk.targets] - lse[rows_idx, pk.src]) * pk.mask
+                lp = tok_lp.sum(-1)[pk.inverse]  # (rows of the live examples,)
+                parts = [lp.new_zeros(bs).index_copy(0, keep_t, part) for part in lp.chunk(n_roles)]
+                if name == "sft":
+                    out = L.sft_loss(parts[0], ntok)
+                elif name == "spin":
+                    out = L.spin_loss(parts[0], parts[1], ra, rs, lam=1.0)
+                else:
+                    out = L.tspin_loss(*parts, alpha=1.0, beta=0.1)
+                loss = out.losses.sum() / bs
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            return time.perf_counter() - t0
 
     def run_padded(name):
         """The textbook loop: every row [y; y'; y0] right-padded and forwarded (context only)."""
@@ -240,6 +256,25 @@ def main() -> None:
             cpu_ratios[m].append(cpu[(m, "kit")] / cpu[(m, "bare")] - 1)
             loop_ratios[m].append(loop_times[m][-1] / got[(m, "bare")] - 1)
 
+    # Python-level calls (`_common.PythonCalls`), one call of each variant per length: a count of the interpreter's
+    # work that does not move with the machine's state, unlike the wall-clock ratios above. Per step: the difference
+    # between CUT_AHEAD and 2 x CUT_AHEAD steps over CUT_AHEAD (whole windows of step inputs, so a long iteration's
+    # per-step cost); per call: the count at ``steps`` steps less ``steps`` x per step (setup, first step, records).
+    calls = {}
+    for m in methods:
+        for v, run in (("kit", run_kit), ("bare", run_bare)):
+            counted = {}
+            for n in sorted({steps, CUT_AHEAD, 2 * CUT_AHEAD}):
+                counter = C.PythonCalls()
+                run(m, n=n, counter=counter)
+                counted[n] = counter.calls
+            per_step = (counted[2 * CUT_AHEAD] - counted[CUT_AHEAD]) / CUT_AHEAD
+            calls[(m, v)] = {
+                "per_step": per_step,
+                "per_call_besides_steps": counted[steps] - steps * per_step,
+                "counted": counted,
+            }
+
     result = {
         "benchmark": "train_step",
         "quick": args.quick,
@@ -296,6 +331,7 @@ def main() -> None:
             # vocabulary (it saves memory at real vocabularies, issue 11)
             "overhead_vs_lean_bare": C.stats(lean_ratios[m]),
             "lean_bare_over_bare": C.stats([a / b for a, b in zip(times[(m, "lean")], times[(m, "bare")])]),
+            "python_calls": {"kit": calls[(m, "kit")], "bare": calls[(m, "bare")]},
         }
         tgt = C.target(
             f"{m} framework overhead vs a bare loop on the same rows (kit/bare - 1, median)", ov["median"], "<=", 0.02
@@ -363,6 +399,15 @@ def main() -> None:
     table += "\n<=2% reads the median; the interval says whether the data could tell: " + "; ".join(
         f"{m} " + ("below 2%" if ci and ci[1] <= 0.02 else "above 2%" if ci and ci[0] > 0.02 else "inconclusive")
         for m, ci in ((m, result["methods"][m]["overhead_median_ci95"]) for m in methods)
+    )
+    table += (
+        "\nPython-level calls (sys.setprofile; C++ kernels not counted; the same on any machine with these versions): "
+        + "; ".join(
+            f"{m} per step kit {calls[(m, 'kit')]['per_step']:,.0f} / bare {calls[(m, 'bare')]['per_step']:,.0f}, "
+            f"per {steps}-step call besides its steps kit {calls[(m, 'kit')]['per_call_besides_steps']:,.0f} / bare "
+            f"{calls[(m, 'bare')]['per_call_besides_steps']:,.0f}"
+            for m in methods
+        )
     )
     table += (
         f"\n{repeats} repeats x {steps} steps, batch {bs}, data {args.data} (y' == y share "

@@ -19,3 +19,26 @@ def test_median_ci_is_the_order_statistics_of_the_binomial_table():
     # P(X <= 10) = 0.049, ranks 10 and 21 (the textbook table); n = 90: ranks 36 and 55. 90% of n = 8: P(X <= 1) =
     # 9/256 = 0.035 <= 0.05, P(X <= 2) = 37/256 > 0.05: ranks 2 and 7 of the sorted [-4, -1, 0.5, 1, 2, 3, 7, 9]
     assert got == [None, [1, 6], [10, 21], [36, 55], [-1.0, 7.0]]
+
+
+def test_python_calls_counts_each_call_once_and_not_the_profiler():
+    code = (
+        f"import sys, json; sys.path.insert(0, {str(BENCH)!r}); import _common as C\n"
+        "def g(): return 1\n"
+        "def f(): return len([1]) + g()\n"
+        "counts = []\n"
+        "with C.PythonCalls() as c: pass\n"
+        "counts.append(c.calls)\n"
+        "with C.PythonCalls() as c: f()\n"
+        "counts.append(c.calls)\n"
+        "with C.PythonCalls() as c:\n"
+        "    for _ in range(3): g()\n"
+        "counts.append(c.calls)\n"
+        "with C.PythonCalls() as c: sorted([3, 1, 2], key=abs)\n"
+        "counts.append(c.calls)\n"
+        "print(json.dumps(counts))"
+    )
+    got = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
+    # nothing; f, len, g; g three times (calling a class, range, is no "c_call" event); sorted alone (its key, a
+    # builtin called from C, is not seen)
+    assert got == [0, 3, 3, 1]
