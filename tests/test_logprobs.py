@@ -726,6 +726,27 @@ def test_sliding_window_models_pack_only_rows_that_fit_the_window():
         torch.testing.assert_close(rows_logps(wide, prompts, responses, 0), naive(wide), rtol=0, atol=1e-5)
 
 
+def test_training_pack_follows_the_sliding_window_rule():
+    """`training.training_pack` packs an iteration's examples only where every row (prompt + any role) fits the
+    model's window; a model without a window packs whatever the rows' length."""
+    from tspin_kit.config import MethodConfig
+    from tspin_kit.logprobs import PackedExamples
+    from tspin_kit.training import Examples, training_pack
+
+    prompts = [[5, 6, 7, 8, 9], [10, 11]]
+    ex = Examples(
+        prompt_ids=prompts,
+        annotated_ids=[[12, 13], [14]],
+        synthetic_ids=[[15], [16, 17]],
+        proto_ids=[[18, 19, 20, 21], [22]],  # the longest row: 5 + 4 = 9 tokens, in the third role only
+    )
+    tspin, spin = MethodConfig(name="tspin"), MethodConfig(name="spin")
+    assert training_pack(_tiny_mistral(window=8), ex, tspin) is None  # y0's row passes the window
+    assert isinstance(training_pack(_tiny_mistral(window=8), ex, spin), PackedExamples)  # y, y' rows: 7 tokens
+    assert isinstance(training_pack(_tiny_mistral(window=9), ex, tspin), PackedExamples)
+    assert isinstance(training_pack(toy.build_model(toy.build_tokenizer()), ex, tspin), PackedExamples)
+
+
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 def test_each_steps_mask_survives_a_second_forward_before_the_backward(impl):
     """The CPU mask must not be shared between forwards: with gradient checkpointing the backward recomputes each
