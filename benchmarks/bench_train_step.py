@@ -29,10 +29,11 @@ is kept on the model (`logprobs.base_model_path`), and a deep copy keeps it; tra
 first step is watched (its full forward), as a session's first training step is.
 
 Python-level calls (context, no target; the same on every machine with the same versions): each variant once more
-under `sys.setprofile` (`_common.PythonCalls`) at S, 16 and 32 steps: per step (the 16-step difference: whole windows of step inputs) and per
-call besides its steps (setup, first step, records). The C++ under them (kernels, autograd) is not counted, and the
-count is of events, not time: a generator's resumption or a `len` counts as much as a forward's Python layers (the
-128 resumptions a step that 1ab2803 removed were ~16 us of a 10-step call, hot; one ad-hoc timeit).
+under `sys.setprofile` (`_common.PythonCalls`) at S, 16 and 32 steps: per step (the 16-step difference: whole
+windows of step inputs) and per call besides its steps (setup, first step, records). The C++ under them (kernels,
+autograd) is not counted, and the count is of events, not time: a generator's resumption or a `len` counts as much
+as a forward's Python layers (the 128 resumptions a step that 1ab2803 removed were ~16 us of a 10-step call, hot;
+one ad-hoc timeit).
 
 framework overhead = tspin_kit time / bare time - 1, computed per repeat (variants interleaved) and
 reported as the median with a distribution-free 95% interval (also: the ratio of process CPU times, and of the
