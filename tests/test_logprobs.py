@@ -726,6 +726,18 @@ def test_sliding_window_models_pack_only_rows_that_fit_the_window():
         torch.testing.assert_close(rows_logps(wide, prompts, responses, 0), naive(wide), rtol=0, atol=1e-5)
 
 
+def test_supports_packing_measures_the_rows_only_under_a_window():
+    """``longest`` may be a function: called for a model with a sliding window, never for one without."""
+    from tspin_kit.logprobs import supports_packing
+
+    def unmeasured():
+        raise AssertionError("measured the rows of a model without a window")
+
+    assert supports_packing(toy.build_model(toy.build_tokenizer()), unmeasured)
+    narrow = _tiny_mistral(window=4)
+    assert not supports_packing(narrow, lambda: 9) and supports_packing(narrow, lambda: 4)
+
+
 def test_training_pack_follows_the_sliding_window_rule():
     """`training.training_pack` packs an iteration's examples only where every row (prompt + any role) fits the
     model's window; a model without a window packs whatever the rows' length."""

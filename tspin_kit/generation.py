@@ -181,7 +181,7 @@ def score_responses(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    share = supports_packing(model, longest_row(prompt_ids, response_ids))
+    share = supports_packing(model, lambda: longest_row(prompt_ids, response_ids))
     distinct: dict = {}
     inverse = [distinct.setdefault((tuple(p), tuple(r)), len(distinct)) for p, r in zip(prompt_ids, response_ids)]
     by_prompt: dict = {}

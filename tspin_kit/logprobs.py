@@ -21,6 +21,7 @@ import functools
 import inspect
 import itertools
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -526,7 +527,7 @@ def rows_logps(
     """
     device = next(model.parameters()).device
     if share_prompt is None:
-        share_prompt = supports_packing(model, longest_row(prompts, responses))
+        share_prompt = supports_packing(model, lambda: longest_row(prompts, responses))
     if share_prompt:
         return packed_logps(model, pack_rows(prompts, responses, pad_id).to(device)).summed
     keys = [(tuple(p), tuple(r)) for p, r in zip(prompts, responses)]
@@ -654,7 +655,7 @@ def pack_rows(prompts: list[list[int]], responses: list[list[int]], pad_id: int)
     )
 
 
-def supports_packing(model, longest: int | None = None) -> bool:
+def supports_packing(model, longest: int | Callable[[], int] | None = None) -> bool:
     """Whether the model honours a custom 4D attention mask and position ids (transformers' eager and sdpa
     attention do; flash-attention kernels take no arbitrary mask, so such models use the padded rows).
 
@@ -662,13 +663,18 @@ def supports_packing(model, longest: int | None = None) -> bool:
     replaces the model's own, window included, so packed rows would see keys the window hides. Rows no longer
     than the window see the same keys either way, so packing stays on when ``longest`` (the longest prompt +
     response of the rows, in tokens) fits; otherwise, or when ``longest`` is unknown, the padded rows are used
-    and the model applies its window itself.
+    and the model applies its window itself. ``longest`` may be a function that measures it (`longest_row` over
+    every row: a pass over all of them), called only for a model with a window.
     """
     config = getattr(getattr(model, "module", model), "config", None)
     if getattr(config, "_attn_implementation", None) not in ("eager", "sdpa"):
         return False
     window = sliding_window(config)
-    return window is None or (longest is not None and longest <= window)
+    if window is None:
+        return True
+    if callable(longest):
+        longest = longest()
+    return longest is not None and longest <= window
 
 
 def sliding_window(config) -> int | None:

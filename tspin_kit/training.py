@@ -47,7 +47,6 @@ from .logprobs import (
     longest_row,
     model_placement,
     rows_logps,
-    sliding_window,
     supports_packing,
 )
 from .progress import bar as progress_bar
@@ -344,11 +343,9 @@ def training_pack(model, ex: Examples, method: MethodConfig) -> PackedExamples |
     """The iteration's examples packed once (the method's roles after one shared prompt), or None where the model
     takes no 4D mask (then every step packs its own rows, `rows_logps`)."""
     roles = [ex.role_ids(r) for r in method.spec.roles]
-    config = getattr(getattr(model, "module", model), "config", None)
-    # the longest row counts only under a sliding window (`supports_packing`): a pass over every row, made only then
-    longest = max(longest_row(ex.prompt_ids, r) for r in roles) if sliding_window(config) is not None else None
-    if not supports_packing(model, longest):
+    if not supports_packing(model, lambda: max(longest_row(ex.prompt_ids, r) for r in roles)):
         return None
+    config = getattr(model, "module", model).config
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     return PackedExamples(ex.prompt_ids, roles, pad)
 
