@@ -42,3 +42,71 @@ def test_python_calls_counts_each_call_once_and_not_the_profiler():
     # nothing; f, len, g; g three times (calling a class, range, is no "c_call" event); sorted alone (its key, a
     # builtin called from C, is not seen)
     assert got == [0, 3, 3, 1]
+
+
+def _train_step_run(cpu, threads, overheads, kit, bare):
+    methods = {m: {"overhead": {"median": v}, "bare_steps_per_s": {"median": 30.0}} for m, v in overheads.items()}
+    return json.dumps(
+        {
+            "benchmark": "train_step",
+            "machine": {"cpu_model": cpu, "torch_num_threads": threads},
+            "settings": {"repeats": 90},
+            "methods": methods,
+            "tspin_over_spin_step_time": {"median": kit},
+            "bare_tspin_over_spin_step_time": {"median": bare},
+        }
+    )
+
+
+def test_train_step_runs_counts_the_targets_per_machine_and_threads(tmp_path):
+    results = tmp_path / "runs.txt"
+    results.write_text(
+        "# 2026-12-01T01:00:00Z, an old run: cmd\n"
+        + _train_step_run("A", 2, {"tspin": 0.05, "spin": 0.0, "sft": 0.0}, 1.30, 1.30)
+        + "\n\n# 2026-12-01T02:00:00Z, x: cmd\n"
+        + _train_step_run("A", 2, {"tspin": 0.02, "spin": 0.01, "sft": -0.01}, 1.19, 1.21)
+        + "\n\n# 2026-12-01T03:00:00Z, x: cmd\n"
+        + _train_step_run("A", 2, {"tspin": 0.021, "spin": 0.0, "sft": 0.0}, 1.25, 1.20)
+        + "\n\n# 2026-12-01T04:00:00Z, x: cmd\n"
+        + _train_step_run("B", 1, {"tspin": 0.0, "spin": 0.0, "sft": 0.0}, 1.20, 1.23)
+        + "\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "train_step_runs.py"), "--since", "2026-12-01T02", str(results)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    got = json.loads(out.splitlines()[0])
+    assert [r["time"] for r in got["runs"]] == ["2026-12-01T02:00:00Z", "2026-12-01T03:00:00Z", "2026-12-01T04:00:00Z"]
+    a, b = got["summary"]
+    # A: overhead 0.02 <= 0.02 met, 0.021 not; ratio 1.19 met, 1.25 not; bare 1.21 not, 1.20 met; kit - bare -0.02,
+    # +0.05
+    assert (a["cpu"], a["threads"], a["runs"], a["overhead_met"], a["ratio_met"], a["ratio_bare_met"]) == (
+        "A",
+        2,
+        2,
+        1,
+        1,
+        1,
+    )
+    d = a["ratio_kit_minus_bare"]
+    assert (round(d["min"], 6), round(d["median"], 6), round(d["max"], 6)) == (-0.02, 0.015, 0.05)
+    assert (b["cpu"], b["threads"], b["runs"], b["overhead_met"], b["ratio_met"], b["ratio_bare_met"]) == (
+        "B",
+        1,
+        1,
+        1,
+        1,
+        0,
+    )
+
+
+def test_train_step_runs_names_the_line_of_a_run_without_its_json(tmp_path):
+    results = tmp_path / "runs.txt"
+    results.write_text("# 2026-12-01T01:00:00Z, x: cmd\nmethod  rows\n")
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "train_step_runs.py"), str(results)], capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    assert f"{results}: line 2: expected the JSON line of the run headed at line 1" in done.stderr
