@@ -24,7 +24,7 @@ OVERHEAD, RATIO = 0.02, 1.2  # the issue's targets (bench_train_step.py's docstr
 
 
 def read_runs(path: Path) -> list[dict]:
-    """The runs of one results file, in file order: each header line and the JSON line after it."""
+    """The runs of one results file, in file order: the time of each header line and the JSON line after it."""
     lines = path.read_text().splitlines()
     runs = []
     for i, line in enumerate(lines):
@@ -42,7 +42,7 @@ def read_runs(path: Path) -> list[dict]:
             raise ValueError(
                 f"{path}: line {i + 2}: not a bench_train_step.py result (benchmark={result.get('benchmark')!r})"
             )
-        runs.append({"time": line[2:].split(",", 1)[0], "file": path.name, "header": line[2:], "result": result})
+        runs.append({"time": line[2:].split(",", 1)[0], "result": result})
     return runs
 
 
